@@ -1,0 +1,45 @@
+# Every target that needs Python creates the venv under .venv first (make install).
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.13 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint fmt demo bench bench-full pg clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+fmt: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+demo: $(STAMP)
+	$(PY) -m examples.report.demo
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+bench-full: $(STAMP)
+	$(PY) -m benchmarks --full
+
+pg: $(STAMP)
+	$(PY) -m tidebase_async.cli pg
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

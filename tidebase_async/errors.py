@@ -1,0 +1,135 @@
+"""The exception tree of tidebase-async.
+
+Everything the library raises on purpose subclasses :class:`TidebaseError`::
+
+    TidebaseError
+      ConfigurationError    bad DSN, missing secret, bad option, bad argument
+      EmbeddedPostgresError the embedded server could not start or stop
+      StoreError            database failure, original on __cause__
+        DatabaseUnreachable cannot connect: names host, port and database
+        SchemaVersionError  database migrated by a newer tidebase-async
+      NotFoundError
+        RunNotFound
+        WorkflowNotFound
+      ConflictError
+        GateAlreadyResolved
+      SerializationError    names the step (or input/output) and the type msgspec refused
+      InvalidSchedule
+      LeaseLost             another worker owns the run now
+      NonDeterminismError   replay met a different step than recorded
+      SignatureError        webhook signature bad or stale
+      RunFailed             workflow raised; holds the recorded error
+      RunCancelled
+      StepTimeout           a step ran past its ``timeout``
+      PayloadTooLarge       a checkpoint, input or state exceeds the configured limit
+
+Signals that unwind workflow code (suspension) subclass ``BaseException`` so that a
+user's ``except Exception`` cannot swallow them; they live in ``replay.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TidebaseError(Exception):
+    """Base class of every error tidebase-async raises on purpose."""
+
+
+class ConfigurationError(TidebaseError):
+    """A bad DSN, option or argument: the message names which and why."""
+
+
+class EmbeddedPostgresError(TidebaseError):
+    """The embedded Postgres could not be started or stopped; the message says what to do."""
+
+
+class StoreError(TidebaseError):
+    """A database operation failed; the driver's exception is on ``__cause__``."""
+
+
+class DatabaseUnreachable(StoreError):
+    """No connection could be made; the message names host, port and database."""
+
+
+class SchemaVersionError(StoreError):
+    """The database schema was migrated by a newer tidebase-async than this one."""
+
+
+class NotFoundError(TidebaseError):
+    """Something looked up by id or name does not exist."""
+
+
+class RunNotFound(NotFoundError):
+    """No run has the given id."""
+
+
+class WorkflowNotFound(NotFoundError):
+    """No workflow is registered under the given name in this process."""
+
+
+class ConflictError(TidebaseError):
+    """The operation conflicts with the current state of the database."""
+
+
+class GateAlreadyResolved(ConflictError):
+    """A gate was resolved already; the first resolution stands."""
+
+
+class SerializationError(TidebaseError):
+    """A value could not be encoded or decoded with msgspec.
+
+    ``where`` names the step (``step 'fetch'``), ``input``, ``output`` or ``state``;
+    ``type_name`` is the type msgspec refused, when known.
+    """
+
+    def __init__(self, message: str, *, where: str = "", type_name: str = "") -> None:
+        super().__init__(message)
+        self.where = where
+        self.type_name = type_name
+
+
+class PayloadTooLarge(SerializationError):
+    """An encoded value is larger than the configured maximum."""
+
+
+class InvalidSchedule(TidebaseError):
+    """A schedule's cron expression, interval or timezone is not valid."""
+
+
+class LeaseLost(TidebaseError):
+    """This worker no longer owns the run: its lease expired and another took over,
+    or the run was cancelled. Every write it attempts for the run is refused."""
+
+
+class NonDeterminismError(TidebaseError):
+    """Replay reached a different step than the history records at that position."""
+
+
+class SignatureError(TidebaseError):
+    """A webhook signature is missing, malformed, wrong or outside the tolerance."""
+
+
+class StepTimeout(TidebaseError):
+    """A step ran longer than its ``timeout`` and was cancelled."""
+
+
+class RunFailed(TidebaseError):
+    """The run ended in ``failed``; ``error`` holds the recorded error
+    (``type``, ``message``, ``traceback``)."""
+
+    def __init__(self, run_id: Any, error: dict[str, Any] | None) -> None:
+        self.run_id = run_id
+        self.error: dict[str, Any] = dict(error or {})
+        kind = self.error.get("type", "Error")
+        message = self.error.get("message", "")
+        super().__init__(f"run {run_id} failed: {kind}: {message}")
+
+
+class RunCancelled(TidebaseError):
+    """The run ended in ``cancelled``; ``reason`` is what the canceller gave."""
+
+    def __init__(self, run_id: Any, reason: str | None = None) -> None:
+        self.run_id = run_id
+        self.reason = reason
+        super().__init__(f"run {run_id} was cancelled" + (f": {reason}" if reason else ""))
