@@ -7,6 +7,7 @@ Everything the library raises on purpose subclasses :class:`TidebaseError`::
       EmbeddedPostgresError the embedded server could not start or stop
       StoreError            database failure, original on __cause__
         DatabaseUnreachable cannot connect: names host, port and database
+        ConnectionLost      the connection broke mid-operation; safe to retry
         SchemaVersionError  database migrated by a newer tidebase-async
       NotFoundError
         RunNotFound
@@ -50,6 +51,11 @@ class StoreError(TidebaseError):
 
 class DatabaseUnreachable(StoreError):
     """No connection could be made; the message names host, port and database."""
+
+
+class ConnectionLost(StoreError):
+    """The database connection broke during an operation (server restart, network,
+    ``pg_terminate_backend``); whether the operation committed is unknown."""
 
 
 class SchemaVersionError(StoreError):

@@ -1,0 +1,141 @@
+"""Test fixtures: a real Postgres, one fresh database per test from a migrated template.
+
+Server choice: ``TIDEBASE_TEST_DSN`` when set, else the Postgres on 127.0.0.1:5432 when
+it answers, else an embedded Postgres started for this test session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from tidebase_async import Tidebase
+from tidebase_async.store import Store
+
+LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+async def _answers(dsn: str) -> bool:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=2)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    await conn.close()
+    return True
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """DSN of the server's maintenance database (``postgres``)."""
+    explicit = os.environ.get("TIDEBASE_TEST_DSN")
+    if explicit:
+        yield explicit
+        return
+    if asyncio.run(_answers(LOCAL_DSN)):
+        yield LOCAL_DSN
+        return
+    from tidebase_async.embedded import EmbeddedPostgres
+
+    with tempfile.TemporaryDirectory(prefix="tidebase-test-") as tmp:
+        server = EmbeddedPostgres(os.path.join(tmp, "pg"))
+        server.start()
+        try:
+            yield server.dsn
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+async def template_db(server_dsn: str) -> AsyncIterator[str]:
+    """A database migrated once; every test copies it."""
+    name = f"tidebase_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        store = await Store.connect(_with_database(server_dsn, name))
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+        yield name
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def dsn(server_dsn: str, template_db: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test only."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(
+            f'CREATE DATABASE "{name}" TEMPLATE "{template_db}" STRATEGY FILE_COPY'
+        )
+        yield _with_database(server_dsn, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def opened(tide: Tidebase) -> AsyncIterator[Tidebase]:
+    """Hold ``async with tide`` open in a task of its own.
+
+    pytest-asyncio may run a fixture's setup and teardown in different tasks, and the
+    task group inside ``async with tide`` must be exited by the task that entered it.
+    """
+    ready = asyncio.Event()
+    done = asyncio.Event()
+    failure: list[BaseException] = []
+
+    async def hold() -> None:
+        try:
+            async with tide:
+                ready.set()
+                await done.wait()
+        except BaseException as exc:
+            failure.append(exc)
+            ready.set()
+            raise
+
+    task = asyncio.create_task(hold())
+    await ready.wait()
+    if failure:
+        await asyncio.gather(task, return_exceptions=True)
+        raise failure[0]
+    try:
+        yield tide
+    finally:
+        done.set()
+        await task
+
+
+@pytest.fixture
+async def tide(dsn: str) -> AsyncIterator[Tidebase]:
+    """An open Tidebase on the test's database (register workflows, then use it)."""
+    async with opened(Tidebase(dsn)) as t:
+        yield t
+
+
+@pytest.fixture
+async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection to the test's database, for assertions in SQL."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()

@@ -1,0 +1,819 @@
+"""The ``Tidebase`` facade: connect, register workflows, enqueue, run, read, work."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+from uuid import UUID
+
+import anyio
+import anyio.abc
+
+from tidebase_async import codec, errors
+from tidebase_async.executor import execute
+from tidebase_async.models import (
+    TERMINAL_STATUSES,
+    Event,
+    Page,
+    Retry,
+    RunHandle,
+    RunInfo,
+    RunSpec,
+    RunSummary,
+    StepInfo,
+)
+from tidebase_async.replay import Execution, as_seconds
+from tidebase_async.store import NewRun, Store
+from tidebase_async.store.listener import Listener
+from tidebase_async.wakeup import EVENTS_CHANNEL, WAKE_CHANNEL, Notifier, Signal
+from tidebase_async.worker import Worker, new_worker_id
+from tidebase_async.workflows import Workflow, WorkflowFn, check_name, make_workflow
+
+if TYPE_CHECKING:
+    from tidebase_async.embedded import EmbeddedPostgres
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=WorkflowFn)
+
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 3
+_INT32 = 2**31 - 1
+_TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
+
+
+def uuid7() -> UUID:
+    """A time-ordered UUID (RFC 9562 version 7): new runs land at the right edge of
+    the primary key index instead of at random pages."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | rand & ((1 << 80) - 1)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)
+    return UUID(int=value)
+
+
+def _as_uuid(run_id: UUID | str) -> UUID:
+    if isinstance(run_id, UUID):
+        return run_id
+    try:
+        return UUID(str(run_id))
+    except ValueError as exc:
+        raise errors.RunNotFound(f"{run_id!r} is not a run id (a UUID)") from exc
+
+
+def _aware(value: datetime | None, what: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise errors.ConfigurationError(f"{what} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise errors.ConfigurationError(f"{what} must be timezone-aware (e.g. UTC), got {value}")
+    return value
+
+
+class Tidebase:
+    """Durable workflows in your Postgres.
+
+    ``dsn`` resolution: the argument, else ``TIDEBASE_DATABASE_URL``, else an embedded
+    Postgres started in ``./.tidebase/`` (development and tests; production passes a
+    DSN). ``async with tide:`` opens the pool and the LISTEN connection and migrates.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        webhook_secret: str | None = None,
+        api_key: str | None = None,
+        pool_size: int = 20,
+        connect_timeout: float = 10.0,
+        max_payload_bytes: int = codec.DEFAULT_MAX_PAYLOAD,
+        embedded_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._dsn = dsn or os.environ.get("TIDEBASE_DATABASE_URL") or None
+        self.webhook_secret = webhook_secret or os.environ.get("TIDEBASE_WEBHOOK_SECRET")
+        self.api_key = api_key or os.environ.get("TIDEBASE_API_KEY")
+        if pool_size < 2:
+            raise errors.ConfigurationError(f"pool_size must be >= 2, got {pool_size}")
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self.max_payload_bytes = max_payload_bytes
+        self._embedded_dir = embedded_dir
+        self._embedded: EmbeddedPostgres | None = None
+        self._workflows: dict[str, Workflow] = {}
+        self._store: Store | None = None
+        self._listener: Listener | None = None
+        self._notifier: Notifier | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self.runs = Runs(self)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def dsn(self) -> str | None:
+        """The DSN in use (the embedded server's once started)."""
+        return self._dsn
+
+    async def __aenter__(self) -> Tidebase:
+        if self._stack is not None:
+            raise errors.ConfigurationError("this Tidebase is already open")
+        stack = contextlib.AsyncExitStack()
+        try:
+            if self._dsn is None:
+                from tidebase_async.embedded import start_embedded
+
+                self._embedded = await start_embedded(self._embedded_dir)
+                stack.callback(self._stop_embedded)
+                self._dsn = self._embedded.dsn
+            store = await Store.connect(
+                self._dsn, max_size=self._pool_size, connect_timeout=self._connect_timeout
+            )
+            stack.push_async_callback(store.close)
+            await store.migrate()
+            self._store = store
+            self._notifier = Notifier(store)
+            self._listener = Listener(self._dsn, [WAKE_CHANNEL, EVENTS_CHANNEL])
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tg.cancel_scope.cancel)
+            await tg.start(self._listener.run)
+            tg.start_soon(self._notifier.run)
+        except BaseException:
+            await stack.aclose()
+            self._store = self._listener = self._notifier = None
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        try:
+            if stack is not None:
+                await stack.__aexit__(exc_type, exc, tb)
+        finally:
+            self._store = self._listener = self._notifier = None
+
+    def _stop_embedded(self) -> None:
+        if self._embedded is not None:
+            self._embedded.stop()
+            self._embedded = None
+            self._dsn = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise errors.ConfigurationError(
+                "Tidebase is not open: use `async with tide:` (or `await tide.work()`, "
+                "which opens it) before calling it"
+            )
+        return self._store
+
+    @property
+    def notifier(self) -> Notifier:
+        assert self._notifier is not None
+        return self._notifier
+
+    @property
+    def listener(self) -> Listener | None:
+        return self._listener
+
+    async def migrate(self) -> int:
+        """Apply pending schema migrations; idempotent and safe under concurrency.
+
+        Raises:
+            SchemaVersionError: the database was migrated by a newer tidebase-async.
+        """
+        if self._store is not None:
+            return await self._store.migrate()
+        async with self:
+            return await self.store.migrate()
+
+    # -- workflows --------------------------------------------------------------------
+
+    def workflow(
+        self,
+        name: str,
+        *,
+        queue: str = DEFAULT_QUEUE,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry: Retry | None = None,
+    ) -> Callable[[F], F]:
+        """Register an async function ``fn(run, input)`` as workflow ``name``.
+
+        ``max_attempts`` bounds how often a run is attempted (failures and crashed
+        workers both count); ``retry`` sets the backoff between attempts.
+
+        Raises:
+            ConfigurationError: bad name, not an async function, or a name registered twice.
+        """
+
+        def register(fn: F) -> F:
+            wf = make_workflow(name, fn, queue=queue, max_attempts=max_attempts, retry=retry)
+            if name in self._workflows and self._workflows[name].fn is not fn:
+                raise errors.ConfigurationError(f"workflow {name!r} is registered twice")
+            self._workflows[name] = wf
+            return fn
+
+        return register
+
+    @property
+    def workflows(self) -> dict[str, Workflow]:
+        return dict(self._workflows)
+
+    # -- enqueue ----------------------------------------------------------------------
+
+    def _new_run(self, spec: RunSpec) -> NewRun:
+        check_name("workflow", spec.workflow)
+        wf = self._workflows.get(spec.workflow)
+        queue = spec.queue if spec.queue is not None else (wf.queue if wf else DEFAULT_QUEUE)
+        check_name("queue", queue)
+        if spec.dedupe_key is not None:
+            if not isinstance(spec.dedupe_key, str) or not spec.dedupe_key:
+                raise errors.ConfigurationError("dedupe_key must be a non-empty str")
+            if len(spec.dedupe_key) > 1000 or "\x00" in spec.dedupe_key:
+                raise errors.ConfigurationError(
+                    "dedupe_key must be at most 1000 characters without NUL characters"
+                )
+        if isinstance(spec.priority, bool) or not isinstance(spec.priority, int):
+            raise errors.ConfigurationError(f"priority must be an int, got {spec.priority!r}")
+        if not -_INT32 <= spec.priority <= _INT32:
+            raise errors.ConfigurationError(f"priority {spec.priority} is out of range")
+        max_attempts = spec.max_attempts
+        if max_attempts is None:
+            max_attempts = wf.max_attempts if wf else DEFAULT_MAX_ATTEMPTS
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+            raise errors.ConfigurationError(f"max_attempts must be an int, got {max_attempts!r}")
+        if not 1 <= max_attempts <= 10_000:
+            raise errors.ConfigurationError(f"max_attempts must be 1..10000, got {max_attempts}")
+        delay_s = as_seconds(spec.delay, what="delay") or 0.0
+        run_at = _aware(spec.run_at, "run_at")
+        deadline = _aware(spec.deadline, "deadline")
+        data = codec.encode(spec.input, where="input", max_size=self.max_payload_bytes)
+        if wf is not None:
+            # Validate here so a bad input fails the caller, not a run later.
+            codec.decode(data, tp=wf.input_type, where=f"input of workflow {wf.name!r}")
+        metadata = None
+        if spec.metadata is not None:
+            if not isinstance(spec.metadata, dict):
+                raise errors.ConfigurationError("metadata must be a dict")
+            metadata = codec.encode(spec.metadata, where="metadata", max_size=1024 * 1024)
+        return NewRun(
+            id=uuid7(),
+            workflow=spec.workflow,
+            queue=queue,
+            input=data,
+            priority=spec.priority,
+            dedupe_key=spec.dedupe_key,
+            metadata=metadata,
+            parent_id=None,
+            max_attempts=max_attempts,
+            run_at=run_at,
+            delay_s=delay_s,
+            deadline_at=deadline,
+        )
+
+    async def enqueue(
+        self,
+        workflow: str,
+        *,
+        input: Any = None,
+        dedupe_key: str | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+        deadline: datetime | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> RunHandle:
+        """Create a queued run and return at once.
+
+        With ``dedupe_key``, at most one active (queued, running, waiting) run per
+        (queue, key) exists: a duplicate returns the existing run with
+        ``deduplicated=True``. The workflow need not be registered in this process;
+        a run of a workflow no worker knows fails with ``WorkflowNotFound`` when claimed.
+        Durable once this returns.
+
+        Raises:
+            SerializationError: ``input`` cannot be encoded (nothing is written).
+            ConfigurationError: a bad option; the message names it.
+            StoreError: the database failed.
+        """
+        spec = RunSpec(
+            workflow=workflow,
+            input=input,
+            dedupe_key=dedupe_key,
+            queue=queue,
+            priority=priority,
+            delay=as_seconds(delay, what="delay"),
+            run_at=run_at,
+            max_attempts=max_attempts,
+            deadline=deadline,
+            metadata=metadata,
+        )
+        new = self._new_run(spec)
+        row = await self.store.enqueue(new)
+        if row.inserted:
+            await self.store.notify(WAKE_CHANNEL, [row.queue])
+        return RunHandle(id=row.id, deduplicated=not row.inserted)
+
+    async def enqueue_many(self, specs: Iterable[RunSpec | tuple[str, Any]]) -> list[RunHandle]:
+        """Create many runs in one round trip; handles come back in input order.
+
+        Dedupe keys apply as in ``enqueue``, also within the batch (the first wins).
+        All or nothing: a bad spec raises before anything is written.
+        """
+        items: list[RunSpec] = []
+        for i, spec in enumerate(specs):
+            if isinstance(spec, tuple):
+                if len(spec) != 2:
+                    raise errors.ConfigurationError(
+                        f"enqueue_many item {i}: a tuple must be (workflow, input)"
+                    )
+                spec = RunSpec(workflow=spec[0], input=spec[1])
+            elif not isinstance(spec, RunSpec):
+                raise errors.ConfigurationError(
+                    f"enqueue_many item {i}: expected RunSpec or (workflow, input), "
+                    f"got {type(spec).__name__}"
+                )
+            items.append(spec)
+        if not items:
+            return []
+        runs = [self._new_run(s) for s in items]
+        unique: list[NewRun] = []
+        first_of: dict[tuple[str, str], int] = {}
+        slot: list[int] = []
+        for run in runs:
+            if run.dedupe_key is not None:
+                key = (run.queue, run.dedupe_key)
+                if key in first_of:
+                    slot.append(-1 - first_of[key])
+                    continue
+                first_of[key] = len(unique)
+            slot.append(len(unique))
+            unique.append(run)
+        rows = await self.store.enqueue_many(unique)
+        by_id = {r.id: r for r in rows if r.inserted}
+        by_key = {(r.queue, r.dedupe_key): r for r in rows if not r.inserted}
+        resolved: list[RunHandle] = []
+        for run in unique:
+            hit = by_id.get(run.id)
+            if hit is not None:
+                resolved.append(RunHandle(id=hit.id, deduplicated=False))
+            else:
+                existing = by_key[(run.queue, run.dedupe_key or "")]
+                resolved.append(RunHandle(id=existing.id, deduplicated=True))
+        handles = [
+            resolved[s] if s >= 0 else RunHandle(id=resolved[-1 - s].id, deduplicated=True)
+            for s in slot
+        ]
+        queues = sorted({r.queue for r in rows if r.inserted})
+        await self.store.notify(WAKE_CHANNEL, queues)
+        return handles
+
+    # -- inline runs ------------------------------------------------------------------
+
+    async def run(
+        self,
+        workflow: str,
+        *,
+        input: Any = None,
+        run_id: UUID | str | None = None,
+        metadata: dict[str, Any] | None = None,
+        lease: float = 30.0,
+    ) -> Any:
+        """Execute a run of ``workflow`` here, now, without a queue, and return its output.
+
+        The run is durable like any other: it holds a lease that this process
+        heartbeats, and if the process dies the lease expires and a worker of the
+        workflow's queue resumes it from its checkpoints. With ``run_id`` of an existing
+        run, resumes it (or returns its output when it already completed).
+
+        Raises:
+            WorkflowNotFound: ``workflow`` is not registered in this process.
+            RunFailed: the workflow failed for good; carries the recorded error.
+            RunCancelled: the run was cancelled.
+        """
+        wf = self._workflows.get(workflow)
+        if wf is None:
+            raise errors.WorkflowNotFound(
+                f"workflow {workflow!r} is not registered in this process; inline runs "
+                "execute here, so register it with @tide.workflow first"
+            )
+        store = self.store
+        worker_id = "inline:" + new_worker_id()
+        lease_s = as_seconds(lease, what="lease") or 30.0
+        rid = _as_uuid(run_id) if run_id is not None else uuid7()
+        existing = await store.run_status(rid)
+        if existing is None:
+            spec = RunSpec(workflow=workflow, input=input, metadata=metadata)
+            new = self._new_run(spec)
+            claimed = await store.start_inline(
+                run_id=rid,
+                worker_id=worker_id,
+                workflow=workflow,
+                queue=new.queue,
+                input=new.input,
+                metadata=new.metadata,
+                max_attempts=new.max_attempts,
+                lease_s=lease_s,
+            )
+            self.notifier.runs_changed(rid)
+        else:
+            claimed = None
+        while True:
+            if claimed is None:
+                status = await store.run_status(rid)
+                if status == "queued":
+                    due = await self._seconds_until_due(rid)
+                    if due > 0:
+                        await anyio.sleep(due)
+                    claimed = await store.claim_by_id(
+                        worker_id=worker_id, run_id=rid, lease_s=lease_s
+                    )
+                if claimed is None:
+                    return await self.runs.wait(rid)
+            history = (await store.load_steps([rid])).get(rid, []) if claimed.step_count else []
+            result = await self._execute_inline(worker_id, claimed, history, lease_s)
+            if result == "retrying":
+                claimed = None
+                continue
+            return await self.runs.wait(rid)
+
+    async def _seconds_until_due(self, run_id: UUID) -> float:
+        row = await self.store.get_run(run_id)
+        if row is None or row["run_at"] is None:
+            return 0.0
+        async with self.store.connection() as conn:
+            now = await conn.fetchval("SELECT tidebase.now()")
+        return max(0.0, float((row["run_at"] - now).total_seconds()))
+
+    async def _execute_inline(
+        self, worker_id: str, claimed: Any, history: Any, lease_s: float
+    ) -> str:
+        executions: dict[UUID, Execution] = {}
+        scope = anyio.CancelScope()
+        outcome = "lost"
+        async with anyio.create_task_group() as tg:
+
+            async def heartbeat() -> None:
+                while True:
+                    await anyio.sleep(lease_s / 3)
+                    try:
+                        held = await self.store.heartbeat(
+                            worker_id=worker_id, run_ids=[claimed.id], lease_s=lease_s
+                        )
+                    except errors.StoreError as exc:
+                        logger.warning("inline run %s: heartbeat failed: %s", claimed.id, exc)
+                        continue
+                    ex = executions.get(claimed.id)
+                    if claimed.id not in held and ex is not None and not ex.finishing:
+                        ex.lost = True
+                        scope.cancel()
+                        return
+
+            tg.start_soon(heartbeat)
+            try:
+                result = await execute(
+                    store=self.store,
+                    worker_id=worker_id,
+                    claimed=claimed,
+                    history=history,
+                    workflows=self._workflows,
+                    on_event=self.notifier.runs_changed,
+                    max_payload=self.max_payload_bytes,
+                    cancel_scope=scope,
+                    ex_holder=executions,
+                )
+                outcome = result.outcome
+            finally:
+                tg.cancel_scope.cancel()
+        return outcome
+
+    # -- workers ----------------------------------------------------------------------
+
+    async def work(
+        self,
+        queues: Iterable[str] | None = None,
+        *,
+        concurrency: int = 16,
+        lease: float | timedelta = 30.0,
+        poll_interval: float | timedelta = 5.0,
+        shutdown_grace: float | timedelta = 10.0,
+        maintenance_interval: float | timedelta = 1.0,
+        handle_signals: bool = True,
+        started: anyio.Event | None = None,
+        worker_ready: Callable[[Worker], None] | None = None,
+    ) -> None:
+        """Execute queued runs until cancelled or SIGTERM (which drains gracefully).
+
+        ``queues`` defaults to the queues of the registered workflows (or ``default``).
+        Opens this Tidebase if it is not open yet.
+        """
+        if self._store is None:
+            async with self:
+                await self.work(
+                    queues,
+                    concurrency=concurrency,
+                    lease=lease,
+                    poll_interval=poll_interval,
+                    shutdown_grace=shutdown_grace,
+                    maintenance_interval=maintenance_interval,
+                    handle_signals=handle_signals,
+                    started=started,
+                    worker_ready=worker_ready,
+                )
+            return
+        if queues is None:
+            names = sorted({wf.queue for wf in self._workflows.values()}) or [DEFAULT_QUEUE]
+        elif isinstance(queues, str):
+            names = [queues]
+        else:
+            names = list(queues)
+        for q in names:
+            check_name("queue", q)
+        worker = Worker(
+            store=self.store,
+            listener=self._listener,
+            notifier=self.notifier,
+            workflows=self._workflows,
+            queues=names,
+            concurrency=concurrency,
+            lease_s=as_seconds(lease, what="lease") or 30.0,
+            poll_interval_s=as_seconds(poll_interval, what="poll_interval") or 5.0,
+            shutdown_grace_s=as_seconds(shutdown_grace, what="shutdown_grace") or 0.0,
+            maintenance_interval_s=as_seconds(maintenance_interval, what="maintenance_interval")
+            or 1.0,
+            max_payload=self.max_payload_bytes,
+            handle_signals=handle_signals,
+        )
+        if worker_ready is not None:
+            worker_ready(worker)
+        await worker.run(started=started)
+
+
+class Runs:
+    """``tide.runs``: read, wait for, stream, cancel and retry runs."""
+
+    def __init__(self, tide: Tidebase) -> None:
+        self._tide = tide
+
+    async def get(self, run_id: UUID | str) -> RunInfo:
+        """Everything about a run: status, input, output, error, state, steps, children.
+
+        Raises:
+            RunNotFound: no run has this id.
+        """
+        rid = _as_uuid(run_id)
+        store = self._tide.store
+        row = await store.get_run(rid)
+        if row is None:
+            raise errors.RunNotFound(f"no run with id {rid}")
+        steps = await store.get_steps(rid)
+        children = await store.get_children(rid)
+        return RunInfo(
+            id=row["id"],
+            workflow=row["workflow"],
+            queue=row["queue"],
+            status=row["status"],
+            input=_json(row["input"]),
+            output=_json(row["output"]),
+            error=_json(row["error"]),
+            state=_json(row["state"]),
+            attempt=row["attempt"],
+            max_attempts=row["max_attempts"],
+            priority=row["priority"],
+            dedupe_key=row["dedupe_key"],
+            metadata=_json(row["metadata"]),
+            parent_id=row["parent_id"],
+            steps=[
+                StepInfo(
+                    name=s["name"],
+                    status=s["status"],
+                    attempt=s["attempts"],
+                    output=_json(s["output"]),
+                    error=_json(s["error"]),
+                    started_at=s["started_at"],
+                    finished_at=s["finished_at"],
+                )
+                for s in steps
+            ],
+            children=[
+                RunSummary(
+                    id=c["id"],
+                    workflow=c["workflow"],
+                    status=c["status"],
+                    created_at=c["created_at"],
+                    finished_at=c["finished_at"],
+                )
+                for c in children
+            ],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            run_at=row["run_at"],
+            deadline=row["deadline_at"],
+            cancel_reason=row["cancel_reason"],
+        )
+
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """A page of runs, newest first; pass ``next_cursor`` back for the next page."""
+        if not 1 <= limit <= 1000:
+            raise errors.ConfigurationError(f"limit must be 1..1000, got {limit}")
+        before: tuple[datetime, UUID] | None = None
+        if cursor:
+            try:
+                raw = base64.urlsafe_b64decode(cursor.encode()).decode()
+                at, _, rid = raw.partition("|")
+                before = (datetime.fromisoformat(at), UUID(rid))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise errors.ConfigurationError(f"invalid cursor {cursor!r}") from exc
+        rows = await self._tide.store.list_runs(
+            status=status, workflow=workflow, queue=queue, before=before, limit=limit + 1
+        )
+        items = [
+            RunSummary(
+                id=r["id"],
+                workflow=r["workflow"],
+                status=r["status"],
+                queue=r["queue"],
+                attempt=r["attempt"],
+                priority=r["priority"],
+                created_at=r["created_at"],
+                started_at=r["started_at"],
+                finished_at=r["finished_at"],
+            )
+            for r in rows[:limit]
+        ]
+        next_cursor = None
+        if len(rows) > limit and items:
+            last = items[-1]
+            assert last.created_at is not None
+            next_cursor = base64.urlsafe_b64encode(
+                f"{last.created_at.isoformat()}|{last.id}".encode()
+            ).decode()
+        return Page(items=items, next_cursor=next_cursor)
+
+    @contextlib.contextmanager
+    def _watch(self, run_id: UUID) -> Iterator[Signal]:
+        """A signal set whenever a notification names ``run_id`` (or the listener
+        reconnects, since notifications may have been missed meanwhile)."""
+        sig = Signal()
+        listener = self._tide.listener
+        key = str(run_id)
+        removers: list[Callable[[], None]] = []
+        if listener is not None:
+
+            def on_events(payload: str) -> None:
+                if key in payload.split(","):
+                    sig.set()
+
+            removers.append(listener.subscribe(EVENTS_CHANNEL, on_events))
+            removers.append(listener.on_connect(sig.set))
+        try:
+            yield sig
+        finally:
+            for remove in removers:
+                remove()
+
+    async def wait(
+        self, run_id: UUID | str, *, timeout: float | timedelta | None = None, poll: float = 1.0
+    ) -> Any:
+        """Wait until the run is terminal and return its output (decoded into the
+        workflow's return type when it is registered here).
+
+        Woken by LISTEN; polls every ``poll`` seconds as the floor.
+
+        Raises:
+            RunNotFound, RunFailed (with the recorded error), RunCancelled,
+            TimeoutError: ``timeout`` passed first.
+        """
+        rid = _as_uuid(run_id)
+        timeout_s = as_seconds(timeout, what="timeout")
+        store = self._tide.store
+        with self._watch(rid) as sig, anyio.fail_after(timeout_s):
+            while True:
+                sig.clear()
+                row = await store.get_run_status(rid)
+                if row is None:
+                    raise errors.RunNotFound(f"no run with id {rid}")
+                status = row["status"]
+                if status == "completed":
+                    wf_row = await store.get_run(rid)
+                    wf = self._tide.workflows.get(wf_row["workflow"]) if wf_row else None
+                    tp = wf.output_type if wf else Any
+                    return codec.decode(row["output"] or b"null", tp=tp, where="output")
+                if status == "failed":
+                    raise errors.RunFailed(rid, _json(row["error"]))
+                if status == "cancelled":
+                    raise errors.RunCancelled(rid, row["cancel_reason"])
+                await sig.wait_for(poll)
+
+    async def events(
+        self, run_id: UUID | str, *, after: int = 0, poll: float = 1.0
+    ) -> AsyncIterator[Event]:
+        """The run's events with ``seq > after``: history first, then live as they
+        happen (LISTEN, polling as the floor), gap-free and in order. Ends after the
+        run's terminal event (``run.completed``, ``run.failed``, ``run.cancelled``).
+
+        Raises:
+            RunNotFound: no run has this id.
+        """
+        rid = _as_uuid(run_id)
+        store = self._tide.store
+        last = after
+        with self._watch(rid) as sig:
+            if await store.run_status(rid) is None:
+                raise errors.RunNotFound(f"no run with id {rid}")
+            while True:
+                sig.clear()
+                rows = await store.list_events(rid, after=last, limit=500)
+                for r in rows:
+                    last = r["seq"]
+                    yield Event(seq=r["seq"], type=r["type"], at=r["at"], data=_json(r["data"]))
+                if len(rows) == 500:
+                    continue
+                if rows and rows[-1]["type"] in _TERMINAL_EVENTS:
+                    status = await store.run_status(rid)
+                    if status in TERMINAL_STATUSES:
+                        return
+                if not rows:
+                    status = await store.run_status(rid)
+                    if status in TERMINAL_STATUSES and last >= 1:
+                        tail = await store.list_events(rid, after=last, limit=1)
+                        if not tail:
+                            return
+                        continue
+                await sig.wait_for(poll)
+
+    async def cancel(
+        self, run_id: UUID | str, *, reason: str | None = None, actor: str | None = None
+    ) -> None:
+        """Cancel a queued or waiting run. Idempotent for a run already cancelled.
+
+        Raises:
+            RunNotFound: no run has this id.
+            ConflictError: the run is executing right now, or already completed/failed.
+        """
+        rid = _as_uuid(run_id)
+        store = self._tide.store
+        if await store.cancel_run(run_id=rid, reason=reason, actor=actor):
+            self._tide.notifier.runs_changed(rid)
+            return
+        status = await store.run_status(rid)
+        if status is None:
+            raise errors.RunNotFound(f"no run with id {rid}")
+        if status == "cancelled":
+            return
+        if status == "running":
+            raise errors.ConflictError(
+                f"run {rid} is executing on a worker; only queued or waiting runs can be "
+                "cancelled in this version"
+            )
+        raise errors.ConflictError(f"run {rid} is already {status}; it cannot be cancelled")
+
+    async def retry(self, run_id: UUID | str) -> None:
+        """Put a failed run back in its queue with a fresh budget of attempts; it
+        resumes after its last completed step.
+
+        Raises:
+            RunNotFound: no run has this id.
+            ConflictError: the run is not failed.
+        """
+        rid = _as_uuid(run_id)
+        store = self._tide.store
+        row = await store.get_run(rid)
+        if row is None:
+            raise errors.RunNotFound(f"no run with id {rid}")
+        wf = self._tide.workflows.get(row["workflow"])
+        budget = wf.max_attempts if wf else DEFAULT_MAX_ATTEMPTS
+        queue = await store.retry_run(run_id=rid, budget=budget)
+        if queue is None:
+            status = await store.run_status(rid)
+            raise errors.ConflictError(f"only failed runs can be retried; run {rid} is {status}")
+        await store.notify(WAKE_CHANNEL, [queue])
+        self._tide.notifier.runs_changed(rid)
+
+
+def _json(data: bytes | None) -> Any:
+    return None if data is None else codec.decode(data, where="stored value")

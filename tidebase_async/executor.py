@@ -1,0 +1,188 @@
+"""Executes one claim of one run and records its outcome (worker and inline runs)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+from uuid import UUID
+
+import anyio
+import msgspec
+
+from tidebase_async import codec, errors
+from tidebase_async.replay import Execution, Run, error_info
+from tidebase_async.store import ClaimedRun, StepRecord, Store
+from tidebase_async.workflows import Workflow, takes_input
+
+logger = logging.getLogger(__name__)
+
+Outcome = Literal["completed", "failed", "retrying", "lost", "released"]
+
+# Errors that another attempt cannot fix: fail the run at once.
+_PERMANENT: tuple[type[BaseException], ...] = (
+    errors.SerializationError,
+    errors.NonDeterminismError,
+    errors.WorkflowNotFound,
+    errors.ConfigurationError,
+)
+
+
+class ExecutionResult(msgspec.Struct, kw_only=True):
+    outcome: Outcome
+    output: bytes | None = None
+    error: dict[str, Any] | None = None
+    executed_steps: int = 0
+    replayed_steps: int = 0
+
+
+async def execute(
+    *,
+    store: Store,
+    worker_id: str,
+    claimed: ClaimedRun,
+    history: list[StepRecord],
+    workflows: Mapping[str, Workflow],
+    on_event: Callable[[UUID], None],
+    max_payload: int,
+    cancel_scope: anyio.CancelScope,
+    ex_holder: dict[UUID, Execution] | None = None,
+) -> ExecutionResult:
+    """Run the workflow of ``claimed`` from the top (replaying its history) and write
+    the outcome: completed, failed, or requeued for a retry with backoff.
+
+    ``cancel_scope`` is cancelled by the owner when the lease is lost (the outcome is
+    then discarded) or on shutdown (the run is then released, not failed).
+    """
+    ex = Execution(
+        store=store,
+        worker_id=worker_id,
+        claimed=claimed,
+        history=history,
+        on_event=on_event,
+        max_payload=max_payload,
+    )
+    if ex_holder is not None:
+        ex_holder[claimed.id] = ex
+    try:
+        return await _execute(ex, workflows, cancel_scope)
+    finally:
+        if ex_holder is not None:
+            ex_holder.pop(claimed.id, None)
+
+
+async def _execute(
+    ex: Execution, workflows: Mapping[str, Workflow], cancel_scope: anyio.CancelScope
+) -> ExecutionResult:
+    claimed = ex.claimed
+    wf = workflows.get(claimed.workflow)
+    if wf is None:
+        known = ", ".join(sorted(workflows)) or "none"
+        return await _finish_failed(
+            ex,
+            errors.WorkflowNotFound(
+                f"workflow {claimed.workflow!r} is not registered in worker {ex.worker_id} "
+                f"(registered: {known}); register it with @tide.workflow({claimed.workflow!r}) "
+                "in the worker process, then retry the run"
+            ),
+            wf=None,
+        )
+    if claimed.deadline_at is not None and claimed.deadline_at <= claimed.db_now:
+        exc = errors.TidebaseError(
+            f"run {claimed.id} passed its deadline {claimed.deadline_at.isoformat()} "
+            "before it could finish"
+        )
+        return await _finish_failed(ex, exc, wf=None, type_name="DeadlineExceeded")
+    try:
+        value = codec.decode(claimed.input or b"null", tp=wf.input_type, where="input")
+    except errors.SerializationError as exc:
+        return await _finish_failed(ex, exc, wf=None)
+    run = Run(ex, workflow=wf.name, input=value)
+    output: Any = None
+    failure: Exception | None = None
+    with cancel_scope:
+        try:
+            if takes_input(wf):
+                output = await wf.fn(run, value)
+            else:
+                output = await wf.fn(run)  # type: ignore[call-arg,misc]
+        except errors.LeaseLost:
+            ex.lost = True
+        except Exception as exc:
+            failure = exc
+    if cancel_scope.cancelled_caught or ex.lost:
+        if ex.lost:
+            logger.warning(
+                "run %s: lease lost, another worker owns it now; dropping this execution",
+                claimed.id,
+                extra={"run_id": str(claimed.id)},
+            )
+            return _result(ex, "lost")
+        return _result(ex, "released")
+    if failure is not None:
+        return await _finish_failed(ex, failure, wf=wf)
+    try:
+        data = codec.encode(output, where="output", max_size=ex.max_payload)
+    except errors.SerializationError as exc:
+        return await _finish_failed(ex, exc, wf=None)
+    ex.finishing = True
+    try:
+        await ex.store.complete_run(
+            run_id=claimed.id, worker_id=ex.worker_id, attempt=ex.attempt, output=data
+        )
+    except errors.LeaseLost:
+        ex.lost = True
+        return _result(ex, "lost")
+    ex.on_event(claimed.id)
+    result = _result(ex, "completed")
+    result.output = data
+    return result
+
+
+async def _finish_failed(
+    ex: Execution, exc: BaseException, *, wf: Workflow | None, type_name: str | None = None
+) -> ExecutionResult:
+    """Record a failure: requeue with backoff when the workflow has attempts left and
+    the error is not permanent, else fail for good."""
+    info = error_info(exc)
+    if type_name:
+        info["type"] = type_name
+    retry_in: float | None = None
+    if wf is not None and not isinstance(exc, _PERMANENT) and ex.attempt < ex.claimed.max_attempts:
+        retry_in = wf.retry_delay(ex.attempt)
+    ex.finishing = True
+    event = {"type": info["type"], "message": info["message"], "attempt": ex.attempt}
+    if retry_in is not None:
+        event["retry_in"] = round(retry_in, 3)
+    try:
+        status, _queue = await ex.store.fail_run(
+            run_id=ex.run_id,
+            worker_id=ex.worker_id,
+            attempt=ex.attempt,
+            error=msgspec.json.encode(info),
+            retry_in_s=retry_in,
+            event_data=msgspec.json.encode(event),
+        )
+    except errors.LeaseLost:
+        ex.lost = True
+        return _result(ex, "lost")
+    log = logger.warning if status == "queued" else logger.error
+    log(
+        "run %s attempt %d %s: %s: %s",
+        ex.run_id,
+        ex.attempt,
+        f"failed, retrying in {retry_in:.2f}s" if status == "queued" else "failed",
+        info["type"],
+        info["message"],
+        extra={"run_id": str(ex.run_id)},
+    )
+    ex.on_event(ex.run_id)
+    result = _result(ex, "retrying" if status == "queued" else "failed")
+    result.error = info
+    return result
+
+
+def _result(ex: Execution, outcome: Outcome) -> ExecutionResult:
+    return ExecutionResult(
+        outcome=outcome, executed_steps=ex.executed_steps, replayed_steps=ex.replayed_steps
+    )

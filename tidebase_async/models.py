@@ -1,0 +1,134 @@
+"""Data types of the public API: msgspec Structs and literals, data only.
+
+Persisted shapes must keep decoding in newer versions: new fields get defaults and a
+field's type never changes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+import msgspec
+
+RunStatus = Literal["queued", "running", "waiting", "completed", "failed", "cancelled"]
+StepStatus = Literal["completed", "failed"]
+GateStatus = Literal["pending", "approved", "rejected", "expired", "cancelled"]
+
+ACTIVE_STATUSES: frozenset[str] = frozenset({"queued", "running", "waiting"})
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class Retry(msgspec.Struct, frozen=True, kw_only=True):
+    """Retry policy of a step or a workflow.
+
+    ``attempts`` counts every execution including the first. The delay before attempt
+    ``n + 1`` is ``min(backoff * 2 ** (n - 1), max_backoff)`` seconds; with ``jitter`` it is
+    drawn uniformly from ``[delay / 2, delay]`` so that failing runs do not retry in step.
+    """
+
+    attempts: int = 3
+    backoff: float = 1.0
+    max_backoff: float = 300.0
+    jitter: bool = True
+
+
+class RunHandle(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``enqueue`` returns: the run's id, and whether an active run with the same
+    dedupe key already existed (then ``id`` is that run's)."""
+
+    id: UUID
+    deduplicated: bool = False
+
+
+class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One run for ``enqueue_many``; the fields mean what ``enqueue``'s options mean."""
+
+    workflow: str
+    input: Any = None
+    dedupe_key: str | None = None
+    queue: str | None = None
+    priority: int = 0
+    delay: float | None = None
+    run_at: datetime | None = None
+    max_attempts: int | None = None
+    deadline: datetime | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class StepInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    status: StepStatus
+    attempt: int
+    output: Any = None
+    error: dict[str, Any] | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class GateInfo(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: UUID
+    name: str
+    status: GateStatus
+    prompt: str | None = None
+    data: Any = None
+    decision: str | None = None
+    actor: str | None = None
+    payload: Any = None
+    resolve_url: str | None = None
+    created_at: datetime | None = None
+    resolved_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    workflow: str
+    status: RunStatus
+    queue: str = "default"
+    attempt: int = 0
+    priority: int = 0
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    workflow: str
+    queue: str
+    status: RunStatus
+    input: Any = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    state: Any = None
+    attempt: int = 0
+    max_attempts: int = 1
+    priority: int = 0
+    dedupe_key: str | None = None
+    metadata: dict[str, Any] | None = None
+    parent_id: UUID | None = None
+    steps: list[StepInfo] = msgspec.field(default_factory=list)
+    gates: list[GateInfo] = msgspec.field(default_factory=list)
+    children: list[RunSummary] = msgspec.field(default_factory=list)
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    run_at: datetime | None = None
+    deadline: datetime | None = None
+    cancel_reason: str | None = None
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry of a run's event log; ``seq`` is gap-free from 1."""
+
+    seq: int
+    type: str
+    at: datetime
+    data: Any = None
+
+
+class Page(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[RunSummary]
+    next_cursor: str | None = None

@@ -1,0 +1,579 @@
+"""The only code that imports asyncpg or holds SQL: one typed method per statement.
+
+asyncpg errors stop here: callers see ``errors.StoreError`` and its subclasses.
+jsonb values cross this boundary as msgspec-encoded JSON bytes (binary jsonb codec),
+so nothing is decoded twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from uuid import UUID
+
+import anyio
+import asyncpg
+import msgspec
+
+from tidebase_async import errors
+from tidebase_async.store.sql import Q, migrations
+
+logger = logging.getLogger(__name__)
+
+# Advisory lock key for migrations: hashtext('tidebase.migrate') computed once, fixed.
+_MIGRATION_LOCK = 7_321_094_451_006_132_811
+
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.InterfaceError,
+    ConnectionError,
+    OSError,
+)
+
+
+class ClaimedRun(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    workflow: str
+    queue: str
+    input: bytes | None
+    state: bytes
+    attempt: int
+    max_attempts: int
+    deadline_at: datetime | None
+    step_count: int
+    created_at: datetime
+    db_now: datetime
+
+
+class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
+    position: int
+    name: str
+    status: str
+    run_attempt: int
+    output: bytes | None
+    error: bytes | None
+
+
+class EnqueueRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    inserted: bool
+    queue: str
+    dedupe_key: str | None
+    due: bool
+
+
+class NewRun(msgspec.Struct, frozen=True, kw_only=True):
+    """A run to insert; ``input`` and ``metadata`` are encoded JSON."""
+
+    id: UUID
+    workflow: str
+    queue: str
+    input: bytes
+    priority: int
+    dedupe_key: str | None
+    metadata: bytes | None
+    parent_id: UUID | None
+    max_attempts: int
+    run_at: datetime | None
+    delay_s: float
+    deadline_at: datetime | None
+
+
+def describe_dsn(dsn: str) -> str:
+    """'host H port P database D' for error messages (never the password)."""
+    try:
+        parts = urlsplit(dsn)
+        query = parse_qs(parts.query)
+        host = parts.hostname or (query.get("host") or ["localhost"])[0]
+        port = parts.port or int((query.get("port") or ["5432"])[0])
+        database = parts.path.lstrip("/") or (query.get("dbname") or [""])[0] or "(default)"
+    except ValueError:
+        return "an unparsable DSN"
+    return f"host {host} port {port} database {database}"
+
+
+def _jsonb_encode(value: bytes) -> bytes:
+    return b"\x01" + value
+
+
+def _jsonb_decode(value: bytes) -> bytes:
+    return value[1:]
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=_jsonb_encode,
+        decoder=_jsonb_decode,
+        format="binary",
+    )
+
+
+@contextlib.contextmanager
+def _translate(what: str) -> Any:
+    """Turn driver errors into the library's; keep the original on __cause__."""
+    try:
+        yield
+    except errors.TidebaseError:
+        raise
+    except _CONNECTION_ERRORS as exc:
+        raise errors.ConnectionLost(f"{what}: database connection lost: {exc}") from exc
+    except asyncpg.PostgresError as exc:
+        raise errors.StoreError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def connect_kwargs() -> dict[str, Any]:
+    return {
+        "init": _init_connection,
+        # Plans of the CTE statements are tiny; JIT compilation would only add latency.
+        "server_settings": {"application_name": "tidebase", "jit": "off"},
+    }
+
+
+async def open_connection(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection:
+    """One dedicated connection (the LISTEN connection), with the library's codecs."""
+    conn = await asyncpg.connect(
+        dsn, timeout=timeout, server_settings={"application_name": "tidebase-listener"}
+    )
+    await _init_connection(conn)
+    return conn
+
+
+class Store:
+    """Typed access to the tidebase schema over an asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+        self._pool = pool
+        self.dsn = dsn
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 20,
+        connect_timeout: float = 10.0,
+    ) -> Store:
+        """Open a pool, retrying with backoff for up to ``connect_timeout`` seconds.
+
+        Raises:
+            DatabaseUnreachable: no connection within the time; names host, port and
+                database and the last error.
+            ConfigurationError: the DSN is malformed or authentication failed.
+        """
+        deadline = time.monotonic() + connect_timeout
+        delay = 0.1
+        while True:
+            try:
+                pool = await asyncpg.create_pool(
+                    dsn,
+                    min_size=min_size,
+                    max_size=max_size,
+                    timeout=max(1.0, min(10.0, connect_timeout)),
+                    **connect_kwargs(),
+                )
+                return cls(pool, dsn)
+            except (
+                asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+                asyncpg.exceptions.InvalidPasswordError,
+                asyncpg.exceptions.InvalidCatalogNameError,
+            ) as exc:
+                raise errors.ConfigurationError(f"cannot use {describe_dsn(dsn)}: {exc}") from exc
+            except (ValueError, TypeError, asyncpg.exceptions.ClientConfigurationError) as exc:
+                raise errors.ConfigurationError(f"invalid database DSN: {exc}") from exc
+            except (*_CONNECTION_ERRORS, TimeoutError, asyncpg.PostgresError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise errors.DatabaseUnreachable(
+                        f"cannot connect to Postgres at {describe_dsn(dsn)} after "
+                        f"{connect_timeout:g}s: {type(exc).__name__}: {exc}. Is the server "
+                        "running and the DSN (TIDEBASE_DATABASE_URL) right?"
+                    ) from exc
+                logger.info("database not reachable yet (%s); retrying in %.1fs", exc, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._pool.close()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        with _translate("acquiring a connection"):
+            async with self._pool.acquire() as conn:
+                yield conn
+
+    # -- schema -----------------------------------------------------------------------
+
+    async def migrate(self) -> int:
+        """Apply pending migrations; return the schema version.
+
+        Safe when many processes start at once: the work happens under an advisory lock
+        and each migration commits with its version row.
+
+        Raises:
+            SchemaVersionError: the database was migrated by a newer tidebase-async.
+        """
+        known = migrations()
+        latest = known[-1][0]
+        with _translate("migrating"):
+            async with self._pool.acquire() as conn:
+                current = await self._version(conn)
+                self._check_version(current, latest)
+                if current == latest:
+                    return current
+                await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+                try:
+                    await conn.execute(
+                        "CREATE SCHEMA IF NOT EXISTS tidebase;"
+                        "CREATE TABLE IF NOT EXISTS tidebase.schema_migrations ("
+                        " version integer PRIMARY KEY, name text NOT NULL,"
+                        " applied_at timestamptz NOT NULL DEFAULT now())"
+                    )
+                    current = await self._version(conn)
+                    self._check_version(current, latest)
+                    for version, name, sql in known:
+                        if version <= current:
+                            continue
+                        async with conn.transaction():
+                            await conn.execute(sql)
+                            await conn.execute(
+                                "INSERT INTO tidebase.schema_migrations (version, name)"
+                                " VALUES ($1, $2)",
+                                version,
+                                name,
+                            )
+                        logger.info("applied migration %04d_%s", version, name)
+                    return latest
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+
+    @staticmethod
+    async def _version(conn: asyncpg.Connection) -> int:
+        exists = await conn.fetchval("SELECT to_regclass('tidebase.schema_migrations')")
+        if exists is None:
+            return 0
+        return int(await conn.fetchval(Q["schema_version"]) or 0)
+
+    @staticmethod
+    def _check_version(current: int, latest: int) -> None:
+        if current > latest:
+            raise errors.SchemaVersionError(
+                f"the database schema is at version {current}, but this tidebase-async "
+                f"knows versions up to {latest}: it was migrated by a newer release. "
+                "Upgrade tidebase-async; refusing to touch the data."
+            )
+
+    # -- enqueue ----------------------------------------------------------------------
+
+    async def enqueue(self, run: NewRun) -> EnqueueRow:
+        with _translate("enqueue"):
+            row = await self._pool.fetchrow(
+                Q["enqueue_run"],
+                run.id,
+                run.workflow,
+                run.queue,
+                run.input,
+                run.priority,
+                run.dedupe_key,
+                run.metadata,
+                run.parent_id,
+                run.max_attempts,
+                run.run_at,
+                run.delay_s,
+                run.deadline_at,
+            )
+        return EnqueueRow(**dict(row))
+
+    async def enqueue_many(self, runs: Sequence[NewRun]) -> list[EnqueueRow]:
+        with _translate("enqueue_many"):
+            rows = await self._pool.fetch(
+                Q["enqueue_runs"],
+                [r.id for r in runs],
+                [r.workflow for r in runs],
+                [r.queue for r in runs],
+                [r.input for r in runs],
+                [r.priority for r in runs],
+                [r.dedupe_key for r in runs],
+                [r.metadata for r in runs],
+                [r.parent_id for r in runs],
+                [r.max_attempts for r in runs],
+                [r.run_at for r in runs],
+                [r.delay_s for r in runs],
+                [r.deadline_at for r in runs],
+            )
+        return [EnqueueRow(**dict(row)) for row in rows]
+
+    async def notify(self, channel: str, payloads: Sequence[str]) -> None:
+        """Send one notification per payload, outside any data transaction."""
+        if not payloads:
+            return
+        with _translate("notify"):
+            await self._pool.execute(Q["notify"], channel, list(payloads))
+
+    # -- worker -----------------------------------------------------------------------
+
+    async def claim(
+        self, *, worker_id: str, queues: Sequence[str], limit: int, lease_s: float
+    ) -> list[ClaimedRun]:
+        with _translate("claim"):
+            if len(queues) == 1:
+                rows = await self._pool.fetch(
+                    Q["claim_runs_one"], worker_id, queues[0], limit, lease_s
+                )
+            else:
+                rows = await self._pool.fetch(
+                    Q["claim_runs_many"], worker_id, list(queues), limit, lease_s
+                )
+        return [_claimed(row) for row in rows]
+
+    async def claim_by_id(
+        self, *, worker_id: str, run_id: UUID, lease_s: float
+    ) -> ClaimedRun | None:
+        with _translate("claim run"):
+            row = await self._pool.fetchrow(Q["claim_run_by_id"], worker_id, run_id, lease_s)
+        return None if row is None else _claimed(row)
+
+    async def start_inline(
+        self,
+        *,
+        run_id: UUID,
+        worker_id: str,
+        workflow: str,
+        queue: str,
+        input: bytes,
+        metadata: bytes | None,
+        max_attempts: int,
+        lease_s: float,
+    ) -> ClaimedRun:
+        with _translate("start inline run"):
+            row = await self._pool.fetchrow(
+                Q["start_inline_run"],
+                run_id,
+                worker_id,
+                workflow,
+                queue,
+                input,
+                metadata,
+                max_attempts,
+                lease_s,
+            )
+        return _claimed(row)
+
+    async def load_steps(self, run_ids: Sequence[UUID]) -> dict[UUID, list[StepRecord]]:
+        if not run_ids:
+            return {}
+        with _translate("load checkpoints"):
+            rows = await self._pool.fetch(Q["load_steps"], list(run_ids))
+        history: dict[UUID, list[StepRecord]] = {}
+        for row in rows:
+            history.setdefault(row[0], []).append(
+                StepRecord(
+                    position=row[1],
+                    name=row[2],
+                    status=row[3],
+                    run_attempt=row[4],
+                    output=row[5],
+                    error=row[6],
+                )
+            )
+        return history
+
+    async def heartbeat(
+        self, *, worker_id: str, run_ids: Sequence[UUID], lease_s: float
+    ) -> set[UUID]:
+        """Extend the leases; return the ids this worker still holds."""
+        with _translate("heartbeat"):
+            rows = await self._pool.fetch(Q["heartbeat"], worker_id, list(run_ids), lease_s)
+        return {row[0] for row in rows}
+
+    async def checkpoint_step(
+        self,
+        *,
+        run_id: UUID,
+        worker_id: str,
+        attempt: int,
+        position: int,
+        name: str,
+        status: str,
+        attempts: int,
+        output: bytes | None,
+        error: bytes | None,
+        started_at: datetime,
+        event_data: bytes,
+    ) -> None:
+        """Record a step outcome. Raises LeaseLost when the fence does not hold."""
+        with _translate(f"checkpoint of step {name!r}"):
+            seq = await self._pool.fetchval(
+                Q["checkpoint_step"],
+                run_id,
+                worker_id,
+                attempt,
+                position,
+                name,
+                status,
+                attempts,
+                output,
+                error,
+                started_at,
+                event_data,
+            )
+        if seq is None:
+            raise errors.LeaseLost(f"run {run_id} is no longer leased to this worker")
+
+    async def set_state(
+        self, *, run_id: UUID, worker_id: str, attempt: int, state: bytes, event_data: bytes
+    ) -> None:
+        with _translate("state update"):
+            seq = await self._pool.fetchval(
+                Q["set_state"], run_id, worker_id, attempt, state, event_data
+            )
+        if seq is None:
+            raise errors.LeaseLost(f"run {run_id} is no longer leased to this worker")
+
+    async def complete_run(
+        self, *, run_id: UUID, worker_id: str, attempt: int, output: bytes
+    ) -> None:
+        with _translate("completing run"):
+            seq = await self._pool.fetchval(Q["complete_run"], run_id, worker_id, attempt, output)
+        if seq is None:
+            raise errors.LeaseLost(f"run {run_id} is no longer leased to this worker")
+
+    async def fail_run(
+        self,
+        *,
+        run_id: UUID,
+        worker_id: str,
+        attempt: int,
+        error: bytes,
+        retry_in_s: float | None,
+        event_data: bytes,
+    ) -> tuple[str, str]:
+        """Fail or requeue the run; return (new status, queue)."""
+        with _translate("failing run"):
+            row = await self._pool.fetchrow(
+                Q["fail_run"], run_id, worker_id, attempt, error, retry_in_s, event_data
+            )
+        if row is None:
+            raise errors.LeaseLost(f"run {run_id} is no longer leased to this worker")
+        return row["status"], row["queue"]
+
+    async def release_runs(self, *, worker_id: str, run_ids: Sequence[UUID]) -> list[str]:
+        """Hand leased runs back to the queue; return their queues."""
+        if not run_ids:
+            return []
+        with _translate("releasing runs"):
+            rows = await self._pool.fetch(Q["release_runs"], worker_id, list(run_ids))
+        return [row["queue"] for row in rows]
+
+    async def requeue_expired(self, *, limit: int) -> list[tuple[UUID, str, str]]:
+        with _translate("requeue expired leases"):
+            rows = await self._pool.fetch(Q["requeue_expired"], limit)
+        return [(row["id"], row["queue"], row["status"]) for row in rows]
+
+    async def next_due_in(self, queues: Sequence[str]) -> float | None:
+        """Seconds until the earliest queued run of ``queues`` is due (<= 0: now)."""
+        with _translate("next due"):
+            delta = await self._pool.fetchval(Q["next_due"], list(queues))
+        return None if delta is None else float(delta.total_seconds())
+
+    @contextlib.asynccontextmanager
+    async def try_advisory_lock(self, key: int) -> AsyncIterator[bool]:
+        """Hold a session advisory lock on a pooled connection while inside, if free."""
+        with _translate("advisory lock"):
+            async with self._pool.acquire() as conn:
+                got = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+                try:
+                    yield got
+                finally:
+                    if got and not conn.is_closed():
+                        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                            await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+    # -- client -----------------------------------------------------------------------
+
+    async def cancel_run(self, *, run_id: UUID, reason: str | None, actor: str | None) -> bool:
+        with _translate("cancel"):
+            count = await self._pool.fetchval(Q["cancel_run"], run_id, reason, actor)
+        return bool(count)
+
+    async def retry_run(self, *, run_id: UUID, budget: int) -> str | None:
+        with _translate("retry"):
+            queue: str | None = await self._pool.fetchval(Q["retry_run"], run_id, budget)
+        return queue
+
+    async def get_run(self, run_id: UUID) -> asyncpg.Record | None:
+        with _translate("get run"):
+            row: asyncpg.Record | None = await self._pool.fetchrow(Q["get_run"], run_id)
+        return row
+
+    async def get_run_status(self, run_id: UUID) -> asyncpg.Record | None:
+        with _translate("get run status"):
+            row: asyncpg.Record | None = await self._pool.fetchrow(Q["get_run_status"], run_id)
+        return row
+
+    async def get_steps(self, run_id: UUID) -> list[asyncpg.Record]:
+        with _translate("get steps"):
+            return list(await self._pool.fetch(Q["get_steps"], run_id))
+
+    async def get_children(self, run_id: UUID) -> list[asyncpg.Record]:
+        with _translate("get children"):
+            return list(await self._pool.fetch(Q["get_children"], run_id))
+
+    async def list_runs(
+        self,
+        *,
+        status: str | None,
+        workflow: str | None,
+        queue: str | None,
+        before: tuple[datetime, UUID] | None,
+        limit: int,
+    ) -> list[asyncpg.Record]:
+        with _translate("list runs"):
+            return list(
+                await self._pool.fetch(
+                    Q["list_runs"],
+                    status,
+                    workflow,
+                    queue,
+                    before[0] if before else None,
+                    before[1] if before else None,
+                    limit,
+                )
+            )
+
+    async def list_events(self, run_id: UUID, *, after: int, limit: int) -> list[asyncpg.Record]:
+        with _translate("list events"):
+            return list(await self._pool.fetch(Q["list_events"], run_id, after, limit))
+
+    async def run_status(self, run_id: UUID) -> str | None:
+        with _translate("run status"):
+            status: str | None = await self._pool.fetchval(Q["run_exists"], run_id)
+        return status
+
+
+def _claimed(row: asyncpg.Record) -> ClaimedRun:
+    return ClaimedRun(
+        id=row["id"],
+        workflow=row["workflow"],
+        queue=row["queue"],
+        input=row["input"],
+        state=row["state"],
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        deadline_at=row["deadline_at"],
+        step_count=row["step_count"],
+        created_at=row["created_at"],
+        db_now=row["db_now"],
+    )

@@ -1,0 +1,367 @@
+-- Every SQL statement of tidebase-async, named. Parsed once by store/sql.py.
+-- Conventions: all times come from tidebase.now(); every write a worker makes for a run
+-- is fenced on (id, lease_owner, attempt) AND status = 'running', so a worker whose lease
+-- was taken over (a zombie) changes nothing. Appending an event always goes through an
+-- UPDATE of the run row that bumps runs.event_seq, which serialises appenders on the row
+-- lock and keeps events.seq gap-free.
+
+-- name: schema_version
+SELECT max(version) FROM tidebase.schema_migrations;
+
+-- name: enqueue_run
+-- One run; on a dedupe conflict with an active run, return that run instead.
+-- ON CONFLICT DO UPDATE (not DO NOTHING) locks and returns the existing row in the same
+-- statement, so there is no window in which the duplicate finishes and a re-select
+-- finds nothing. (xmax = 0) tells a fresh insert from the conflict path.
+WITH ins AS (
+  INSERT INTO tidebase.runs AS r
+    (id, workflow, queue, status, input, priority, dedupe_key, metadata, parent_id,
+     max_attempts, run_at, deadline_at, created_at, updated_at, event_seq)
+  VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9,
+          COALESCE($10::timestamptz, tidebase.now()) + make_interval(secs => $11::float8),
+          $12, tidebase.now(), tidebase.now(), 1)
+  ON CONFLICT (queue, dedupe_key)
+    WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'waiting')
+    DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key
+  RETURNING r.id, (r.xmax = 0) AS inserted, r.queue, r.dedupe_key,
+            r.run_at <= tidebase.now() AS due
+), ev AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, 1, 'run.created', tidebase.now(), NULL FROM ins WHERE inserted
+)
+SELECT id, inserted, queue, dedupe_key, due FROM ins;
+
+-- name: enqueue_runs
+-- Many runs in one statement. The caller removes duplicate dedupe keys within the batch
+-- first (DO UPDATE may not touch one row twice in a statement).
+WITH ins AS (
+  INSERT INTO tidebase.runs AS r
+    (id, workflow, queue, status, input, priority, dedupe_key, metadata, parent_id,
+     max_attempts, run_at, deadline_at, created_at, updated_at, event_seq)
+  SELECT u.id, u.workflow, u.queue, 'queued', u.input, u.priority, u.dedupe_key,
+         u.metadata, u.parent_id, u.max_attempts,
+         COALESCE(u.run_at, tidebase.now()) + make_interval(secs => u.delay_s),
+         u.deadline_at, tidebase.now(), tidebase.now(), 1
+  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int4[], $6::text[],
+              $7::jsonb[], $8::uuid[], $9::int4[], $10::timestamptz[], $11::float8[],
+              $12::timestamptz[])
+       AS u(id, workflow, queue, input, priority, dedupe_key, metadata, parent_id,
+            max_attempts, run_at, delay_s, deadline_at)
+  ON CONFLICT (queue, dedupe_key)
+    WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'waiting')
+    DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key
+  RETURNING r.id, (r.xmax = 0) AS inserted, r.queue, r.dedupe_key,
+            r.run_at <= tidebase.now() AS due
+), ev AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, 1, 'run.created', tidebase.now(), NULL FROM ins WHERE inserted
+)
+SELECT id, inserted, queue, dedupe_key, due FROM ins;
+
+-- name: notify
+-- Wake-ups are sent after the writing transaction committed, in a transaction of their
+-- own with synchronous_commit off: a notifying commit holds a cluster-wide lock while
+-- it flushes WAL, so notifying inside every write would serialise all commits.
+-- A lost notification costs latency only; workers poll as the floor.
+SELECT set_config('synchronous_commit', 'off', true),
+       pg_notify($1, p) FROM unnest($2::text[]) AS p;
+
+-- name: claim_runs_one
+-- Lease up to $3 due runs of queue $2 to worker $1 for $4 seconds.
+WITH picked AS (
+  SELECT id FROM tidebase.runs
+  WHERE status = 'queued' AND queue = $2 AND run_at <= tidebase.now()
+  ORDER BY priority DESC, run_at, id
+  LIMIT $3
+  FOR UPDATE SKIP LOCKED
+), claimed AS (
+  UPDATE tidebase.runs r
+  SET status = 'running', lease_owner = $1, attempt = r.attempt + 1,
+      lease_expires_at = tidebase.now() + make_interval(secs => $4::float8),
+      started_at = COALESCE(r.started_at, tidebase.now()), updated_at = tidebase.now(),
+      event_seq = r.event_seq + 1
+  FROM picked WHERE r.id = picked.id
+  RETURNING r.id, r.workflow, r.queue, r.input, r.state, r.attempt, r.max_attempts,
+            r.deadline_at, r.step_count, r.event_seq, r.created_at
+), ev AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, 'run.claimed', tidebase.now(),
+         jsonb_build_object('worker', $1::text, 'attempt', attempt)
+  FROM claimed
+)
+SELECT claimed.*, tidebase.now() AS db_now FROM claimed;
+
+-- name: claim_runs_many
+-- As claim_runs_one, over several queues ($2 is an array).
+WITH picked AS (
+  SELECT id FROM tidebase.runs
+  WHERE status = 'queued' AND queue = ANY($2::text[]) AND run_at <= tidebase.now()
+  ORDER BY priority DESC, run_at, id
+  LIMIT $3
+  FOR UPDATE SKIP LOCKED
+), claimed AS (
+  UPDATE tidebase.runs r
+  SET status = 'running', lease_owner = $1, attempt = r.attempt + 1,
+      lease_expires_at = tidebase.now() + make_interval(secs => $4::float8),
+      started_at = COALESCE(r.started_at, tidebase.now()), updated_at = tidebase.now(),
+      event_seq = r.event_seq + 1
+  FROM picked WHERE r.id = picked.id
+  RETURNING r.id, r.workflow, r.queue, r.input, r.state, r.attempt, r.max_attempts,
+            r.deadline_at, r.step_count, r.event_seq, r.created_at
+), ev AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, 'run.claimed', tidebase.now(),
+         jsonb_build_object('worker', $1::text, 'attempt', attempt)
+  FROM claimed
+)
+SELECT claimed.*, tidebase.now() AS db_now FROM claimed;
+
+-- name: start_inline_run
+-- Create a run that this process executes in place, already leased to $2.
+WITH ins AS (
+  INSERT INTO tidebase.runs
+    (id, workflow, queue, status, input, priority, metadata, max_attempts, run_at,
+     lease_owner, lease_expires_at, attempt, inline, created_at, started_at, updated_at,
+     event_seq)
+  VALUES ($1, $3, $4, 'running', $5, 0, $6, $7, tidebase.now(), $2,
+          tidebase.now() + make_interval(secs => $8::float8), 1, true,
+          tidebase.now(), tidebase.now(), tidebase.now(), 2)
+  RETURNING id, workflow, queue, input, state, attempt, max_attempts, deadline_at,
+            step_count, event_seq, created_at
+), ev AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, s.seq, s.type, tidebase.now(), s.data
+  FROM ins, (VALUES (1, 'run.created', NULL::jsonb),
+                    (2, 'run.claimed', jsonb_build_object('worker', $2::text,
+                                                          'attempt', 1, 'inline', true)))
+            AS s(seq, type, data)
+)
+SELECT ins.*, tidebase.now() AS db_now FROM ins;
+
+-- name: claim_run_by_id
+-- Lease one specific queued run (inline resume of an existing run).
+WITH picked AS (
+  SELECT id FROM tidebase.runs WHERE id = $2 AND status = 'queued' FOR UPDATE SKIP LOCKED
+), claimed AS (
+  UPDATE tidebase.runs r
+  SET status = 'running', lease_owner = $1, attempt = r.attempt + 1,
+      lease_expires_at = tidebase.now() + make_interval(secs => $3::float8),
+      started_at = COALESCE(r.started_at, tidebase.now()), updated_at = tidebase.now(),
+      event_seq = r.event_seq + 1
+  FROM picked WHERE r.id = picked.id
+  RETURNING r.id, r.workflow, r.queue, r.input, r.state, r.attempt, r.max_attempts,
+            r.deadline_at, r.step_count, r.event_seq, r.created_at
+), ev AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, 'run.claimed', tidebase.now(),
+         jsonb_build_object('worker', $1::text, 'attempt', attempt)
+  FROM claimed
+)
+SELECT claimed.*, tidebase.now() AS db_now FROM claimed;
+
+-- name: load_steps
+-- The whole history of the claimed runs, in one query.
+SELECT run_id, position, name, status, run_attempt, output, error
+FROM tidebase.steps WHERE run_id = ANY($1::uuid[])
+ORDER BY run_id, position;
+
+-- name: heartbeat
+-- Extend every lease worker $1 still holds among $2; the ids not returned are lost.
+UPDATE tidebase.runs
+SET lease_expires_at = tidebase.now() + make_interval(secs => $3::float8)
+WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND status = 'running'
+RETURNING id;
+
+-- name: checkpoint_step
+-- Record a step outcome ($6 'completed' or 'failed') at position $4. Fenced.
+WITH r AS (
+  UPDATE tidebase.runs
+  SET event_seq = event_seq + 1, step_count = GREATEST(step_count, $4 + 1),
+      updated_at = tidebase.now()
+  WHERE id = $1 AND lease_owner = $2 AND attempt = $3 AND status = 'running'
+  RETURNING id, event_seq
+), s AS (
+  INSERT INTO tidebase.steps AS st
+    (run_id, position, name, status, attempts, run_attempt, output, error,
+     started_at, finished_at)
+  SELECT id, $4, $5, $6, $7, $3, $8, $9, $10, tidebase.now() FROM r
+  ON CONFLICT (run_id, position) DO UPDATE
+    SET name = EXCLUDED.name, status = EXCLUDED.status, attempts = EXCLUDED.attempts,
+        run_attempt = EXCLUDED.run_attempt, output = EXCLUDED.output,
+        error = EXCLUDED.error, started_at = EXCLUDED.started_at,
+        finished_at = EXCLUDED.finished_at
+    WHERE st.status <> 'completed'
+), e AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, CASE WHEN $6 = 'completed' THEN 'step.completed'
+                             ELSE 'step.failed' END,
+         tidebase.now(), $11 FROM r
+)
+SELECT event_seq FROM r;
+
+-- name: set_state
+WITH r AS (
+  UPDATE tidebase.runs
+  SET state = $4, event_seq = event_seq + 1, updated_at = tidebase.now()
+  WHERE id = $1 AND lease_owner = $2 AND attempt = $3 AND status = 'running'
+  RETURNING id, event_seq
+), e AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, 'state.updated', tidebase.now(), $5 FROM r
+)
+SELECT event_seq FROM r;
+
+-- name: complete_run
+WITH r AS (
+  UPDATE tidebase.runs
+  SET status = 'completed', output = $4, lease_owner = NULL, lease_expires_at = NULL,
+      finished_at = tidebase.now(), updated_at = tidebase.now(), event_seq = event_seq + 1
+  WHERE id = $1 AND lease_owner = $2 AND attempt = $3 AND status = 'running'
+  RETURNING id, event_seq
+), e AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, 'run.completed', tidebase.now(), NULL FROM r
+)
+SELECT event_seq FROM r;
+
+-- name: fail_run
+-- The workflow raised. $5 NULL: fail for good; else requeue after $5 seconds.
+WITH r AS (
+  UPDATE tidebase.runs
+  SET status = CASE WHEN $5::float8 IS NULL THEN 'failed' ELSE 'queued' END,
+      error = $4,
+      run_at = CASE WHEN $5::float8 IS NULL THEN run_at
+                    ELSE tidebase.now() + make_interval(secs => $5::float8) END,
+      finished_at = CASE WHEN $5::float8 IS NULL THEN tidebase.now() END,
+      lease_owner = NULL, lease_expires_at = NULL, updated_at = tidebase.now(),
+      event_seq = event_seq + 1
+  WHERE id = $1 AND lease_owner = $2 AND attempt = $3 AND status = 'running'
+  RETURNING id, event_seq, status, queue
+), e AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, CASE WHEN status = 'failed' THEN 'run.failed' ELSE 'run.retrying' END,
+         tidebase.now(), $6 FROM r
+)
+SELECT event_seq, status, queue FROM r;
+
+-- name: release_runs
+-- Graceful shutdown: hand runs back at once without spending an attempt.
+WITH r AS (
+  UPDATE tidebase.runs
+  SET status = 'queued', attempt = attempt - 1, lease_owner = NULL,
+      lease_expires_at = NULL, run_at = tidebase.now(), updated_at = tidebase.now(),
+      event_seq = event_seq + 1
+  WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND status = 'running'
+  RETURNING id, event_seq, queue
+), e AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, 'run.released', tidebase.now(),
+         jsonb_build_object('worker', $1::text) FROM r
+)
+SELECT id, queue FROM r;
+
+-- name: requeue_expired
+-- Reconciler: runs whose lease expired (their worker died or froze) go back to the
+-- queue, or fail when their attempts are spent. Bounded and oldest first.
+WITH expired AS (
+  SELECT id, lease_owner AS old_owner FROM tidebase.runs
+  WHERE status = 'running' AND lease_expires_at < tidebase.now()
+  ORDER BY lease_expires_at
+  LIMIT $1
+  FOR UPDATE SKIP LOCKED
+), r AS (
+  UPDATE tidebase.runs r
+  SET status = CASE WHEN r.attempt >= r.max_attempts THEN 'failed' ELSE 'queued' END,
+      error = CASE WHEN r.attempt >= r.max_attempts THEN
+                jsonb_build_object(
+                  'type', 'LeaseExpired',
+                  'message', format('the lease of worker %s expired on attempt %s of %s '
+                                    '(the worker process died or stalled); '
+                                    'no attempts left', expired.old_owner, r.attempt,
+                                    r.max_attempts),
+                  'traceback', NULL)
+              ELSE r.error END,
+      finished_at = CASE WHEN r.attempt >= r.max_attempts THEN tidebase.now() END,
+      lease_owner = NULL, lease_expires_at = NULL, run_at = tidebase.now(),
+      updated_at = tidebase.now(), event_seq = r.event_seq + 1
+  FROM expired WHERE r.id = expired.id
+  RETURNING r.id, r.queue, r.status, r.attempt, r.event_seq, expired.old_owner
+), e AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, CASE WHEN status = 'failed' THEN 'run.failed' ELSE 'run.requeued' END,
+         tidebase.now(),
+         jsonb_build_object('reason', 'lease_expired', 'worker', old_owner,
+                            'attempt', attempt)
+  FROM r
+)
+SELECT id, queue, status FROM r;
+
+-- name: cancel_run
+-- Cancel a run that is not executing (queued or waiting).
+WITH r AS (
+  UPDATE tidebase.runs
+  SET status = 'cancelled', cancel_reason = $2, finished_at = tidebase.now(),
+      updated_at = tidebase.now(), event_seq = event_seq + 1
+  WHERE id = $1 AND status IN ('queued', 'waiting')
+  RETURNING id, event_seq
+), e AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, 'run.cancelled', tidebase.now(),
+         jsonb_build_object('reason', $2::text, 'actor', $3::text) FROM r
+)
+SELECT count(*) FROM r;
+
+-- name: retry_run
+-- failed -> queued with a fresh budget of attempts; checkpoints are kept, so the run
+-- resumes after its last completed step. attempt stays monotonic (it is a fence token).
+WITH r AS (
+  UPDATE tidebase.runs
+  SET status = 'queued', max_attempts = attempt + $2, run_at = tidebase.now(),
+      finished_at = NULL, updated_at = tidebase.now(), event_seq = event_seq + 1
+  WHERE id = $1 AND status = 'failed'
+  RETURNING id, event_seq, queue
+), e AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, 'run.retried', tidebase.now(), NULL FROM r
+)
+SELECT queue FROM r;
+
+-- name: get_run
+SELECT id, workflow, queue, status, input, output, error, state, attempt, max_attempts,
+       priority, dedupe_key, metadata, parent_id, created_at, started_at, finished_at,
+       deadline_at, run_at, cancel_reason, lease_owner, lease_expires_at
+FROM tidebase.runs WHERE id = $1;
+
+-- name: get_run_status
+SELECT status, output, error, cancel_reason FROM tidebase.runs WHERE id = $1;
+
+-- name: get_steps
+SELECT name, status, attempts, output, error, started_at, finished_at
+FROM tidebase.steps WHERE run_id = $1 ORDER BY position;
+
+-- name: get_children
+SELECT id, workflow, status, created_at, finished_at
+FROM tidebase.runs WHERE parent_id = $1 ORDER BY created_at, id;
+
+-- name: list_runs
+-- Keyset pagination, newest first. NULL filters match everything.
+SELECT id, workflow, queue, status, attempt, priority, created_at, started_at, finished_at
+FROM tidebase.runs
+WHERE ($1::text IS NULL OR status = $1)
+  AND ($2::text IS NULL OR workflow = $2)
+  AND ($3::text IS NULL OR queue = $3)
+  AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $6;
+
+-- name: list_events
+SELECT seq, type, at, data FROM tidebase.events
+WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3;
+
+-- name: next_due
+-- When the earliest queued run of these queues becomes claimable.
+SELECT min(run_at) - tidebase.now() FROM tidebase.runs
+WHERE status = 'queued' AND queue = ANY($1::text[]);
+
+-- name: run_exists
+SELECT status FROM tidebase.runs WHERE id = $1;

@@ -1,0 +1,100 @@
+"""In-process wake-up primitives: a resettable signal and the coalescing notifier."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import anyio
+
+from tidebase_async import errors
+from tidebase_async.store import Store
+
+logger = logging.getLogger(__name__)
+
+WAKE_CHANNEL = "tidebase_wake"
+EVENTS_CHANNEL = "tidebase_events"
+
+# pg_notify payloads must stay under 8000 bytes; a UUID and a comma take 37.
+_IDS_PER_NOTIFICATION = 200
+
+
+class Signal:
+    """A level-triggered wake-up that can be reset (anyio.Event cannot)."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        if self._event.is_set():
+            self._event = anyio.Event()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+    async def wait_for(self, timeout_s: float) -> bool:
+        """Wait at most ``timeout_s``; True when the signal was set."""
+        with anyio.move_on_after(max(0.0, timeout_s)):
+            await self._event.wait()
+        return self._event.is_set()
+
+
+def pack_ids(ids: Iterable[str]) -> list[str]:
+    """Comma-joined groups of ids, each small enough for one notification."""
+    batch = sorted(set(ids))
+    return [
+        ",".join(batch[i : i + _IDS_PER_NOTIFICATION])
+        for i in range(0, len(batch), _IDS_PER_NOTIFICATION)
+    ]
+
+
+class Notifier:
+    """Coalesces 'run X has new events' and 'queue Q has work' notifications.
+
+    Writers call ``runs_changed``/``queues_changed`` after their transaction committed;
+    one sender task turns everything pending into as few ``pg_notify`` calls as
+    possible. Notifications are hints: a failure to send one is logged and costs only
+    latency (readers and workers also poll).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._runs: set[str] = set()
+        self._queues: set[str] = set()
+        self._pending = Signal()
+
+    def runs_changed(self, *run_ids: object) -> None:
+        self._runs.update(str(r) for r in run_ids)
+        self._pending.set()
+
+    def queues_changed(self, *queues: str) -> None:
+        self._queues.update(queues)
+        self._pending.set()
+
+    async def flush(self) -> None:
+        runs, self._runs = self._runs, set()
+        queues, self._queues = self._queues, set()
+        self._pending.clear()
+        try:
+            if queues:
+                await self._store.notify(WAKE_CHANNEL, sorted(queues))
+            if runs:
+                await self._store.notify(EVENTS_CHANNEL, pack_ids(runs))
+        except errors.StoreError as exc:
+            logger.debug("notification not sent (%s); pollers will catch up", exc)
+
+    async def run(self) -> None:
+        """Send pending notifications until cancelled; flush what is left on the way out."""
+        try:
+            while True:
+                await self._pending.wait()
+                await self.flush()
+        finally:
+            with anyio.move_on_after(2, shield=True):
+                await self.flush()

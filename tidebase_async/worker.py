@@ -1,0 +1,361 @@
+"""The worker behind ``tide.work()``: claim, execute, heartbeat, reconcile, drain.
+
+Concurrency model: one task group for services (heartbeat, maintenance, signals) and
+one for runs. Each run executes in its own task inside its own cancel scope, which the
+heartbeat cancels when the lease is lost and shutdown cancels after the grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+import anyio
+import anyio.abc
+
+from tidebase_async import errors
+from tidebase_async.executor import ExecutionResult, execute
+from tidebase_async.replay import Execution
+from tidebase_async.store import ClaimedRun, Store
+from tidebase_async.store.listener import Listener
+from tidebase_async.wakeup import WAKE_CHANNEL, Notifier, Signal
+from tidebase_async.workflows import Workflow
+
+if TYPE_CHECKING:
+    from tidebase_async.store import StepRecord
+
+logger = logging.getLogger(__name__)
+
+# Session advisory lock that elects the one active reconciler among all workers.
+MAINTENANCE_LOCK = 7_321_094_451_006_132_812
+_SWEEP_LIMIT = 500
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class WorkerStats:
+    """Counters a worker keeps; read them for monitoring or tests."""
+
+    def __init__(self) -> None:
+        self.claimed = 0
+        self.completed = 0
+        self.failed = 0
+        self.retried = 0
+        self.lost = 0
+        self.released = 0
+        self.requeued_expired = 0
+
+
+class Worker:
+    """Executes queued runs of the registered workflows until stopped.
+
+    Guarantees: a run executes in at most one worker at a time while leases hold;
+    every write it makes is fenced, so after a takeover the previous owner's writes
+    are refused (``LeaseLost``). Stopping (SIGTERM, ``stop()``) stops claiming, lets
+    in-flight runs finish for ``shutdown_grace`` seconds, then cancels and releases
+    the rest at once for other workers. Cancellation of ``run()`` releases in-flight
+    runs at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        listener: Listener | None,
+        notifier: Notifier,
+        workflows: Mapping[str, Workflow],
+        queues: Sequence[str],
+        concurrency: int,
+        lease_s: float,
+        poll_interval_s: float,
+        shutdown_grace_s: float,
+        maintenance_interval_s: float,
+        max_payload: int,
+        handle_signals: bool,
+    ) -> None:
+        if concurrency < 1:
+            raise errors.ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
+        if lease_s <= 0 or poll_interval_s <= 0:
+            raise errors.ConfigurationError("lease and poll_interval must be > 0")
+        if not queues:
+            raise errors.ConfigurationError("a worker needs at least one queue")
+        self.id = new_worker_id()
+        self.stats = WorkerStats()
+        self._store = store
+        self._listener = listener
+        self._notifier = notifier
+        self._workflows = workflows
+        self._queues = list(dict.fromkeys(queues))
+        self._concurrency = concurrency
+        self._lease_s = lease_s
+        self._poll_s = poll_interval_s
+        self._grace_s = shutdown_grace_s
+        self._maintenance_s = maintenance_interval_s
+        self._max_payload = max_payload
+        self._handle_signals = handle_signals
+        self._wake = Signal()
+        self._capacity = Signal()
+        self._stop = anyio.Event()
+        self._inflight: dict[UUID, anyio.CancelScope] = {}
+        self._executions: dict[UUID, Execution] = {}
+        self._idle = Signal()
+        self._idle.set()
+
+    def stop(self) -> None:
+        """Begin a graceful drain (what SIGTERM does)."""
+        self._stop.set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def run(self, *, started: anyio.Event | None = None) -> None:
+        """Work until ``stop()``/SIGTERM (then drain and return) or cancellation."""
+        unsubscribe: list[Callable[[], None]] = []
+        if self._listener is not None:
+            unsubscribe.append(self._listener.subscribe(WAKE_CHANNEL, self._on_wake))
+            unsubscribe.append(self._listener.on_connect(self._wake.set))
+        logger.info(
+            "worker %s started: queues=%s concurrency=%d lease=%.1fs",
+            self.id,
+            self._queues,
+            self._concurrency,
+            self._lease_s,
+        )
+        try:
+            # Runs outlive services: the heartbeat must keep their leases during the drain.
+            async with anyio.create_task_group() as runs_tg, anyio.create_task_group() as services:
+                services.start_soon(self._heartbeat_loop)
+                services.start_soon(self._maintenance_loop)
+                if self._handle_signals:
+                    services.start_soon(self._signal_loop)
+                if started is not None:
+                    started.set()
+                await self._claim_loop(runs_tg)
+                await self._drain()
+                services.cancel_scope.cancel()
+        finally:
+            for remove in unsubscribe:
+                remove()
+            logger.info("worker %s stopped", self.id)
+
+    # -- claiming ---------------------------------------------------------------------
+
+    def _on_wake(self, payload: str) -> None:
+        if payload in self._queues:
+            self._wake.set()
+
+    async def _claim_loop(self, runs_tg: anyio.abc.TaskGroup) -> None:
+        delay = 0.05
+        while not self._stop.is_set():
+            free = self._concurrency - len(self._inflight)
+            if free <= 0:
+                self._capacity.clear()
+                await self._wait_or_stop(self._capacity, None)
+                continue
+            # Clear before claiming: a notification that arrives during the claim
+            # must cause another claim, not be lost.
+            self._wake.clear()
+            try:
+                claimed = await self._store.claim(
+                    worker_id=self.id, queues=self._queues, limit=free, lease_s=self._lease_s
+                )
+                history: dict[UUID, list[StepRecord]] = {}
+                resumed = [c.id for c in claimed if c.step_count > 0]
+                if resumed:
+                    history = await self._store.load_steps(resumed)
+            except errors.StoreError as exc:
+                logger.warning("claim failed (%s); retrying in %.2fs", exc, delay)
+                await self._wait_or_stop(self._wake, delay)
+                delay = min(delay * 2, self._poll_s)
+                continue
+            delay = 0.05
+            for run in claimed:
+                self._start(runs_tg, run, history.get(run.id, []))
+            if claimed:
+                self.stats.claimed += len(claimed)
+                self._notifier.runs_changed(*(c.id for c in claimed))
+            if len(claimed) == free:
+                continue  # there may be more; the free-capacity check throttles
+            wait_s = self._poll_s
+            try:
+                due_in = await self._store.next_due_in(self._queues)
+            except errors.StoreError:
+                due_in = None
+            if due_in is not None:
+                wait_s = min(wait_s, max(due_in, 0.001))
+            await self._wait_or_stop(self._wake, wait_s)
+
+    async def _wait_or_stop(self, signal_: Signal, timeout_s: float | None) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def stop_waiter() -> None:
+                await self._stop.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stop_waiter)
+            if timeout_s is None:
+                await signal_.wait()
+            else:
+                await signal_.wait_for(timeout_s)
+            tg.cancel_scope.cancel()
+
+    def _start(self, tg: anyio.abc.TaskGroup, run: ClaimedRun, history: list[StepRecord]) -> None:
+        scope = anyio.CancelScope()
+        self._inflight[run.id] = scope
+        self._idle.clear()
+        tg.start_soon(self._execute, run, history, scope, name=f"tidebase-run-{run.id}")
+
+    async def _execute(
+        self, run: ClaimedRun, history: list[StepRecord], scope: anyio.CancelScope
+    ) -> None:
+        result: ExecutionResult | None = None
+        try:
+            result = await execute(
+                store=self._store,
+                worker_id=self.id,
+                claimed=run,
+                history=history,
+                workflows=self._workflows,
+                on_event=self._notifier.runs_changed,
+                max_payload=self._max_payload,
+                cancel_scope=scope,
+                ex_holder=self._executions,
+            )
+        except errors.StoreError as exc:
+            # The outcome could not be written (connection lost): the lease will
+            # expire and the reconciler hands the run to another attempt.
+            logger.error("run %s: could not record its outcome: %s", run.id, exc)
+        finally:
+            released = result is None or result.outcome == "released"
+            if released:
+                with anyio.move_on_after(5, shield=True):
+                    try:
+                        queues = await self._store.release_runs(worker_id=self.id, run_ids=[run.id])
+                        self._notifier.queues_changed(*queues)
+                        self._notifier.runs_changed(run.id)
+                        self.stats.released += bool(queues)
+                    except errors.StoreError as exc:
+                        logger.warning(
+                            "run %s not released (%s); its lease will expire", run.id, exc
+                        )
+            else:
+                self._count(result)
+            self._inflight.pop(run.id, None)
+            self._capacity.set()
+            if not self._inflight:
+                self._idle.set()
+            if result is not None and result.outcome == "retrying":
+                self._wake.set()
+
+    def _count(self, result: ExecutionResult | None) -> None:
+        if result is None:
+            return
+        if result.outcome == "completed":
+            self.stats.completed += 1
+        elif result.outcome == "failed":
+            self.stats.failed += 1
+        elif result.outcome == "retrying":
+            self.stats.retried += 1
+        elif result.outcome == "lost":
+            self.stats.lost += 1
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        if self._inflight:
+            logger.info(
+                "worker %s draining %d runs (grace %.1fs)",
+                self.id,
+                len(self._inflight),
+                self._grace_s,
+            )
+            with anyio.move_on_after(self._grace_s):
+                await self._idle.wait()
+        for scope in list(self._inflight.values()):
+            scope.cancel()
+
+    async def _signal_loop(self) -> None:
+        try:
+            with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    logger.info("worker %s: SIGTERM, draining", self.id)
+                    self.stop()
+                    return
+        except (ValueError, NotImplementedError, RuntimeError):
+            # Not the main thread, or no signal support here: stop() still works.
+            return
+
+    # -- leases -----------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self._lease_s / 3
+        while True:
+            await anyio.sleep(interval)
+            ids = list(self._inflight)
+            if not ids:
+                continue
+            try:
+                held = await self._store.heartbeat(
+                    worker_id=self.id, run_ids=ids, lease_s=self._lease_s
+                )
+            except errors.StoreError as exc:
+                logger.warning("heartbeat failed (%s); retrying", exc)
+                continue
+            for run_id in ids:
+                if run_id in held:
+                    continue
+                ex = self._executions.get(run_id)
+                scope = self._inflight.get(run_id)
+                if ex is None or scope is None or ex.finishing:
+                    continue
+                ex.lost = True
+                logger.warning(
+                    "run %s: lease lost (expired or taken over); cancelling it here",
+                    run_id,
+                    extra={"run_id": str(run_id)},
+                )
+                scope.cancel()
+
+    async def _maintenance_loop(self) -> None:
+        """The reconciler. Every worker runs it; a session advisory lock makes one of
+        them active at a time, and a crashed holder's lock goes with its session."""
+        while True:
+            try:
+                async with self._store.try_advisory_lock(MAINTENANCE_LOCK) as active:
+                    if not active:
+                        await anyio.sleep(self._maintenance_s * 5)
+                        continue
+                    while True:
+                        await self._maintenance_tick()
+                        await anyio.sleep(self._maintenance_s)
+            except errors.StoreError as exc:
+                logger.warning("maintenance failed (%s); retrying", exc)
+                await anyio.sleep(self._maintenance_s)
+
+    async def _maintenance_tick(self) -> None:
+        while True:
+            swept = await self._store.requeue_expired(limit=_SWEEP_LIMIT)
+            if swept:
+                self.stats.requeued_expired += len(swept)
+                for run_id, _queue, status in swept:
+                    logger.warning(
+                        "run %s: lease expired, %s",
+                        run_id,
+                        "requeued" if status == "queued" else "failed (no attempts left)",
+                        extra={"run_id": str(run_id)},
+                    )
+                self._notifier.queues_changed(*{q for _, q, s in swept if s == "queued"})
+                self._notifier.runs_changed(*(r for r, _, _ in swept))
+                if any(q in self._queues for _, q, s in swept if s == "queued"):
+                    self._wake.set()
+            if len(swept) < _SWEEP_LIMIT:
+                return

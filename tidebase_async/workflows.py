@@ -1,0 +1,107 @@
+"""Workflow definitions and the per-process registry."""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from tidebase_async import codec, errors
+from tidebase_async.models import Retry
+
+if TYPE_CHECKING:
+    from tidebase_async.replay import Run
+
+WorkflowFn = Callable[["Run", Any], Awaitable[Any]]
+
+MAX_NAME_LENGTH = 200
+
+
+def check_name(kind: str, name: object) -> str:
+    """Validate a workflow, queue, step or gate name.
+
+    Raises:
+        ConfigurationError: not a string, empty, longer than 200 characters, or
+            containing control characters; the message names the kind and the value.
+    """
+    if not isinstance(name, str):
+        raise errors.ConfigurationError(f"{kind} name must be a str, got {type(name).__name__}")
+    if not name or not name.strip():
+        raise errors.ConfigurationError(f"{kind} name must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise errors.ConfigurationError(
+            f"{kind} name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}: "
+            f"{name[:40]!r}..."
+        )
+    if any(ord(ch) < 32 or ch == "\x7f" for ch in name):
+        raise errors.ConfigurationError(f"{kind} name {name!r} contains control characters")
+    return name
+
+
+class Workflow(msgspec.Struct, frozen=True, kw_only=True):
+    """A registered workflow: its function and how its runs are executed."""
+
+    name: str
+    fn: WorkflowFn
+    queue: str
+    max_attempts: int
+    retry: Retry
+    input_type: Any
+    output_type: Any
+
+    def retry_delay(self, attempt: int) -> float:
+        """Backoff before the run's next attempt, after ``attempt`` failed."""
+        return backoff_delay(self.retry, attempt)
+
+
+def backoff_delay(policy: Retry, attempt: int) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based): exponential, capped,
+    with 'equal jitter' (uniform in [d/2, d]) when the policy asks for it."""
+    delay = float(min(policy.backoff * (2 ** max(0, attempt - 1)), policy.max_backoff))
+    if policy.jitter and delay > 0:
+        delay = random.uniform(delay / 2, delay)
+    return max(0.0, delay)
+
+
+def make_workflow(
+    name: str,
+    fn: WorkflowFn,
+    *,
+    queue: str,
+    max_attempts: int,
+    retry: Retry | None,
+) -> Workflow:
+    check_name("workflow", name)
+    check_name("queue", queue)
+    if not inspect.iscoroutinefunction(inspect.unwrap(fn)):
+        raise errors.ConfigurationError(
+            f"workflow {name!r}: {getattr(fn, '__qualname__', fn)!r} must be an async function"
+        )
+    if not isinstance(max_attempts, int) or max_attempts < 1:
+        raise errors.ConfigurationError(
+            f"workflow {name!r}: max_attempts must be an int >= 1, got {max_attempts!r}"
+        )
+    params = list(inspect.signature(fn).parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if not 1 <= len(positional) <= 2:
+        raise errors.ConfigurationError(
+            f"workflow {name!r}: the function must take (run) or (run, input)"
+        )
+    input_type = codec.param_type(fn, 1) if len(positional) == 2 else Any
+    return Workflow(
+        name=name,
+        fn=fn,
+        queue=queue,
+        max_attempts=max_attempts,
+        retry=retry or Retry(attempts=max_attempts),
+        input_type=input_type,
+        output_type=codec.return_type(fn),
+    )
+
+
+def takes_input(wf: Workflow) -> bool:
+    params = list(inspect.signature(wf.fn).parameters.values())
+    return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) == 2
