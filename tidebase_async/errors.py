@@ -22,6 +22,7 @@ Everything the library raises on purpose subclasses :class:`TidebaseError`::
       RunFailed             workflow raised; holds the recorded error
       RunCancelled
       StepTimeout           a step ran past its ``timeout``
+      StepFailed            replay of a step whose recorded failure the workflow handled
       PayloadTooLarge       a checkpoint, input or state exceeds the configured limit
 
 Signals that unwind workflow code (suspension) subclass ``BaseException`` so that a
@@ -118,6 +119,21 @@ class SignatureError(TidebaseError):
 
 class StepTimeout(TidebaseError):
     """A step ran longer than its ``timeout`` and was cancelled."""
+
+
+class StepFailed(TidebaseError):
+    """Raised on replay by a step whose recorded outcome is a failure that the workflow
+    caught and went past. ``error`` holds the recorded ``type``, ``message`` and
+    ``traceback``; the first execution raised the original exception instead, so code
+    that handles step failures should catch ``Exception`` (or both)."""
+
+    def __init__(self, step: str, error: dict[str, Any]) -> None:
+        self.step = step
+        self.error = dict(error)
+        self.error_type = str(self.error.get("type", "Error"))
+        super().__init__(
+            f"step {step!r} failed: {self.error_type}: {self.error.get('message', '')}"
+        )
 
 
 class RunFailed(TidebaseError):

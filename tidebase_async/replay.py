@@ -139,7 +139,11 @@ class RunState:
 
     def __init__(self, run: Run) -> None:
         self._run = run
-        self._value: Any = codec.decode(run._ex.state_bytes, where="state")
+        # Start from the run's initial state (the column default), not from what the
+        # database holds now: the workflow re-runs from the top and re-applies its
+        # writes, so a read between steps must see on replay what it saw the first
+        # time. Deterministic code arrives at the stored state by the end of replay.
+        self._value: Any = {}
 
     async def get(self) -> Any:
         """The current state (a copy; mutate it through ``set``/``patch``)."""
@@ -238,6 +242,8 @@ class Run:
             StepTimeout: the step ran past ``timeout`` on its last attempt.
             LeaseLost: another worker owns the run now.
             Exception: whatever ``fn`` raised on its last attempt.
+            StepFailed: on replay, for a recorded failure the workflow caught and went
+                past (the original exception object cannot be stored).
         """
         check_name("step", name)
         if "#" in name or name.startswith("~"):
@@ -278,6 +284,13 @@ class Run:
             if record.status == "completed":
                 ex.replayed_steps += 1
                 return codec.decode(record.output or b"null", tp=tp, where=where)
+            if position + 1 < len(ex.history):
+                # The workflow caught this failure and went on to later steps: replay
+                # the failure, or the path after it could change under the history.
+                ex.replayed_steps += 1
+                recorded = codec.decode(record.error or b"{}", where=where)
+                raise errors.StepFailed(full_name, recorded if isinstance(recorded, dict) else {})
+            # A failure that ended an earlier attempt: execute the step again.
         policy = retry or _NO_RETRY
         if not isinstance(policy, Retry) or policy.attempts < 1:
             raise errors.ConfigurationError(f"{where}: retry must be a Retry with attempts >= 1")
