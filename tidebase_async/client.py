@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
@@ -260,6 +260,14 @@ class Tidebase:
         delay_s = as_seconds(spec.delay, what="delay") or 0.0
         run_at = _aware(spec.run_at, "run_at")
         deadline = _aware(spec.deadline, "deadline")
+        try:
+            # Postgres stores times far past year 9999 (or fails on infinity), but such
+            # a run could never be read back into a Python datetime.
+            (run_at or datetime.now(UTC)) + timedelta(seconds=delay_s)
+        except OverflowError as exc:
+            raise errors.ConfigurationError(
+                f"delay {spec.delay!r} puts the run past the year 9999"
+            ) from exc
         data = codec.encode(spec.input, where="input", max_size=self.max_payload_bytes)
         if wf is not None:
             # Validate here so a bad input fails the caller, not a run later.
@@ -364,7 +372,12 @@ class Tidebase:
                 first_of[key] = len(unique)
             slot.append(len(unique))
             unique.append(run)
-        rows = await self.store.enqueue_many(unique)
+        # Insert in (queue, dedupe_key) order: two concurrent batches that share keys
+        # then wait on each other's uncommitted rows in the same order, never in a cycle
+        # (a deadlock, which Postgres breaks by failing one of them).
+        rows = await self.store.enqueue_many(
+            sorted(unique, key=lambda r: (r.dedupe_key is None, r.queue, r.dedupe_key or ""))
+        )
         by_id = {r.id: r for r in rows if r.inserted}
         by_key = {(r.queue, r.dedupe_key): r for r in rows if not r.inserted}
         resolved: list[RunHandle] = []
@@ -430,7 +443,9 @@ class Tidebase:
                 max_attempts=new.max_attempts,
                 lease_s=lease_s,
             )
-            self.notifier.runs_changed(rid)
+            if claimed is not None:
+                self.notifier.runs_changed(rid)
+            # else: a concurrent call with this run_id created it first; wait for it.
         else:
             claimed = None
         while True:
@@ -495,6 +510,7 @@ class Tidebase:
                     on_event=self.notifier.runs_changed,
                     max_payload=self.max_payload_bytes,
                     cancel_scope=scope,
+                    lease_s=lease_s,
                     ex_holder=executions,
                 )
                 outcome = result.outcome
@@ -710,8 +726,12 @@ class Runs:
         """
         rid = _as_uuid(run_id)
         timeout_s = as_seconds(timeout, what="timeout")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         store = self._tide.store
-        with self._watch(rid) as sig, anyio.fail_after(timeout_s):
+        # The timeout bounds the waiting between checks, not the checks: a run that is
+        # already terminal is returned even with timeout=0, and no query is cancelled
+        # mid-flight (which would cost its pooled connection).
+        with self._watch(rid) as sig:
             while True:
                 sig.clear()
                 row = await store.get_run_status(rid)
@@ -727,7 +747,12 @@ class Runs:
                     raise errors.RunFailed(rid, _json(row["error"]))
                 if status == "cancelled":
                     raise errors.RunCancelled(rid, row["cancel_reason"])
-                await sig.wait_for(poll)
+                wait_s = poll
+                if deadline is not None:
+                    wait_s = min(poll, deadline - time.monotonic())
+                    if wait_s <= 0:
+                        raise TimeoutError(f"run {rid} is still {status} after {timeout_s:g}s")
+                await sig.wait_for(wait_s)
 
     async def events(
         self, run_id: UUID | str, *, after: int = 0, poll: float = 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -46,6 +47,7 @@ async def execute(
     on_event: Callable[[UUID], None],
     max_payload: int,
     cancel_scope: anyio.CancelScope,
+    lease_s: float,
     ex_holder: dict[UUID, Execution] | None = None,
 ) -> ExecutionResult:
     """Run the workflow of ``claimed`` from the top (replaying its history) and write
@@ -61,6 +63,7 @@ async def execute(
         history=history,
         on_event=on_event,
         max_payload=max_payload,
+        lease_s=lease_s,
     )
     if ex_holder is not None:
         ex_holder[claimed.id] = ex
@@ -105,7 +108,7 @@ async def _execute(
             if takes_input(wf):
                 output = await wf.fn(run, value)
             else:
-                output = await wf.fn(run)  # type: ignore[call-arg,misc]
+                output = await wf.fn(run)
         except errors.LeaseLost:
             ex.lost = True
         except Exception as exc:
@@ -119,6 +122,16 @@ async def _execute(
             )
             return _result(ex, "lost")
         return _result(ex, "released")
+    if isinstance(failure, errors.StoreError):
+        # Our own write failed (the database stayed unreachable), not the workflow:
+        # hand the run back rather than spend an attempt on it.
+        logger.warning(
+            "run %s: giving the run back after a database failure: %s",
+            claimed.id,
+            failure,
+            extra={"run_id": str(claimed.id)},
+        )
+        return _result(ex, "released")
     if failure is not None:
         return await _finish_failed(ex, failure, wf=wf)
     try:
@@ -127,11 +140,18 @@ async def _execute(
         return await _finish_failed(ex, exc, wf=None)
     ex.finishing = True
     try:
-        await ex.store.complete_run(
-            run_id=claimed.id, worker_id=ex.worker_id, attempt=ex.attempt, output=data
+        await ex.write(
+            "completing the run",
+            functools.partial(
+                ex.store.complete_run,
+                run_id=claimed.id,
+                worker_id=ex.worker_id,
+                attempt=ex.attempt,
+                output=data,
+            ),
+            landed=functools.partial(_status_is, ex, {"completed"}),
         )
     except errors.LeaseLost:
-        ex.lost = True
         return _result(ex, "lost")
     ex.on_event(claimed.id)
     result = _result(ex, "completed")
@@ -154,7 +174,9 @@ async def _finish_failed(
     event = {"type": info["type"], "message": info["message"], "attempt": ex.attempt}
     if retry_in is not None:
         event["retry_in"] = round(retry_in, 3)
-    try:
+    outcome: list[str] = []
+
+    async def write() -> None:
         status, _queue = await ex.store.fail_run(
             run_id=ex.run_id,
             worker_id=ex.worker_id,
@@ -163,9 +185,17 @@ async def _finish_failed(
             retry_in_s=retry_in,
             event_data=msgspec.json.encode(event),
         )
+        outcome.append(status)
+
+    try:
+        await ex.write(
+            "recording the run's failure",
+            write,
+            landed=functools.partial(_status_is, ex, {"failed", "queued"}),
+        )
     except errors.LeaseLost:
-        ex.lost = True
         return _result(ex, "lost")
+    status = outcome[0] if outcome else ("queued" if retry_in is not None else "failed")
     log = logger.warning if status == "queued" else logger.error
     log(
         "run %s attempt %d %s: %s: %s",
@@ -180,6 +210,12 @@ async def _finish_failed(
     result = _result(ex, "retrying" if status == "queued" else "failed")
     result.error = info
     return result
+
+
+async def _status_is(ex: Execution, statuses: set[str]) -> bool:
+    """After a lost connection: did our outcome write land before it broke?"""
+    row = await ex.store.get_run_status(ex.run_id)
+    return row is not None and row["status"] in statuses
 
 
 def _result(ex: Execution, outcome: Outcome) -> ExecutionResult:

@@ -18,7 +18,7 @@ import random as _random
 import time
 import traceback
 import uuid as _uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 from uuid import UUID
@@ -93,13 +93,18 @@ class Execution:
         history: list[StepRecord],
         on_event: Callable[[UUID], None],
         max_payload: int,
+        lease_s: float = 30.0,
     ) -> None:
         self.store = store
         self.worker_id = worker_id
         self.claimed = claimed
-        self.history = history
+        # By position. Positions can have holes: a step whose checkpoint write failed
+        # and whose error the workflow swallowed; replay executes such a step again.
+        self.history: dict[int, StepRecord] = {r.position: r for r in history}
+        self.history_end = max(self.history, default=-1) + 1
         self.on_event = on_event
         self.max_payload = max_payload
+        self.lease_s = lease_s
         # Set when a write was refused by the fence or the heartbeat lost the lease:
         # from then on the outcome of this execution is discarded.
         self.lost = False
@@ -126,6 +131,50 @@ class Execution:
     def lease_lost(self, exc: errors.LeaseLost) -> errors.LeaseLost:
         self.lost = True
         return exc
+
+    async def write(
+        self,
+        what: str,
+        write: Callable[[], Awaitable[None]],
+        *,
+        landed: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
+        """Perform a fenced write, retrying it while the connection is lost.
+
+        A write that failed only because the connection broke is retried with backoff
+        for as long as the lease can still be ours (most of ``lease_s``), so a database
+        blip does not turn a finished step into a second execution. When the first try
+        may have committed before the connection broke, ``landed`` tells whether it did.
+
+        Raises:
+            LeaseLost: the fence refused the write (marks the execution lost).
+            ConnectionLost: the database stayed unreachable for the lease's length.
+        """
+        deadline = time.monotonic() + self.lease_s * 0.8
+        delay = 0.05
+        broken = False
+        while True:
+            try:
+                if broken and landed is not None and await landed():
+                    return
+                await write()
+                return
+            except errors.LeaseLost as exc:
+                raise self.lease_lost(exc) from None
+            except errors.ConnectionLost as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                broken = True
+                logger.warning(
+                    "run %s: %s failed (%s); retrying in %.2fs",
+                    self.run_id,
+                    what,
+                    exc,
+                    delay,
+                    extra={"run_id": str(self.run_id)},
+                )
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
 
 class RunState:
@@ -161,16 +210,17 @@ class RunState:
         self._value = codec.decode(data, where="state")
         if self._run._replaying():
             return
-        try:
-            await ex.store.set_state(
+        await ex.write(
+            "state update",
+            functools.partial(
+                ex.store.set_state,
                 run_id=ex.run_id,
                 worker_id=ex.worker_id,
                 attempt=ex.attempt,
                 state=data,
                 event_data=data if len(data) <= 4096 else b'{"truncated":true}',
-            )
-        except errors.LeaseLost as exc:
-            raise ex.lease_lost(exc) from None
+            ),
+        )
         ex.state_bytes = data
         ex.on_event(ex.run_id)
 
@@ -208,7 +258,7 @@ class Run:
         self.state = RunState(self)
 
     def _replaying(self) -> bool:
-        return self._position < len(self._ex.history)
+        return self._position < self._ex.history_end
 
     def _next_name(self, name: str) -> str:
         count = self._ordinals.get(name, 0) + 1
@@ -273,8 +323,8 @@ class Run:
         where = f"step {full_name!r}"
         if tp is None:
             tp = codec.return_type(fn)
-        if position < len(ex.history):
-            record = ex.history[position]
+        record = ex.history.get(position)
+        if record is not None:
             if record.name != full_name:
                 raise errors.NonDeterminismError(
                     f"run {ex.run_id}: step #{position + 1} is {full_name!r} now but was "
@@ -284,7 +334,7 @@ class Run:
             if record.status == "completed":
                 ex.replayed_steps += 1
                 return codec.decode(record.output or b"null", tp=tp, where=where)
-            if position + 1 < len(ex.history):
+            if position + 1 < ex.history_end:
                 # The workflow caught this failure and went on to later steps: replay
                 # the failure, or the path after it could change under the history.
                 ex.replayed_steps += 1
@@ -325,8 +375,10 @@ class Run:
             await self._record_failure(position, full_name, attempt, started_at, exc)
             raise
         event = msgspec.json.encode({"name": full_name, "position": position + 1})
-        try:
-            await ex.store.checkpoint_step(
+        await ex.write(
+            f"checkpoint of {where}",
+            functools.partial(
+                ex.store.checkpoint_step,
                 run_id=ex.run_id,
                 worker_id=ex.worker_id,
                 attempt=ex.attempt,
@@ -338,9 +390,9 @@ class Run:
                 error=None,
                 started_at=started_at,
                 event_data=event,
-            )
-        except errors.LeaseLost as exc:
-            raise ex.lease_lost(exc) from None
+            ),
+            landed=functools.partial(self._checkpoint_landed, position, "completed"),
+        )
         ex.executed_steps += 1
         ex.on_event(ex.run_id)
         return codec.decode(data, tp=tp, where=where)
@@ -350,8 +402,10 @@ class Run:
     ) -> None:
         ex = self._ex
         info = error_info(exc)
-        try:
-            await ex.store.checkpoint_step(
+        await ex.write(
+            f"recording the failure of step {name!r}",
+            functools.partial(
+                ex.store.checkpoint_step,
                 run_id=ex.run_id,
                 worker_id=ex.worker_id,
                 attempt=ex.attempt,
@@ -365,10 +419,15 @@ class Run:
                 event_data=msgspec.json.encode(
                     {"name": name, "error": {"type": info["type"], "message": info["message"]}}
                 ),
-            )
-        except errors.LeaseLost as lost:
-            raise ex.lease_lost(lost) from exc
+            ),
+            landed=functools.partial(self._checkpoint_landed, position, "failed"),
+        )
         ex.on_event(ex.run_id)
+
+    async def _checkpoint_landed(self, position: int, status: str) -> bool:
+        ex = self._ex
+        recorded = await ex.store.step_outcome(run_id=ex.run_id, position=position)
+        return recorded == (status, ex.attempt)
 
     async def now(self) -> datetime:
         """The current time (database clock), checkpointed: replays return the same."""

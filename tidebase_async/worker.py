@@ -228,6 +228,7 @@ class Worker:
                 on_event=self._notifier.runs_changed,
                 max_payload=self._max_payload,
                 cancel_scope=scope,
+                lease_s=self._lease_s,
                 ex_holder=self._executions,
             )
         except errors.StoreError as exc:
@@ -327,19 +328,33 @@ class Worker:
 
     async def _maintenance_loop(self) -> None:
         """The reconciler. Every worker runs it; a session advisory lock makes one of
-        them active at a time, and a crashed holder's lock goes with its session."""
+        them active at a time. A crashed holder's lock goes with its session; a frozen
+        holder's session is ended by the server's idle timeout (see ``_maintain``)."""
         while True:
             try:
-                async with self._store.try_advisory_lock(MAINTENANCE_LOCK) as active:
-                    if not active:
-                        await anyio.sleep(self._maintenance_s * 5)
-                        continue
-                    while True:
-                        await self._maintenance_tick()
-                        await anyio.sleep(self._maintenance_s)
-            except errors.StoreError as exc:
-                logger.warning("maintenance failed (%s); retrying", exc)
+                await self._maintain()
+            except* errors.StoreError as group:
+                first: BaseException = group
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                logger.warning("maintenance failed (%s); retrying", first)
                 await anyio.sleep(self._maintenance_s)
+
+    async def _maintain(self) -> None:
+        # A frozen worker (SIGSTOP, VM pause) keeps its sockets open: without the idle
+        # timeout it would hold the lock, and no expired lease would ever be requeued.
+        idle_timeout_s = max(2.0, 5 * self._maintenance_s)
+        async with self._store.try_advisory_lock(
+            MAINTENANCE_LOCK, idle_timeout_s=idle_timeout_s
+        ) as lock:
+            if not lock.held:
+                await anyio.sleep(self._maintenance_s * 5)
+                return
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lock.keep_alive)
+                while True:
+                    await self._maintenance_tick()
+                    await anyio.sleep(self._maintenance_s)
 
     async def _maintenance_tick(self) -> None:
         while True:

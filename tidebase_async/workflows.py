@@ -5,17 +5,16 @@ from __future__ import annotations
 import inspect
 import random
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from tidebase_async import codec, errors
 from tidebase_async.models import Retry
 
-if TYPE_CHECKING:
-    from tidebase_async.replay import Run
-
-WorkflowFn = Callable[["Run", Any], Awaitable[Any]]
+# ``fn(run)`` or ``fn(run, input)``: both are valid (checked by make_workflow), so the
+# static type must accept either arity.
+WorkflowFn = Callable[..., Awaitable[Any]]
 
 MAX_NAME_LENGTH = 200
 
@@ -60,7 +59,11 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
 def backoff_delay(policy: Retry, attempt: int) -> float:
     """Seconds to wait after failed attempt ``attempt`` (1-based): exponential, capped,
     with 'equal jitter' (uniform in [d/2, d]) when the policy asks for it."""
-    delay = float(min(policy.backoff * (2 ** max(0, attempt - 1)), policy.max_backoff))
+    # Bound the exponent: past 2**1023 int-to-float conversion raises OverflowError
+    # (max_attempts goes up to 10000); a float product overflows to inf, which the cap
+    # then clamps.
+    exponent = min(max(0, attempt - 1), 1023)
+    delay = float(min(policy.backoff * float(2**exponent), policy.max_backoff))
     if policy.jitter and delay > 0:
         delay = random.uniform(delay / 2, delay)
     return max(0.0, delay)

@@ -36,6 +36,10 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.ConnectionFailureError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.InterfaceError,
+    # e.g. "cannot switch to state 15; another operation (2) is in progress": the
+    # server ended the session (terminated, idle timeout) and asyncpg is mid-way
+    # through noticing; the connection is unusable.
+    asyncpg.exceptions.InternalClientError,
     ConnectionError,
     OSError,
 )
@@ -356,7 +360,8 @@ class Store:
         metadata: bytes | None,
         max_attempts: int,
         lease_s: float,
-    ) -> ClaimedRun:
+    ) -> ClaimedRun | None:
+        """Insert a run leased to ``worker_id``; None when ``run_id`` exists already."""
         with _translate("start inline run"):
             row = await self._pool.fetchrow(
                 Q["start_inline_run"],
@@ -369,7 +374,7 @@ class Store:
                 max_attempts,
                 lease_s,
             )
-        return _claimed(row)
+        return None if row is None else _claimed(row)
 
     async def load_steps(self, run_ids: Sequence[UUID]) -> dict[UUID, list[StepRecord]]:
         if not run_ids:
@@ -432,6 +437,12 @@ class Store:
         if seq is None:
             raise errors.LeaseLost(f"run {run_id} is no longer leased to this worker")
 
+    async def step_outcome(self, *, run_id: UUID, position: int) -> tuple[str, int] | None:
+        """(status, run attempt) of the checkpoint at ``position``, if any."""
+        with _translate("read checkpoint"):
+            row = await self._pool.fetchrow(Q["step_outcome"], run_id, position)
+        return None if row is None else (row["status"], row["run_attempt"])
+
     async def set_state(
         self, *, run_id: UUID, worker_id: str, attempt: int, state: bytes, event_data: bytes
     ) -> None:
@@ -489,13 +500,26 @@ class Store:
         return None if delta is None else float(delta.total_seconds())
 
     @contextlib.asynccontextmanager
-    async def try_advisory_lock(self, key: int) -> AsyncIterator[bool]:
-        """Hold a session advisory lock on a pooled connection while inside, if free."""
+    async def try_advisory_lock(
+        self, key: int, *, idle_timeout_s: float | None = None
+    ) -> AsyncIterator[SessionLock]:
+        """Hold a session advisory lock on a pooled connection while inside, if free
+        (``lock.held``).
+
+        A crashed holder's lock goes with its session, but a frozen one's (SIGSTOP, VM
+        pause) would be held forever: its socket stays open. With ``idle_timeout_s`` the
+        holding session gets ``idle_session_timeout`` (Postgres 14+), so the server ends
+        it once the holder stops talking; the holder runs ``lock.keep_alive()`` alongside
+        to stay elected while its process runs.
+        """
         with _translate("advisory lock"):
             async with self._pool.acquire() as conn:
                 got = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
                 try:
-                    yield got
+                    ping_s = None
+                    if got and idle_timeout_s is not None:
+                        ping_s = await _limit_idle_session(conn, idle_timeout_s)
+                    yield SessionLock(conn, key=key, held=got, ping_s=ping_s)
                 finally:
                     if got and not conn.is_closed():
                         with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
@@ -561,6 +585,47 @@ class Store:
         with _translate("run status"):
             status: str | None = await self._pool.fetchval(Q["run_exists"], run_id)
         return status
+
+
+class SessionLock:
+    """An attempt at a session advisory lock (``Store.try_advisory_lock``)."""
+
+    def __init__(
+        self, conn: asyncpg.Connection, *, key: int, held: bool, ping_s: float | None
+    ) -> None:
+        self._conn = conn
+        self.key = key
+        self.held = held
+        self._ping_s = ping_s
+
+    async def keep_alive(self) -> None:
+        """Ping the holding session until cancelled, so that its idle timeout only ends
+        it when this process stops running.
+
+        Raises:
+            ConnectionLost, StoreError: the session, and the lock with it, is gone.
+        """
+        if self._ping_s is None:
+            await anyio.sleep_forever()
+            return
+        while True:
+            await anyio.sleep(self._ping_s)
+            with _translate(f"advisory lock {self.key}: session lost"):
+                await self._conn.execute("SELECT 1")
+
+
+async def _limit_idle_session(conn: asyncpg.Connection, idle_timeout_s: float) -> float | None:
+    """Set ``idle_session_timeout`` on this session; return the ping interval that keeps
+    it alive, or None where the server has no such setting (before Postgres 14). The pool
+    resets the setting (RESET ALL) when the connection is released."""
+    try:
+        await conn.execute(
+            "SELECT set_config('idle_session_timeout', $1, false)",
+            f"{max(1, round(idle_timeout_s * 1000))}ms",
+        )
+    except asyncpg.exceptions.UndefinedObjectError:
+        return None
+    return idle_timeout_s / 4
 
 
 def _claimed(row: asyncpg.Record) -> ClaimedRun:

@@ -118,6 +118,8 @@ SELECT claimed.*, tidebase.now() AS db_now FROM claimed;
 
 -- name: start_inline_run
 -- Create a run that this process executes in place, already leased to $2.
+-- No row when a run with id $1 exists already (a concurrent tide.run with the same
+-- run_id won): the caller then waits for that run instead.
 WITH ins AS (
   INSERT INTO tidebase.runs
     (id, workflow, queue, status, input, priority, metadata, max_attempts, run_at,
@@ -126,6 +128,7 @@ WITH ins AS (
   VALUES ($1, $3, $4, 'running', $5, 0, $6, $7, tidebase.now(), $2,
           tidebase.now() + make_interval(secs => $8::float8), 1, true,
           tidebase.now(), tidebase.now(), tidebase.now(), 2)
+  ON CONFLICT (id) DO NOTHING
   RETURNING id, workflow, queue, input, state, attempt, max_attempts, deadline_at,
             step_count, event_seq, created_at
 ), ev AS (
@@ -198,6 +201,9 @@ WITH r AS (
          tidebase.now(), $11 FROM r
 )
 SELECT event_seq FROM r;
+
+-- name: step_outcome
+SELECT status, run_attempt FROM tidebase.steps WHERE run_id = $1 AND position = $2;
 
 -- name: set_state
 WITH r AS (

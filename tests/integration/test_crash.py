@@ -1,0 +1,155 @@
+"""A worker process dies or freezes in the middle of a step; another one finishes the run.
+
+Worker processes run ``tests.integration.worker_app``; its steps record every execution
+in ``step_log`` (run, step, pid) through their own connection, so executions by a
+process that was killed mid-step are counted too.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import anyio
+import asyncpg
+
+from tests.integration import procs
+from tidebase_async import Tidebase
+
+
+async def test_killed_worker_run_resumes_elsewhere_without_repeating_completed_steps(
+    tide: Tidebase, db: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    await procs.create_step_log(db)
+    async with procs.Workers(dsn, tmp_path) as workers:
+        doomed = await workers.start("hang", name="doomed", lease=1.5, maintenance_interval=0.2)
+        handle = await tide.enqueue("durable", input={})
+        rid = handle.id
+
+        async def inside_s3() -> bool:
+            return ("s3", doomed.pid) in await procs.step_log(db, rid)
+
+        await procs.eventually(inside_s3, timeout=10, what="step s3 to start")
+        doomed.send(signal.SIGKILL)
+        assert await doomed.wait_exit(5) == -signal.SIGKILL
+
+        survivor = await workers.start("normal", name="survivor", lease=5, maintenance_interval=0.2)
+        await procs.wait_status(db, rid, "completed", timeout=15)
+
+    assert await procs.step_log(db, rid) == [
+        ("s1", doomed.pid),
+        ("s2", doomed.pid),
+        ("s3", doomed.pid),
+        ("s3", survivor.pid),
+    ]
+    run = await db.fetchrow("SELECT status, attempt FROM tidebase.runs WHERE id = $1", rid)
+    assert (run["status"], run["attempt"]) == ("completed", 2)
+    assert await procs.run_output(db, rid) == {
+        "pid": survivor.pid,
+        "s1": f"s1@{doomed.pid}",
+        "s2": f"s2@{doomed.pid}",
+        "s3": f"s3@{survivor.pid}",
+    }
+    checkpoints = await db.fetch(
+        "SELECT name, run_attempt FROM tidebase.steps WHERE run_id = $1 ORDER BY position", rid
+    )
+    assert [(c["name"], c["run_attempt"]) for c in checkpoints] == [
+        ("s1", 1),
+        ("s2", 1),
+        ("s3", 2),
+    ]
+    events = await procs.event_types(db, rid)
+    requeued = [data for kind, data in events if kind == "run.requeued"]
+    assert len(requeued) == 1, events
+    assert requeued[0]["reason"] == "lease_expired"
+    assert requeued[0]["attempt"] == 1
+    claims = [data["attempt"] for kind, data in events if kind == "run.claimed"]
+    assert claims == [1, 2]
+    assert events[-1][0] == "run.completed"
+
+
+async def test_frozen_worker_cannot_overwrite_the_run_another_worker_took_over(
+    tide: Tidebase, db: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    await procs.create_step_log(db)
+    async with procs.Workers(dsn, tmp_path) as workers:
+        # In mode "freeze" step s3 logs itself, then stops its own process (SIGSTOP)
+        # before it can return: a freeze in the middle of a step, lease 1 s.
+        zombie = await workers.start("freeze", name="zombie", lease=1.0, maintenance_interval=0.2)
+        handle = await tide.enqueue("durable", input={})
+        rid = handle.id
+
+        async def frozen() -> bool:
+            return procs.process_state(zombie.pid) == "T"
+
+        await procs.eventually(frozen, timeout=10, what="the zombie to stop itself inside s3")
+        assert await procs.step_log(db, rid) == [
+            ("s1", zombie.pid),
+            ("s2", zombie.pid),
+            ("s3", zombie.pid),
+        ]
+
+        heir = await workers.start("normal", name="heir", lease=5, maintenance_interval=0.2)
+        await procs.wait_status(db, rid, "completed", timeout=15)
+        expected = {
+            "pid": heir.pid,
+            "s1": f"s1@{zombie.pid}",
+            "s2": f"s2@{zombie.pid}",
+            "s3": f"s3@{heir.pid}",
+        }
+        assert await procs.run_output(db, rid) == expected
+
+        async def snapshot() -> tuple[tuple[object, ...], tuple[tuple[object, ...], ...], int]:
+            run = await db.fetchrow(
+                "SELECT status, attempt, output::text, finished_at, lease_owner "
+                "FROM tidebase.runs WHERE id = $1",
+                rid,
+            )
+            steps = await db.fetch(
+                "SELECT position, name, output, run_attempt, finished_at "
+                "FROM tidebase.steps WHERE run_id = $1 ORDER BY position",
+                rid,
+            )
+            events: int = await db.fetchval(
+                "SELECT count(*) FROM tidebase.events WHERE run_id = $1", rid
+            )
+            return tuple(run), tuple(tuple(s) for s in steps), events
+
+        before = await snapshot()
+        zombie.send(signal.SIGCONT)
+        # Its step returns at once and checkpoints; the fence refuses it (LeaseLost, which
+        # worker_app logs as "checkpoint of s3 refused"). Its overdue heartbeat runs too
+        # and would cancel the step should it notice first. Either way the worker logs
+        # that it lost the lease, and nothing it does reaches the database.
+        lost_line = f"run {rid}: lease lost"
+
+        async def admits_loss() -> bool:
+            return lost_line in zombie.stderr()
+
+        await procs.eventually(admits_loss, timeout=5, what=f"{lost_line!r} in the zombie's log")
+        await anyio.sleep(1.0)  # give a misbehaving zombie time to write anything at all
+        assert await snapshot() == before
+        assert await procs.run_output(db, rid) == expected
+        events = await procs.event_types(db, rid)
+        assert [d["reason"] for k, d in events if k == "run.requeued"] == ["lease_expired"]
+        assert events[-1][0] == "run.completed"
+        assert before[0][:2] == ("completed", 2)
+
+        # The zombie is healthy otherwise: it drains and exits cleanly on SIGTERM.
+        assert zombie.returncode is None
+        zombie.send(signal.SIGTERM)
+        assert await zombie.wait_exit(10) == 0, zombie.describe()
+
+    assert await procs.step_log(db, rid) == [
+        ("s1", zombie.pid),
+        ("s2", zombie.pid),
+        ("s3", zombie.pid),
+        ("s3", heir.pid),
+    ]
+    checkpoints = await db.fetch(
+        "SELECT name, output, run_attempt FROM tidebase.steps WHERE run_id = $1 ORDER BY position",
+        rid,
+    )
+    assert [c["name"] for c in checkpoints] == ["s1", "s2", "s3"]
+    assert checkpoints[2]["run_attempt"] == 2
+    assert bytes(checkpoints[2]["output"]) == f'"s3@{heir.pid}"'.encode()

@@ -1,0 +1,170 @@
+"""A worker process for the multi-process tests.
+
+    python -m tests.integration.worker_app --dsn DSN --mode MODE [--concurrency N ...]
+
+Registers the test workflows, prints ``READY`` once ``tide.work(...)`` has started, and
+works until SIGTERM (graceful drain, exit 0) or until it is killed. Every step records
+its execution in the test's ``step_log`` table through a connection of its own, so the
+tests can count executions per process even when the process dies mid-step.
+
+Workflows:
+
+- ``durable``: steps ``s1``, ``s2``, ``s3``; ``s3`` is the *blocking step*.
+  Output ``{"pid": <pid that completed the run>, "s1": ..., "s2": ..., "s3": ...}``.
+- ``nap``: one step ``nap`` (the blocking step) that sleeps ``input`` seconds.
+- ``pair``: steps ``a`` and ``b``, each sleeping ``input`` seconds.
+
+``--mode`` says what the blocking step does in this process, after logging itself:
+
+- ``normal``: nothing more (``nap`` sleeps its input).
+- ``hang``: sleeps ``HANG_S`` (30 s), i.e. until the worker cancels it.
+- ``freeze``: stops the whole process with SIGSTOP (the test resumes it with SIGCONT),
+  then returns. Models a process frozen mid-step (GC pause, VM migration, swap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+from uuid import UUID
+
+import anyio
+import asyncpg
+
+from tidebase_async import LeaseLost, Run, Tidebase
+
+logger = logging.getLogger("worker_app")
+
+MODES = ("normal", "hang", "freeze")
+HANG_S = 30.0
+PID = os.getpid()
+
+
+class StepLog:
+    """Writes ``step_log`` rows over a small pool of its own (not the library's)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def record(self, run_id: UUID, step: str) -> None:
+        await self._pool.execute(
+            "INSERT INTO step_log (run_id, step, pid) VALUES ($1, $2, $3)", run_id, step, PID
+        )
+
+
+async def blocking_step(mode: str, *, normal_s: float = 0.0) -> None:
+    if mode == "hang":
+        await anyio.sleep(HANG_S)
+    elif mode == "freeze":
+        # Stops every thread of this process until SIGCONT; the loop resumes right here.
+        os.kill(PID, signal.SIGSTOP)
+    elif normal_s > 0:
+        await anyio.sleep(normal_s)
+
+
+def register(tide: Tidebase, log: StepLog, mode: str) -> None:
+    @tide.workflow("durable")
+    async def durable(run: Run, input: Any) -> dict[str, Any]:
+        async def s1() -> str:
+            await log.record(run.id, "s1")
+            return f"s1@{PID}"
+
+        async def s2() -> str:
+            await log.record(run.id, "s2")
+            return f"s2@{PID}"
+
+        async def s3() -> str:
+            await log.record(run.id, "s3")
+            await blocking_step(mode)
+            return f"s3@{PID}"
+
+        v1 = await run.step("s1", s1)
+        v2 = await run.step("s2", s2)
+        try:
+            v3 = await run.step("s3", s3)
+        except LeaseLost:
+            # The fenced checkpoint was refused: another worker owns the run now.
+            logger.warning("run %s: checkpoint of s3 refused with LeaseLost", run.id)
+            raise
+        return {"pid": PID, "s1": v1, "s2": v2, "s3": v3}
+
+    @tide.workflow("nap")
+    async def nap(run: Run, input: float) -> dict[str, Any]:
+        async def nap_step() -> int:
+            await log.record(run.id, "nap")
+            await blocking_step(mode, normal_s=input)
+            return PID
+
+        return {"pid": PID, "nap": await run.step("nap", nap_step)}
+
+    @tide.workflow("pair")
+    async def pair(run: Run, input: float) -> dict[str, Any]:
+        async def step(name: str) -> int:
+            await log.record(run.id, name)
+            if input > 0:
+                await anyio.sleep(input)
+            return PID
+
+        a = await run.step("a", step, "a")
+        b = await run.step("b", step, "b")
+        return {"pid": PID, "a": a, "b": b}
+
+
+async def serve(args: argparse.Namespace) -> int:
+    pool = await asyncpg.create_pool(args.dsn, min_size=1, max_size=3)
+    try:
+        tide = Tidebase(args.dsn, pool_size=args.pool_size)
+        register(tide, StepLog(pool), args.mode)
+        started = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def announce() -> None:
+                await started.wait()
+                print("READY", PID, flush=True)
+
+            tg.start_soon(announce)
+            await tide.work(
+                concurrency=args.concurrency,
+                lease=args.lease,
+                poll_interval=args.poll_interval,
+                maintenance_interval=args.maintenance_interval,
+                shutdown_grace=args.shutdown_grace,
+                started=started,
+            )
+            tg.cancel_scope.cancel()
+    finally:
+        await pool.close()
+    print("STOPPED", PID, flush=True)
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.integration.worker_app")
+    parser.add_argument("--dsn", required=True)
+    parser.add_argument("--mode", choices=MODES, default="normal")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--lease", type=float, default=5.0)
+    parser.add_argument("--poll-interval", type=float, default=1.0)
+    parser.add_argument("--maintenance-interval", type=float, default=0.2)
+    parser.add_argument("--shutdown-grace", type=float, default=5.0)
+    parser.add_argument("--pool-size", type=int, default=6)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+    )
+    return asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
