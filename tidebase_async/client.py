@@ -334,7 +334,9 @@ class Tidebase:
         new = self._new_run(spec)
         row = await self.store.enqueue(new)
         if row.inserted:
-            await self.store.notify(WAKE_CHANNEL, [row.queue])
+            # Sent by the notifier right after: enqueue returns after the insert alone,
+            # and a burst of enqueues shares notifications.
+            self.notifier.queues_changed(row.queue)
         return RunHandle(id=row.id, deduplicated=not row.inserted)
 
     async def enqueue_many(self, specs: Iterable[RunSpec | tuple[str, Any]]) -> list[RunHandle]:
@@ -393,7 +395,7 @@ class Tidebase:
             for s in slot
         ]
         queues = sorted({r.queue for r in rows if r.inserted})
-        await self.store.notify(WAKE_CHANNEL, queues)
+        self.notifier.queues_changed(*queues)
         return handles
 
     # -- inline runs ------------------------------------------------------------------
@@ -836,7 +838,7 @@ class Runs:
         if queue is None:
             status = await store.run_status(rid)
             raise errors.ConflictError(f"only failed runs can be retried; run {rid} is {status}")
-        await store.notify(WAKE_CHANNEL, [queue])
+        self._tide.notifier.queues_changed(queue)
         self._tide.notifier.runs_changed(rid)
 
 

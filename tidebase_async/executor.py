@@ -14,7 +14,7 @@ import msgspec
 from tidebase_async import codec, errors
 from tidebase_async.replay import Execution, Run, error_info
 from tidebase_async.store import ClaimedRun, StepRecord, Store
-from tidebase_async.workflows import Workflow, takes_input
+from tidebase_async.workflows import Workflow
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ async def _execute(
     failure: Exception | None = None
     with cancel_scope:
         try:
-            if takes_input(wf):
+            if wf.takes_input:
                 output = await wf.fn(run, value)
             else:
                 output = await wf.fn(run)

@@ -81,11 +81,10 @@ class Notifier:
         runs, self._runs = self._runs, set()
         queues, self._queues = self._queues, set()
         self._pending.clear()
+        messages = [(WAKE_CHANNEL, q) for q in sorted(queues)]
+        messages += [(EVENTS_CHANNEL, ids) for ids in pack_ids(runs)]
         try:
-            if queues:
-                await self._store.notify(WAKE_CHANNEL, sorted(queues))
-            if runs:
-                await self._store.notify(EVENTS_CHANNEL, pack_ids(runs))
+            await self._store.notify(messages)
         except errors.StoreError as exc:
             logger.debug("notification not sent (%s); pollers will catch up", exc)
 

@@ -50,6 +50,7 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
     retry: Retry
     input_type: Any
     output_type: Any
+    takes_input: bool
 
     def retry_delay(self, attempt: int) -> float:
         """Backoff before the run's next attempt, after ``attempt`` failed."""
@@ -102,9 +103,5 @@ def make_workflow(
         retry=retry or Retry(attempts=max_attempts),
         input_type=input_type,
         output_type=codec.return_type(fn),
+        takes_input=len(positional) == 2,
     )
-
-
-def takes_input(wf: Workflow) -> bool:
-    params = list(inspect.signature(wf.fn).parameters.values())
-    return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) == 2

@@ -319,12 +319,15 @@ class Store:
             )
         return [EnqueueRow(**dict(row)) for row in rows]
 
-    async def notify(self, channel: str, payloads: Sequence[str]) -> None:
-        """Send one notification per payload, outside any data transaction."""
-        if not payloads:
+    async def notify(self, messages: Sequence[tuple[str, str]]) -> None:
+        """Send (channel, payload) notifications in one statement, outside any data
+        transaction."""
+        if not messages:
             return
         with _translate("notify"):
-            await self._pool.execute(Q["notify"], channel, list(payloads))
+            await self._pool.execute(
+                Q["notify"], [c for c, _ in messages], [p for _, p in messages]
+            )
 
     # -- worker -----------------------------------------------------------------------
 

@@ -63,8 +63,8 @@ SELECT id, inserted, queue, dedupe_key, due FROM ins;
 -- own with synchronous_commit off: a notifying commit holds a cluster-wide lock while
 -- it flushes WAL, so notifying inside every write would serialise all commits.
 -- A lost notification costs latency only; workers poll as the floor.
-SELECT set_config('synchronous_commit', 'off', true),
-       pg_notify($1, p) FROM unnest($2::text[]) AS p;
+SELECT set_config('synchronous_commit', 'off', true), pg_notify(c, p)
+FROM unnest($1::text[], $2::text[]) AS m(c, p);
 
 -- name: claim_runs_one
 -- Lease up to $3 due runs of queue $2 to worker $1 for $4 seconds.
