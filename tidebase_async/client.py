@@ -19,6 +19,7 @@ import anyio.abc
 from tidebase_async import codec, errors
 from tidebase_async.executor import execute
 from tidebase_async.models import (
+    RUN_STATUSES,
     TERMINAL_STATUSES,
     Event,
     Page,
@@ -644,6 +645,7 @@ class Runs:
             run_at=row["run_at"],
             deadline=row["deadline_at"],
             cancel_reason=row["cancel_reason"],
+            inline=row["inline"],
         )
 
     async def list(
@@ -658,6 +660,10 @@ class Runs:
         """A page of runs, newest first; pass ``next_cursor`` back for the next page."""
         if not 1 <= limit <= 1000:
             raise errors.ConfigurationError(f"limit must be 1..1000, got {limit}")
+        if status is not None and status not in RUN_STATUSES:
+            raise errors.ConfigurationError(
+                f"unknown run status {status!r}; expected one of {', '.join(RUN_STATUSES)}"
+            )
         before: tuple[datetime, UUID] | None = None
         if cursor:
             try:

@@ -16,6 +16,7 @@ RunStatus = Literal["queued", "running", "waiting", "completed", "failed", "canc
 StepStatus = Literal["completed", "failed"]
 GateStatus = Literal["pending", "approved", "rejected", "expired", "cancelled"]
 
+RUN_STATUSES: tuple[str, ...] = ("queued", "running", "waiting", "completed", "failed", "cancelled")
 ACTIVE_STATUSES: frozenset[str] = frozenset({"queued", "running", "waiting"})
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
@@ -118,6 +119,7 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     run_at: datetime | None = None
     deadline: datetime | None = None
     cancel_reason: str | None = None
+    inline: bool = False
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):

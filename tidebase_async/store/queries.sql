@@ -335,7 +335,7 @@ SELECT queue FROM r;
 -- name: get_run
 SELECT id, workflow, queue, status, input, output, error, state, attempt, max_attempts,
        priority, dedupe_key, metadata, parent_id, created_at, started_at, finished_at,
-       deadline_at, run_at, cancel_reason, lease_owner, lease_expires_at
+       deadline_at, run_at, cancel_reason, lease_owner, lease_expires_at, inline
 FROM tidebase.runs WHERE id = $1;
 
 -- name: get_run_status
