@@ -25,6 +25,7 @@ from tidebase_async.errors import (
     StepTimeout,
     StoreError,
     TidebaseError,
+    WaitTimeout,
     WorkflowNotFound,
 )
 from tidebase_async.models import (
@@ -76,6 +77,7 @@ __all__ = [
     "StoreError",
     "Tidebase",
     "TidebaseError",
+    "WaitTimeout",
     "Worker",
     "WorkflowNotFound",
 ]

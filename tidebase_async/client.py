@@ -31,7 +31,7 @@ from tidebase_async.models import (
     StepInfo,
 )
 from tidebase_async.replay import Execution, as_seconds
-from tidebase_async.store import NewRun, Store
+from tidebase_async.store import ClaimedRun, NewRun, StepRecord, Store
 from tidebase_async.store.listener import Listener
 from tidebase_async.wakeup import EVENTS_CHANNEL, WAKE_CHANNEL, Notifier, Signal
 from tidebase_async.worker import Worker, new_worker_id
@@ -455,7 +455,7 @@ class Tidebase:
             if claimed is None:
                 status = await store.run_status(rid)
                 if status == "queued":
-                    due = await self._seconds_until_due(rid)
+                    due = await store.seconds_until_due(rid)
                     if due > 0:
                         await anyio.sleep(due)
                     claimed = await store.claim_by_id(
@@ -468,22 +468,50 @@ class Tidebase:
             if result == "retrying":
                 claimed = None
                 continue
+            if result == "released":
+                raise errors.ConnectionLost(
+                    f"inline run {rid}: the database stayed unreachable; the run was handed "
+                    "back to its queue (or its lease will expire) and resumes from its "
+                    "checkpoints"
+                )
+            # completed or failed here, or "lost": another worker owns it now.
             return await self.runs.wait(rid)
 
-    async def _seconds_until_due(self, run_id: UUID) -> float:
-        row = await self.store.get_run(run_id)
-        if row is None or row["run_at"] is None:
-            return 0.0
-        async with self.store.connection() as conn:
-            now = await conn.fetchval("SELECT tidebase.now()")
-        return max(0.0, float((row["run_at"] - now).total_seconds()))
-
     async def _execute_inline(
-        self, worker_id: str, claimed: Any, history: Any, lease_s: float
+        self, worker_id: str, claimed: ClaimedRun, history: list[StepRecord], lease_s: float
     ) -> str:
+        """Execute one claim here, heartbeating it. A claim that is not finished (the
+        caller was cancelled, or the database stayed unreachable) is handed back at once
+        so that a worker can resume it without waiting for the lease to expire."""
         executions: dict[UUID, Execution] = {}
         scope = anyio.CancelScope()
-        outcome = "lost"
+        outcome = "released"
+        try:
+            outcome = await self._execute_heartbeating(
+                worker_id, claimed, history, lease_s, scope, executions
+            )
+        finally:
+            if outcome == "released":
+                with anyio.move_on_after(5, shield=True):
+                    try:
+                        queues = await self.store.release_runs(
+                            worker_id=worker_id, claims=[(claimed.id, claimed.attempt)]
+                        )
+                        self.notifier.queues_changed(*queues)
+                    except errors.StoreError as exc:
+                        logger.warning("inline run %s not released: %s", claimed.id, exc)
+        return outcome
+
+    async def _execute_heartbeating(
+        self,
+        worker_id: str,
+        claimed: ClaimedRun,
+        history: list[StepRecord],
+        lease_s: float,
+        scope: anyio.CancelScope,
+        executions: dict[UUID, Execution],
+    ) -> str:
+        outcome = "released"
         async with anyio.create_task_group() as tg:
 
             async def heartbeat() -> None:
@@ -497,7 +525,8 @@ class Tidebase:
                         logger.warning("inline run %s: heartbeat failed: %s", claimed.id, exc)
                         continue
                     ex = executions.get(claimed.id)
-                    if claimed.id not in held and ex is not None and not ex.finishing:
+                    lost = (claimed.id, claimed.attempt) not in held
+                    if lost and ex is not None and not ex.finishing:
                         ex.lost = True
                         scope.cancel()
                         return
@@ -747,8 +776,7 @@ class Runs:
                     raise errors.RunNotFound(f"no run with id {rid}")
                 status = row["status"]
                 if status == "completed":
-                    wf_row = await store.get_run(rid)
-                    wf = self._tide.workflows.get(wf_row["workflow"]) if wf_row else None
+                    wf = self._tide.workflows.get(row["workflow"])
                     tp = wf.output_type if wf else Any
                     return codec.decode(row["output"] or b"null", tp=tp, where="output")
                 if status == "failed":
@@ -759,7 +787,9 @@ class Runs:
                 if deadline is not None:
                     wait_s = min(poll, deadline - time.monotonic())
                     if wait_s <= 0:
-                        raise TimeoutError(f"run {rid} is still {status} after {timeout_s:g}s")
+                        raise errors.WaitTimeout(
+                            f"run {rid} is still {status} after {timeout_s:g}s"
+                        )
                 await sig.wait_for(wait_s)
 
     async def events(

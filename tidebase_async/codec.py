@@ -95,7 +95,15 @@ def decode(data: bytes, *, tp: Any = Any, where: str) -> Any:
         SerializationError: the data does not match ``tp``; names ``where``.
     """
     try:
-        return decoder_for(tp).decode(data)
+        decoder = decoder_for(tp)
+    except TypeError as exc:
+        raise errors.SerializationError(
+            f"{where}: msgspec cannot decode into the declared type {_type_name(tp)}: {exc}",
+            where=where,
+            type_name=_type_name(tp),
+        ) from exc
+    try:
+        return decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise errors.SerializationError(
             f"{where} does not decode as {_type_name(tp)}: {exc}", where=where

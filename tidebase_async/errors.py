@@ -22,6 +22,7 @@ Everything the library raises on purpose subclasses :class:`TidebaseError`::
       RunFailed             workflow raised; holds the recorded error
       RunCancelled
       StepTimeout           a step ran past its ``timeout``
+      WaitTimeout           runs.wait gave up (also a TimeoutError)
       StepFailed            replay of a step whose recorded failure the workflow handled
       PayloadTooLarge       a checkpoint, input or state exceeds the configured limit
 
@@ -134,6 +135,10 @@ class StepFailed(TidebaseError):
         super().__init__(
             f"step {step!r} failed: {self.error_type}: {self.error.get('message', '')}"
         )
+
+
+class WaitTimeout(TidebaseError, TimeoutError):
+    """``runs.wait`` reached its timeout before the run finished (the run goes on)."""
 
 
 class RunFailed(TidebaseError):

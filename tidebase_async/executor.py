@@ -12,9 +12,10 @@ import anyio
 import msgspec
 
 from tidebase_async import codec, errors
+from tidebase_async.models import Retry
 from tidebase_async.replay import Execution, Run, error_info
 from tidebase_async.store import ClaimedRun, StepRecord, Store
-from tidebase_async.workflows import Workflow
+from tidebase_async.workflows import Workflow, backoff_delay
 
 logger = logging.getLogger(__name__)
 
@@ -24,9 +25,9 @@ Outcome = Literal["completed", "failed", "retrying", "lost", "released"]
 _PERMANENT: tuple[type[BaseException], ...] = (
     errors.SerializationError,
     errors.NonDeterminismError,
-    errors.WorkflowNotFound,
     errors.ConfigurationError,
 )
+_UNKNOWN_WORKFLOW_RETRY = Retry(backoff=1.0, max_backoff=60.0)
 
 
 class ExecutionResult(msgspec.Struct, kw_only=True):
@@ -80,6 +81,8 @@ async def _execute(
     claimed = ex.claimed
     wf = workflows.get(claimed.workflow)
     if wf is None:
+        # Retried with backoff while attempts remain (in a rolling deploy another worker
+        # may know the workflow), then failed for good: never left stuck.
         known = ", ".join(sorted(workflows)) or "none"
         return await _finish_failed(
             ex,
@@ -89,6 +92,7 @@ async def _execute(
                 "in the worker process, then retry the run"
             ),
             wf=None,
+            retry=_UNKNOWN_WORKFLOW_RETRY,
         )
     if claimed.deadline_at is not None and claimed.deadline_at <= claimed.db_now:
         exc = errors.TidebaseError(
@@ -122,7 +126,7 @@ async def _execute(
             )
             return _result(ex, "lost")
         return _result(ex, "released")
-    if isinstance(failure, errors.StoreError):
+    if isinstance(failure, errors.StoreError) and ex.write_failed:
         # Our own write failed (the database stayed unreachable), not the workflow:
         # hand the run back rather than spend an attempt on it.
         logger.warning(
@@ -160,16 +164,23 @@ async def _execute(
 
 
 async def _finish_failed(
-    ex: Execution, exc: BaseException, *, wf: Workflow | None, type_name: str | None = None
+    ex: Execution,
+    exc: BaseException,
+    *,
+    wf: Workflow | None,
+    type_name: str | None = None,
+    retry: Retry | None = None,
 ) -> ExecutionResult:
-    """Record a failure: requeue with backoff when the workflow has attempts left and
-    the error is not permanent, else fail for good."""
+    """Record a failure: requeue with backoff when attempts remain and the error is not
+    permanent (``wf``'s policy, or ``retry``), else fail for good."""
     info = error_info(exc)
     if type_name:
         info["type"] = type_name
+    policy = wf.retry if wf is not None else retry
+    spent = ex.attempt - ex.claimed.released
     retry_in: float | None = None
-    if wf is not None and not isinstance(exc, _PERMANENT) and ex.attempt < ex.claimed.max_attempts:
-        retry_in = wf.retry_delay(ex.attempt)
+    if policy is not None and not isinstance(exc, _PERMANENT) and spent < ex.claimed.max_attempts:
+        retry_in = backoff_delay(policy, spent)
     ex.finishing = True
     event = {"type": info["type"], "message": info["message"], "attempt": ex.attempt}
     if retry_in is not None:

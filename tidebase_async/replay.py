@@ -111,6 +111,10 @@ class Execution:
         # Set once the final outcome is being written, so a late heartbeat that no
         # longer sees the run does not cancel a run that just finished.
         self.finishing = False
+        # Set when one of our own writes gave up on a lost connection: the run is then
+        # handed back instead of failing (a StoreError raised by the user's code is an
+        # ordinary failure).
+        self.write_failed = False
         self._mono0 = time.monotonic()
         self.state_bytes = claimed.state
         self.executed_steps = 0
@@ -163,6 +167,7 @@ class Execution:
                 raise self.lease_lost(exc) from None
             except errors.ConnectionLost as exc:
                 if time.monotonic() + delay > deadline:
+                    self.write_failed = True
                     raise
                 broken = True
                 logger.warning(
@@ -334,7 +339,7 @@ class Run:
             if record.status == "completed":
                 ex.replayed_steps += 1
                 return codec.decode(record.output or b"null", tp=tp, where=where)
-            if position + 1 < ex.history_end:
+            if record.replay_failure and position + 1 < ex.history_end:
                 # The workflow caught this failure and went on to later steps: replay
                 # the failure, or the path after it could change under the history.
                 ex.replayed_steps += 1
@@ -431,24 +436,21 @@ class Run:
 
     async def now(self) -> datetime:
         """The current time (database clock), checkpointed: replays return the same."""
-        return cast(
-            datetime,
-            await self._step("~now", self._ex.now, (), {}, retry=None, timeout=None, tp=datetime),
-        )
+        return cast(datetime, await self._builtin("~now", self._ex.now, datetime))
 
     async def uuid(self) -> UUID:
         """A random UUID, checkpointed: replays return the same."""
-        return cast(
-            UUID,
-            await self._step("~uuid", _uuid.uuid4, (), {}, retry=None, timeout=None, tp=UUID),
-        )
+        return cast(UUID, await self._builtin("~uuid", _uuid.uuid4, UUID))
 
     async def random(self) -> float:
         """A float in [0, 1), checkpointed: replays return the same."""
-        return cast(
-            float,
-            await self._step("~random", _random.random, (), {}, retry=None, timeout=None, tp=float),
-        )
+        return cast(float, await self._builtin("~random", _random.random, float))
+
+    async def _builtin(self, name: str, make: Callable[[], Any], tp: Any) -> Any:
+        async def produce() -> Any:  # a coroutine function: no thread hop for a clock read
+            return make()
+
+        return await self._step(name, produce, (), {}, retry=None, timeout=None, tp=tp)
 
 
 async def _call(
@@ -463,17 +465,16 @@ async def _call(
     A timeout cancels the step. A sync function cannot be interrupted: its thread is
     abandoned and finishes in the background, its result ignored.
     """
-    try:
-        with anyio.fail_after(timeout_s):
-            if inspect.iscoroutinefunction(inspect.unwrap(fn)):
-                return await fn(*args, **kwargs)
-            result = await anyio.to_thread.run_sync(
-                functools.partial(fn, *args, **kwargs), abandon_on_cancel=True
-            )
-            if inspect.isawaitable(result):
-                return await result
-            return result
-    except TimeoutError as exc:
-        if timeout_s is None:
-            raise
-        raise errors.StepTimeout(f"{where} timed out after {timeout_s:g}s") from exc
+    with anyio.move_on_after(timeout_s) as scope:
+        if inspect.iscoroutinefunction(inspect.unwrap(fn)):
+            return await fn(*args, **kwargs)
+        result = await anyio.to_thread.run_sync(
+            functools.partial(fn, *args, **kwargs), abandon_on_cancel=True
+        )
+        if inspect.isawaitable(result):
+            return await result
+        return result
+    # Only our own deadline lands here; a TimeoutError the step raised itself
+    # propagates unchanged.
+    assert scope.cancelled_caught
+    raise errors.StepTimeout(f"{where} timed out after {timeout_s:g}s")

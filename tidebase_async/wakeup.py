@@ -7,7 +7,6 @@ from collections.abc import Iterable
 
 import anyio
 
-from tidebase_async import errors
 from tidebase_async.store import Store
 
 logger = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ class Notifier:
         messages += [(EVENTS_CHANNEL, ids) for ids in pack_ids(runs)]
         try:
             await self._store.notify(messages)
-        except errors.StoreError as exc:
+        except Exception as exc:  # a hint only; never let the sender task die
             logger.debug("notification not sent (%s); pollers will catch up", exc)
 
     async def run(self) -> None:

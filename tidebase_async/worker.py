@@ -22,7 +22,7 @@ import anyio.abc
 from tidebase_async import errors
 from tidebase_async.executor import ExecutionResult, execute
 from tidebase_async.replay import Execution
-from tidebase_async.store import ClaimedRun, Store
+from tidebase_async.store import ClaimedRun, SessionLock, Store
 from tidebase_async.store.listener import Listener
 from tidebase_async.wakeup import WAKE_CHANNEL, Notifier, Signal
 from tidebase_async.workflows import Workflow
@@ -168,10 +168,7 @@ class Worker:
                 claimed = await self._store.claim(
                     worker_id=self.id, queues=self._queues, limit=free, lease_s=self._lease_s
                 )
-                history: dict[UUID, list[StepRecord]] = {}
-                resumed = [c.id for c in claimed if c.step_count > 0]
-                if resumed:
-                    history = await self._store.load_steps(resumed)
+                history = await self._load_history(claimed)
             except errors.StoreError as exc:
                 logger.warning("claim failed (%s); retrying in %.2fs", exc, delay)
                 await self._wait_or_stop(self._wake, delay)
@@ -193,6 +190,32 @@ class Worker:
             if due_in is not None:
                 wait_s = min(wait_s, max(due_in, 0.001))
             await self._wait_or_stop(self._wake, wait_s)
+
+    async def _load_history(self, claimed: list[ClaimedRun]) -> dict[UUID, list[StepRecord]]:
+        """Checkpoints of the resumed runs among ``claimed``. If that fails (or we are
+        cancelled meanwhile), the claims are handed back at once rather than left to
+        expire with nobody executing them."""
+        resumed = [c.id for c in claimed if c.step_count > 0]
+        if not resumed:
+            return {}
+        try:
+            return await self._store.load_steps(resumed)
+        except BaseException:
+            await self._release([(c.id, c.attempt) for c in claimed])
+            raise
+
+    async def _release(self, claims: list[tuple[UUID, int]]) -> None:
+        with anyio.move_on_after(5, shield=True):
+            try:
+                queues = await self._store.release_runs(worker_id=self.id, claims=claims)
+            except errors.StoreError as exc:
+                logger.warning(
+                    "%d runs not released (%s); their leases will expire", len(claims), exc
+                )
+                return
+            self._notifier.queues_changed(*queues)
+            self._notifier.runs_changed(*(run_id for run_id, _ in claims))
+            self.stats.released += len(queues)
 
     async def _wait_or_stop(self, signal_: Signal, timeout_s: float | None) -> None:
         async with anyio.create_task_group() as tg:
@@ -232,22 +255,12 @@ class Worker:
                 ex_holder=self._executions,
             )
         except errors.StoreError as exc:
-            # The outcome could not be written (connection lost): the lease will
-            # expire and the reconciler hands the run to another attempt.
+            # The outcome could not be written (connection lost): try to hand the run
+            # back; failing that, its lease expires and the reconciler requeues it.
             logger.error("run %s: could not record its outcome: %s", run.id, exc)
         finally:
-            released = result is None or result.outcome == "released"
-            if released:
-                with anyio.move_on_after(5, shield=True):
-                    try:
-                        queues = await self._store.release_runs(worker_id=self.id, run_ids=[run.id])
-                        self._notifier.queues_changed(*queues)
-                        self._notifier.runs_changed(run.id)
-                        self.stats.released += bool(queues)
-                    except errors.StoreError as exc:
-                        logger.warning(
-                            "run %s not released (%s); its lease will expire", run.id, exc
-                        )
+            if result is None or result.outcome == "released":
+                await self._release([(run.id, run.attempt)])
             else:
                 self._count(result)
             self._inflight.pop(run.id, None)
@@ -299,24 +312,30 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         interval = self._lease_s / 3
+        retry_s = min(1.0, interval / 3)
+        delay = interval
         while True:
-            await anyio.sleep(interval)
-            ids = list(self._inflight)
-            if not ids:
+            await anyio.sleep(delay)
+            delay = interval
+            # Snapshot executions, not ids: a run can finish and be claimed again by
+            # this worker while the heartbeat is in flight, and the answer about the
+            # old claim must not cancel the new one.
+            snapshot = dict(self._executions)
+            if not snapshot:
                 continue
             try:
                 held = await self._store.heartbeat(
-                    worker_id=self.id, run_ids=ids, lease_s=self._lease_s
+                    worker_id=self.id, run_ids=list(snapshot), lease_s=self._lease_s
                 )
             except errors.StoreError as exc:
-                logger.warning("heartbeat failed (%s); retrying", exc)
+                logger.warning("heartbeat failed (%s); retrying in %.2fs", exc, retry_s)
+                delay = retry_s
                 continue
-            for run_id in ids:
-                if run_id in held:
+            for run_id, ex in snapshot.items():
+                if (run_id, ex.attempt) in held:
                     continue
-                ex = self._executions.get(run_id)
                 scope = self._inflight.get(run_id)
-                if ex is None or scope is None or ex.finishing:
+                if self._executions.get(run_id) is not ex or scope is None or ex.finishing:
                     continue
                 ex.lost = True
                 logger.warning(
@@ -347,14 +366,18 @@ class Worker:
         async with self._store.try_advisory_lock(
             MAINTENANCE_LOCK, idle_timeout_s=idle_timeout_s
         ) as lock:
-            if not lock.held:
-                await anyio.sleep(self._maintenance_s * 5)
+            if lock.held:
+                await self._lead(lock)
                 return
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(lock.keep_alive)
-                while True:
-                    await self._maintenance_tick()
-                    await anyio.sleep(self._maintenance_s)
+        # Not elected: give the connection back while waiting for the next try.
+        await anyio.sleep(self._maintenance_s * 5)
+
+    async def _lead(self, lock: SessionLock) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lock.keep_alive)
+            while True:
+                await self._maintenance_tick()
+                await anyio.sleep(self._maintenance_s)
 
     async def _maintenance_tick(self) -> None:
         while True:

@@ -52,10 +52,6 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
     output_type: Any
     takes_input: bool
 
-    def retry_delay(self, attempt: int) -> float:
-        """Backoff before the run's next attempt, after ``attempt`` failed."""
-        return backoff_delay(self.retry, attempt)
-
 
 def backoff_delay(policy: Retry, attempt: int) -> float:
     """Seconds to wait after failed attempt ``attempt`` (1-based): exponential, capped,
@@ -95,6 +91,14 @@ def make_workflow(
             f"workflow {name!r}: the function must take (run) or (run, input)"
         )
     input_type = codec.param_type(fn, 1) if len(positional) == 2 else Any
+    output_type = codec.return_type(fn)
+    for what, tp in (("input", input_type), ("return", output_type)):
+        try:
+            codec.decoder_for(tp)
+        except TypeError as exc:
+            raise errors.ConfigurationError(
+                f"workflow {name!r}: msgspec cannot decode its {what} type {tp!r}: {exc}"
+            ) from exc
     return Workflow(
         name=name,
         fn=fn,
@@ -102,6 +106,6 @@ def make_workflow(
         max_attempts=max_attempts,
         retry=retry or Retry(attempts=max_attempts),
         input_type=input_type,
-        output_type=codec.return_type(fn),
+        output_type=output_type,
         takes_input=len(positional) == 2,
     )

@@ -295,7 +295,9 @@ async def test_a_run_of_an_unknown_workflow_is_queued_and_fails_when_claimed(
     assert "'no-such-workflow'" in failed.value.error["message"]
     row = await run_row(db, handle.id)
     assert row["status"] == "failed"
-    assert row["attempt"] == 1  # not retried: another attempt cannot help
+    # Retried with backoff while attempts remained (in a rolling deploy another worker
+    # may know the workflow), then failed for good rather than left queued.
+    assert row["attempt"] == row["max_attempts"] == 3
 
 
 async def test_unencodable_input_raises_and_writes_nothing(

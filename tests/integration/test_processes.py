@@ -98,9 +98,9 @@ async def test_sigterm_past_the_grace_period_releases_the_run_to_another_worker(
 
         # Released at once (a 30 s lease did not have to expire), without spending an attempt.
         run = await db.fetchrow(
-            "SELECT status, attempt, lease_owner FROM tidebase.runs WHERE id = $1", rid
+            "SELECT status, attempt, released, lease_owner FROM tidebase.runs WHERE id = $1", rid
         )
-        assert tuple(run) == ("queued", 0, None)
+        assert tuple(run) == ("queued", 1, 1, None)
         events = await procs.event_types(db, rid)
         assert events[-1][0] == "run.released", events
 

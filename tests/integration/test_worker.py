@@ -169,7 +169,9 @@ async def test_stop_releases_runs_that_outlast_the_grace_period(
 
     row = await run_row(db, handle.id)
     assert row["status"] == "queued"
-    assert row["attempt"] == 0  # the attempt was not spent
+    # The claim was handed back unspent: attempt stays monotonic (a fence token) and
+    # `released` refunds it.
+    assert (row["attempt"], row["released"]) == (1, 1)
     assert row["lease_owner"] is None
     assert await event_types(db, handle.id) == ["run.created", "run.claimed", "run.released"]
     data = await db.fetchval(
@@ -212,7 +214,12 @@ async def test_cancelling_work_releases_in_flight_runs_at_once(
 
     for handle in (first, second):
         row = await run_row(db, handle.id)
-        assert (row["status"], row["attempt"], row["lease_owner"]) == ("queued", 0, None)
+        assert (row["status"], row["attempt"], row["released"], row["lease_owner"]) == (
+            "queued",
+            1,
+            1,
+            None,
+        )
         assert (await event_types(db, handle.id))[-1] == "run.released"
     assert finished_sleeping == []
 
@@ -221,7 +228,7 @@ async def test_cancelling_work_releases_in_flight_runs_at_once(
     async with working(tide):
         assert await tide.runs.wait(first.id, timeout=10) == "first"
         assert await tide.runs.wait(second.id, timeout=10) == "second"
-    assert (await run_row(db, first.id))["attempt"] == 1
+    assert (await run_row(db, first.id))["attempt"] == 2  # one claim released, one spent
 
 
 async def _both_running(db: asyncpg.Connection, *run_ids: object) -> bool:

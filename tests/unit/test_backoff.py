@@ -43,7 +43,7 @@ def test_a_workflow_retries_with_its_policy() -> None:
 
     policy = Retry(backoff=0.5, max_backoff=1.0, jitter=False)
     wf = make_workflow("w", fn, queue="q", max_attempts=5, retry=policy)
-    assert [wf.retry_delay(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 1.0, 1.0]
+    assert [backoff_delay(wf.retry, n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 1.0, 1.0]
     default = make_workflow("w", fn, queue="q", max_attempts=5, retry=None)
     assert default.retry.attempts == 5
-    assert 0.5 <= default.retry_delay(1) <= 1.0
+    assert 0.5 <= backoff_delay(default.retry, 1) <= 1.0

@@ -52,6 +52,7 @@ class ClaimedRun(msgspec.Struct, frozen=True, kw_only=True):
     input: bytes | None
     state: bytes
     attempt: int
+    released: int
     max_attempts: int
     deadline_at: datetime | None
     step_count: int
@@ -66,6 +67,7 @@ class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
     run_attempt: int
     output: bytes | None
     error: bytes | None
+    replay_failure: bool = True
 
 
 class EnqueueRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -394,17 +396,18 @@ class Store:
                     run_attempt=row[4],
                     output=row[5],
                     error=row[6],
+                    replay_failure=row[7],
                 )
             )
         return history
 
     async def heartbeat(
         self, *, worker_id: str, run_ids: Sequence[UUID], lease_s: float
-    ) -> set[UUID]:
-        """Extend the leases; return the ids this worker still holds."""
+    ) -> set[tuple[UUID, int]]:
+        """Extend the leases; return the (id, attempt) claims this worker still holds."""
         with _translate("heartbeat"):
             rows = await self._pool.fetch(Q["heartbeat"], worker_id, list(run_ids), lease_s)
-        return {row[0] for row in rows}
+        return {(row[0], row[1]) for row in rows}
 
     async def checkpoint_step(
         self,
@@ -483,13 +486,23 @@ class Store:
             raise errors.LeaseLost(f"run {run_id} is no longer leased to this worker")
         return row["status"], row["queue"]
 
-    async def release_runs(self, *, worker_id: str, run_ids: Sequence[UUID]) -> list[str]:
-        """Hand leased runs back to the queue; return their queues."""
-        if not run_ids:
+    async def release_runs(
+        self, *, worker_id: str, claims: Sequence[tuple[UUID, int]]
+    ) -> list[str]:
+        """Hand (run id, attempt) claims back to the queue unspent; return their queues."""
+        if not claims:
             return []
         with _translate("releasing runs"):
-            rows = await self._pool.fetch(Q["release_runs"], worker_id, list(run_ids))
+            rows = await self._pool.fetch(
+                Q["release_runs"], worker_id, [c[0] for c in claims], [c[1] for c in claims]
+            )
         return [row["queue"] for row in rows]
+
+    async def seconds_until_due(self, run_id: UUID) -> float:
+        """Seconds until a queued run becomes claimable (<= 0: now)."""
+        with _translate("run due time"):
+            value = await self._pool.fetchval(Q["seconds_until_due"], run_id)
+        return 0.0 if value is None else float(value)
 
     async def requeue_expired(self, *, limit: int) -> list[tuple[UUID, str, str]]:
         with _translate("requeue expired leases"):
@@ -536,8 +549,21 @@ class Store:
         return bool(count)
 
     async def retry_run(self, *, run_id: UUID, budget: int) -> str | None:
-        with _translate("retry"):
-            queue: str | None = await self._pool.fetchval(Q["retry_run"], run_id, budget)
+        """Requeue a failed run; None when it is not failed.
+
+        Raises:
+            ConflictError: an active run holds the same dedupe key.
+        """
+        try:
+            with _translate("retry"):
+                queue: str | None = await self._pool.fetchval(Q["retry_run"], run_id, budget)
+        except errors.StoreError as exc:
+            if isinstance(exc.__cause__, asyncpg.exceptions.UniqueViolationError):
+                raise errors.ConflictError(
+                    f"run {run_id} cannot be retried: another active run has its dedupe key "
+                    "in its queue; wait for or cancel that run first"
+                ) from exc
+            raise
         return queue
 
     async def get_run(self, run_id: UUID) -> asyncpg.Record | None:
@@ -639,6 +665,7 @@ def _claimed(row: asyncpg.Record) -> ClaimedRun:
         input=row["input"],
         state=row["state"],
         attempt=row["attempt"],
+        released=row["released"],
         max_attempts=row["max_attempts"],
         deadline_at=row["deadline_at"],
         step_count=row["step_count"],

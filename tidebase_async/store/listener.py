@@ -97,7 +97,9 @@ class Listener:
                         break
                     with anyio.fail_after(self._ping_interval):
                         await conn.fetchval("SELECT 1")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except Exception as exc:
+                # Whatever broke (network, server, driver state), the listener must not
+                # die: its task group spans the body of `async with tide`.
                 logger.warning("listener connection lost (%s); reconnecting in %.1fs", exc, delay)
             finally:
                 self.connected = False

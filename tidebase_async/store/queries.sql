@@ -81,8 +81,8 @@ WITH picked AS (
       started_at = COALESCE(r.started_at, tidebase.now()), updated_at = tidebase.now(),
       event_seq = r.event_seq + 1
   FROM picked WHERE r.id = picked.id
-  RETURNING r.id, r.workflow, r.queue, r.input, r.state, r.attempt, r.max_attempts,
-            r.deadline_at, r.step_count, r.event_seq, r.created_at
+  RETURNING r.id, r.workflow, r.queue, r.input, r.state, r.attempt, r.released,
+            r.max_attempts, r.deadline_at, r.step_count, r.event_seq, r.created_at
 ), ev AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, event_seq, 'run.claimed', tidebase.now(),
@@ -106,8 +106,8 @@ WITH picked AS (
       started_at = COALESCE(r.started_at, tidebase.now()), updated_at = tidebase.now(),
       event_seq = r.event_seq + 1
   FROM picked WHERE r.id = picked.id
-  RETURNING r.id, r.workflow, r.queue, r.input, r.state, r.attempt, r.max_attempts,
-            r.deadline_at, r.step_count, r.event_seq, r.created_at
+  RETURNING r.id, r.workflow, r.queue, r.input, r.state, r.attempt, r.released,
+            r.max_attempts, r.deadline_at, r.step_count, r.event_seq, r.created_at
 ), ev AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, event_seq, 'run.claimed', tidebase.now(),
@@ -129,8 +129,8 @@ WITH ins AS (
           tidebase.now() + make_interval(secs => $8::float8), 1, true,
           tidebase.now(), tidebase.now(), tidebase.now(), 2)
   ON CONFLICT (id) DO NOTHING
-  RETURNING id, workflow, queue, input, state, attempt, max_attempts, deadline_at,
-            step_count, event_seq, created_at
+  RETURNING id, workflow, queue, input, state, attempt, released, max_attempts,
+            deadline_at, step_count, event_seq, created_at
 ), ev AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, s.seq, s.type, tidebase.now(), s.data
@@ -152,8 +152,8 @@ WITH picked AS (
       started_at = COALESCE(r.started_at, tidebase.now()), updated_at = tidebase.now(),
       event_seq = r.event_seq + 1
   FROM picked WHERE r.id = picked.id
-  RETURNING r.id, r.workflow, r.queue, r.input, r.state, r.attempt, r.max_attempts,
-            r.deadline_at, r.step_count, r.event_seq, r.created_at
+  RETURNING r.id, r.workflow, r.queue, r.input, r.state, r.attempt, r.released,
+            r.max_attempts, r.deadline_at, r.step_count, r.event_seq, r.created_at
 ), ev AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, event_seq, 'run.claimed', tidebase.now(),
@@ -164,16 +164,17 @@ SELECT claimed.*, tidebase.now() AS db_now FROM claimed;
 
 -- name: load_steps
 -- The whole history of the claimed runs, in one query.
-SELECT run_id, position, name, status, run_attempt, output, error
+SELECT run_id, position, name, status, run_attempt, output, error, replay_failure
 FROM tidebase.steps WHERE run_id = ANY($1::uuid[])
 ORDER BY run_id, position;
 
 -- name: heartbeat
--- Extend every lease worker $1 still holds among $2; the ids not returned are lost.
+-- Extend every lease worker $1 still holds among $2; the (id, attempt) pairs not
+-- returned are lost.
 UPDATE tidebase.runs
 SET lease_expires_at = tidebase.now() + make_interval(secs => $3::float8)
 WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND status = 'running'
-RETURNING id;
+RETURNING id, attempt;
 
 -- name: checkpoint_step
 -- Record a step outcome ($6 'completed' or 'failed') at position $4. Fenced.
@@ -192,7 +193,7 @@ WITH r AS (
     SET name = EXCLUDED.name, status = EXCLUDED.status, attempts = EXCLUDED.attempts,
         run_attempt = EXCLUDED.run_attempt, output = EXCLUDED.output,
         error = EXCLUDED.error, started_at = EXCLUDED.started_at,
-        finished_at = EXCLUDED.finished_at
+        finished_at = EXCLUDED.finished_at, replay_failure = true
     WHERE st.status <> 'completed'
 ), e AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
@@ -220,7 +221,8 @@ SELECT event_seq FROM r;
 -- name: complete_run
 WITH r AS (
   UPDATE tidebase.runs
-  SET status = 'completed', output = $4, lease_owner = NULL, lease_expires_at = NULL,
+  SET status = 'completed', output = $4, error = NULL, lease_owner = NULL,
+      lease_expires_at = NULL,
       finished_at = tidebase.now(), updated_at = tidebase.now(), event_seq = event_seq + 1
   WHERE id = $1 AND lease_owner = $2 AND attempt = $3 AND status = 'running'
   RETURNING id, event_seq
@@ -243,6 +245,11 @@ WITH r AS (
       event_seq = event_seq + 1
   WHERE id = $1 AND lease_owner = $2 AND attempt = $3 AND status = 'running'
   RETURNING id, event_seq, status, queue
+), s AS (
+  -- The failure propagated out of the workflow: no step failure of this run was
+  -- "handled", so the next attempt executes those steps again instead of replaying them.
+  UPDATE tidebase.steps SET replay_failure = false
+  WHERE run_id = (SELECT id FROM r) AND status = 'failed'
 ), e AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, event_seq, CASE WHEN status = 'failed' THEN 'run.failed' ELSE 'run.retrying' END,
@@ -251,14 +258,17 @@ WITH r AS (
 SELECT event_seq, status, queue FROM r;
 
 -- name: release_runs
--- Graceful shutdown: hand runs back at once without spending an attempt.
+-- Graceful shutdown: hand claims ($2 ids, $3 their attempts) back at once without
+-- spending an attempt. Fenced like every other write; attempt stays monotonic.
 WITH r AS (
-  UPDATE tidebase.runs
-  SET status = 'queued', attempt = attempt - 1, lease_owner = NULL,
+  UPDATE tidebase.runs r
+  SET status = 'queued', released = r.released + 1, lease_owner = NULL,
       lease_expires_at = NULL, run_at = tidebase.now(), updated_at = tidebase.now(),
-      event_seq = event_seq + 1
-  WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND status = 'running'
-  RETURNING id, event_seq, queue
+      event_seq = r.event_seq + 1
+  FROM unnest($2::uuid[], $3::int4[]) AS c(id, attempt)
+  WHERE r.id = c.id AND r.attempt = c.attempt AND r.lease_owner = $1
+    AND r.status = 'running'
+  RETURNING r.id, r.event_seq, r.queue
 ), e AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, event_seq, 'run.released', tidebase.now(),
@@ -277,17 +287,18 @@ WITH expired AS (
   FOR UPDATE SKIP LOCKED
 ), r AS (
   UPDATE tidebase.runs r
-  SET status = CASE WHEN r.attempt >= r.max_attempts THEN 'failed' ELSE 'queued' END,
-      error = CASE WHEN r.attempt >= r.max_attempts THEN
+  SET status = CASE WHEN r.attempt - r.released >= r.max_attempts THEN 'failed' ELSE 'queued' END,
+      error = CASE WHEN r.attempt - r.released >= r.max_attempts THEN
                 jsonb_build_object(
                   'type', 'LeaseExpired',
                   'message', format('the lease of worker %s expired on attempt %s of %s '
                                     '(the worker process died or stalled); '
-                                    'no attempts left', expired.old_owner, r.attempt,
+                                    'no attempts left', expired.old_owner,
+                                    r.attempt - r.released,
                                     r.max_attempts),
                   'traceback', NULL)
               ELSE r.error END,
-      finished_at = CASE WHEN r.attempt >= r.max_attempts THEN tidebase.now() END,
+      finished_at = CASE WHEN r.attempt - r.released >= r.max_attempts THEN tidebase.now() END,
       lease_owner = NULL, lease_expires_at = NULL, run_at = tidebase.now(),
       updated_at = tidebase.now(), event_seq = r.event_seq + 1
   FROM expired WHERE r.id = expired.id
@@ -322,7 +333,7 @@ SELECT count(*) FROM r;
 -- resumes after its last completed step. attempt stays monotonic (it is a fence token).
 WITH r AS (
   UPDATE tidebase.runs
-  SET status = 'queued', max_attempts = attempt + $2, run_at = tidebase.now(),
+  SET status = 'queued', max_attempts = attempt - released + $2, run_at = tidebase.now(),
       finished_at = NULL, updated_at = tidebase.now(), event_seq = event_seq + 1
   WHERE id = $1 AND status = 'failed'
   RETURNING id, event_seq, queue
@@ -339,7 +350,10 @@ SELECT id, workflow, queue, status, input, output, error, state, attempt, max_at
 FROM tidebase.runs WHERE id = $1;
 
 -- name: get_run_status
-SELECT status, output, error, cancel_reason FROM tidebase.runs WHERE id = $1;
+SELECT status, output, error, cancel_reason, workflow FROM tidebase.runs WHERE id = $1;
+
+-- name: seconds_until_due
+SELECT EXTRACT(EPOCH FROM run_at - tidebase.now())::float8 FROM tidebase.runs WHERE id = $1;
 
 -- name: get_steps
 SELECT name, status, attempts, output, error, started_at, finished_at

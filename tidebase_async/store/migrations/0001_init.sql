@@ -26,7 +26,10 @@ CREATE TABLE tidebase.runs (
   dedupe_key       text,
   metadata         jsonb,
   parent_id        uuid REFERENCES tidebase.runs (id) ON DELETE SET NULL,
+  -- Claims so far; with lease_owner it is the fence token, so it only ever grows.
   attempt          integer NOT NULL DEFAULT 0,
+  -- Claims handed back unspent (graceful shutdown): attempts used = attempt - released.
+  released         integer NOT NULL DEFAULT 0,
   max_attempts     integer NOT NULL CHECK (max_attempts >= 1),
   -- When a queued run becomes claimable (delay, run_at, retry backoff).
   run_at           timestamptz NOT NULL,
@@ -71,6 +74,9 @@ CREATE TABLE tidebase.steps (
   run_attempt integer NOT NULL,
   output      bytea,
   error       jsonb,
+  -- A failed step is replayed as a failure only when the workflow went past it; a run
+  -- that failed afterwards clears this, so its next attempt executes the step again.
+  replay_failure boolean NOT NULL DEFAULT true,
   started_at  timestamptz NOT NULL,
   finished_at timestamptz NOT NULL,
   PRIMARY KEY (run_id, position)
