@@ -36,6 +36,7 @@ from tidebase_async.store.listener import Listener
 from tidebase_async.wakeup import EVENTS_CHANNEL, WAKE_CHANNEL, Notifier, Signal
 from tidebase_async.worker import Worker, new_worker_id
 from tidebase_async.workflows import Workflow, WorkflowFn, check_name, make_workflow
+from tidebase_async.writes import RunWrites
 
 if TYPE_CHECKING:
     from tidebase_async.embedded import EmbeddedPostgres
@@ -535,7 +536,7 @@ class Tidebase:
             try:
                 result = await execute(
                     store=self.store,
-                    worker_id=worker_id,
+                    writes=RunWrites(self.store, worker_id),
                     claimed=claimed,
                     history=history,
                     workflows=self._workflows,

@@ -14,8 +14,9 @@ import msgspec
 from tidebase_async import codec, errors
 from tidebase_async.models import Retry
 from tidebase_async.replay import Execution, Run, error_info
-from tidebase_async.store import ClaimedRun, StepRecord, Store
+from tidebase_async.store import ClaimedRun, Completion, StepRecord, Store
 from tidebase_async.workflows import Workflow, backoff_delay
+from tidebase_async.writes import RunWrites
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class ExecutionResult(msgspec.Struct, kw_only=True):
 async def execute(
     *,
     store: Store,
-    worker_id: str,
+    writes: RunWrites,
     claimed: ClaimedRun,
     history: list[StepRecord],
     workflows: Mapping[str, Workflow],
@@ -59,7 +60,7 @@ async def execute(
     """
     ex = Execution(
         store=store,
-        worker_id=worker_id,
+        writes=writes,
         claimed=claimed,
         history=history,
         on_event=on_event,
@@ -147,11 +148,8 @@ async def _execute(
         await ex.write(
             "completing the run",
             functools.partial(
-                ex.store.complete_run,
-                run_id=claimed.id,
-                worker_id=ex.worker_id,
-                attempt=ex.attempt,
-                output=data,
+                ex.writes.complete,
+                Completion(run_id=claimed.id, attempt=ex.attempt, output=data),
             ),
             landed=functools.partial(_status_is, ex, {"completed"}),
         )

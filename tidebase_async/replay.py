@@ -28,8 +28,9 @@ import msgspec
 
 from tidebase_async import codec, errors
 from tidebase_async.models import Retry
-from tidebase_async.store import ClaimedRun, StepRecord, Store
+from tidebase_async.store import Checkpoint, ClaimedRun, StepRecord, Store
 from tidebase_async.workflows import backoff_delay, check_name
+from tidebase_async.writes import RunWrites
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class Execution:
         self,
         *,
         store: Store,
-        worker_id: str,
+        writes: RunWrites,
         claimed: ClaimedRun,
         history: list[StepRecord],
         on_event: Callable[[UUID], None],
@@ -96,7 +97,8 @@ class Execution:
         lease_s: float = 30.0,
     ) -> None:
         self.store = store
-        self.worker_id = worker_id
+        self.writes = writes
+        self.worker_id = writes.worker_id
         self.claimed = claimed
         # By position. Positions can have holes: a step whose checkpoint write failed
         # and whose error the workflow swallowed; replay executes such a step again.
@@ -383,18 +385,19 @@ class Run:
         await ex.write(
             f"checkpoint of {where}",
             functools.partial(
-                ex.store.checkpoint_step,
-                run_id=ex.run_id,
-                worker_id=ex.worker_id,
-                attempt=ex.attempt,
-                position=position,
-                name=full_name,
-                status="completed",
-                attempts=attempt,
-                output=data,
-                error=None,
-                started_at=started_at,
-                event_data=event,
+                ex.writes.checkpoint,
+                Checkpoint(
+                    run_id=ex.run_id,
+                    attempt=ex.attempt,
+                    position=position,
+                    name=full_name,
+                    status="completed",
+                    attempts=attempt,
+                    output=data,
+                    error=None,
+                    started_at=started_at,
+                    event_data=event,
+                ),
             ),
             landed=functools.partial(self._checkpoint_landed, position, "completed"),
         )
@@ -410,19 +413,20 @@ class Run:
         await ex.write(
             f"recording the failure of step {name!r}",
             functools.partial(
-                ex.store.checkpoint_step,
-                run_id=ex.run_id,
-                worker_id=ex.worker_id,
-                attempt=ex.attempt,
-                position=position,
-                name=name,
-                status="failed",
-                attempts=attempts,
-                output=None,
-                error=msgspec.json.encode(info),
-                started_at=started_at,
-                event_data=msgspec.json.encode(
-                    {"name": name, "error": {"type": info["type"], "message": info["message"]}}
+                ex.writes.checkpoint,
+                Checkpoint(
+                    run_id=ex.run_id,
+                    attempt=ex.attempt,
+                    position=position,
+                    name=name,
+                    status="failed",
+                    attempts=attempts,
+                    output=None,
+                    error=msgspec.json.encode(info),
+                    started_at=started_at,
+                    event_data=msgspec.json.encode(
+                        {"name": name, "error": {"type": info["type"], "message": info["message"]}}
+                    ),
                 ),
             ),
             landed=functools.partial(self._checkpoint_landed, position, "failed"),

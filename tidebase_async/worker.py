@@ -26,6 +26,7 @@ from tidebase_async.store import ClaimedRun, SessionLock, Store
 from tidebase_async.store.listener import Listener
 from tidebase_async.wakeup import WAKE_CHANNEL, Notifier, Signal
 from tidebase_async.workflows import Workflow
+from tidebase_async.writes import RunWrites
 
 if TYPE_CHECKING:
     from tidebase_async.store import StepRecord
@@ -88,6 +89,7 @@ class Worker:
         if not queues:
             raise errors.ConfigurationError("a worker needs at least one queue")
         self.id = new_worker_id()
+        self._writes = RunWrites(store, self.id)
         self.stats = WorkerStats()
         self._store = store
         self._listener = listener
@@ -95,6 +97,7 @@ class Worker:
         self._workflows = workflows
         self._queues = list(dict.fromkeys(queues))
         self._concurrency = concurrency
+        self._claim_batch = max(1, concurrency // 4)
         self._lease_s = lease_s
         self._poll_s = poll_interval_s
         self._grace_s = shutdown_grace_s
@@ -161,6 +164,15 @@ class Worker:
                 self._capacity.clear()
                 await self._wait_or_stop(self._capacity, None)
                 continue
+            if self._inflight and free < self._claim_batch:
+                # Busy: let a few more slots free up so one claim fills several, rather
+                # than one claim statement per finished run. Bounded, so a slow run
+                # never holds back the others' successors for long.
+                self._capacity.clear()
+                await self._wait_or_stop(self._capacity, 0.002)
+                free = self._concurrency - len(self._inflight)
+                if free <= 0:
+                    continue
             # Clear before claiming: a notification that arrives during the claim
             # must cause another claim, not be lost.
             self._wake.clear()
@@ -244,7 +256,7 @@ class Worker:
         try:
             result = await execute(
                 store=self._store,
-                worker_id=self.id,
+                writes=self._writes,
                 claimed=run,
                 history=history,
                 workflows=self._workflows,

@@ -70,6 +70,29 @@ class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
     replay_failure: bool = True
 
 
+class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """A step outcome to record for the claim (run_id, attempt)."""
+
+    run_id: UUID
+    attempt: int
+    position: int
+    name: str
+    status: str
+    attempts: int
+    output: bytes | None
+    error: bytes | None
+    started_at: datetime
+    event_data: bytes
+
+
+class Completion(msgspec.Struct, frozen=True, kw_only=True):
+    """A run's output to record for the claim (run_id, attempt)."""
+
+    run_id: UUID
+    attempt: int
+    output: bytes
+
+
 class EnqueueRow(msgspec.Struct, frozen=True, kw_only=True):
     id: UUID
     inserted: bool
@@ -139,9 +162,27 @@ def _translate(what: str) -> Any:
         raise errors.StoreError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset: nothing. asyncpg's default runs RESET ALL, UNLISTEN and friends
+    after every pooled statement, doubling round trips; our pooled sessions never keep
+    state (the two that take advisory locks clean up through ``_clean_session``, and
+    open transactions are still rolled back by the pool)."""
+
+
+async def _clean_session(conn: asyncpg.Connection) -> None:
+    """Drop advisory locks and session settings before a connection goes back to the
+    pool; a connection that cannot be cleaned is closed instead of reused."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await conn.execute("SELECT pg_advisory_unlock_all(); RESET ALL")
+        except Exception:
+            conn.terminate()
+
+
 def connect_kwargs() -> dict[str, Any]:
     return {
         "init": _init_connection,
+        "reset": _keep_session,
         # Plans of the CTE statements are tiny; JIT compilation would only add latency.
         "server_settings": {"application_name": "tidebase", "jit": "off"},
     }
@@ -263,7 +304,7 @@ class Store:
                         logger.info("applied migration %04d_%s", version, name)
                     return latest
                 finally:
-                    await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+                    await _clean_session(conn)
 
     @staticmethod
     async def _version(conn: asyncpg.Connection) -> int:
@@ -409,39 +450,26 @@ class Store:
             rows = await self._pool.fetch(Q["heartbeat"], worker_id, list(run_ids), lease_s)
         return {(row[0], row[1]) for row in rows}
 
-    async def checkpoint_step(
-        self,
-        *,
-        run_id: UUID,
-        worker_id: str,
-        attempt: int,
-        position: int,
-        name: str,
-        status: str,
-        attempts: int,
-        output: bytes | None,
-        error: bytes | None,
-        started_at: datetime,
-        event_data: bytes,
-    ) -> None:
-        """Record a step outcome. Raises LeaseLost when the fence does not hold."""
-        with _translate(f"checkpoint of step {name!r}"):
-            seq = await self._pool.fetchval(
-                Q["checkpoint_step"],
-                run_id,
+    async def checkpoint_steps(self, *, worker_id: str, items: Sequence[Checkpoint]) -> set[UUID]:
+        """Record step outcomes (at most one per run) in one statement; return the run
+        ids whose fence held. Rows are locked in id order (no deadlock between batches)."""
+        ordered = sorted(items, key=lambda c: c.run_id)
+        with _translate("checkpoint"):
+            rows = await self._pool.fetch(
+                Q["checkpoint_steps"],
                 worker_id,
-                attempt,
-                position,
-                name,
-                status,
-                attempts,
-                output,
-                error,
-                started_at,
-                event_data,
+                [c.run_id for c in ordered],
+                [c.attempt for c in ordered],
+                [c.position for c in ordered],
+                [c.name for c in ordered],
+                [c.status for c in ordered],
+                [c.attempts for c in ordered],
+                [c.output for c in ordered],
+                [c.error for c in ordered],
+                [c.started_at for c in ordered],
+                [c.event_data for c in ordered],
             )
-        if seq is None:
-            raise errors.LeaseLost(f"run {run_id} is no longer leased to this worker")
+        return {row[0] for row in rows}
 
     async def step_outcome(self, *, run_id: UUID, position: int) -> tuple[str, int] | None:
         """(status, run attempt) of the checkpoint at ``position``, if any."""
@@ -459,13 +487,18 @@ class Store:
         if seq is None:
             raise errors.LeaseLost(f"run {run_id} is no longer leased to this worker")
 
-    async def complete_run(
-        self, *, run_id: UUID, worker_id: str, attempt: int, output: bytes
-    ) -> None:
-        with _translate("completing run"):
-            seq = await self._pool.fetchval(Q["complete_run"], run_id, worker_id, attempt, output)
-        if seq is None:
-            raise errors.LeaseLost(f"run {run_id} is no longer leased to this worker")
+    async def complete_runs(self, *, worker_id: str, items: Sequence[Completion]) -> set[UUID]:
+        """Complete runs in one statement; return the run ids whose fence held."""
+        ordered = sorted(items, key=lambda c: c.run_id)
+        with _translate("completing runs"):
+            rows = await self._pool.fetch(
+                Q["complete_runs"],
+                worker_id,
+                [c.run_id for c in ordered],
+                [c.attempt for c in ordered],
+                [c.output for c in ordered],
+            )
+        return {row[0] for row in rows}
 
     async def fail_run(
         self,
@@ -538,8 +571,7 @@ class Store:
                     yield SessionLock(conn, key=key, held=got, ping_s=ping_s)
                 finally:
                     if got and not conn.is_closed():
-                        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                            await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                        await _clean_session(conn)
 
     # -- client -----------------------------------------------------------------------
 

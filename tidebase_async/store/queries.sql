@@ -176,19 +176,30 @@ SET lease_expires_at = tidebase.now() + make_interval(secs => $3::float8)
 WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND status = 'running'
 RETURNING id, attempt;
 
--- name: checkpoint_step
--- Record a step outcome ($6 'completed' or 'failed') at position $4. Fenced.
-WITH r AS (
-  UPDATE tidebase.runs
-  SET event_seq = event_seq + 1, step_count = GREATEST(step_count, $4 + 1),
+-- name: checkpoint_steps
+-- Record step outcomes of several runs (at most one per run) in one statement; each
+-- row fenced on its own claim. Returns the run ids whose fence held.
+WITH c AS (
+  SELECT * FROM unnest($2::uuid[], $3::int4[], $4::int4[], $5::text[], $6::text[],
+                       $7::int4[], $8::bytea[], $9::jsonb[], $10::timestamptz[],
+                       $11::jsonb[])
+    AS c(run_id, attempt, position, name, status, attempts, output, error, started_at,
+         event_data)
+), r AS (
+  UPDATE tidebase.runs r
+  SET event_seq = r.event_seq + 1, step_count = GREATEST(r.step_count, c.position + 1),
       updated_at = tidebase.now()
-  WHERE id = $1 AND lease_owner = $2 AND attempt = $3 AND status = 'running'
-  RETURNING id, event_seq
+  FROM c
+  WHERE r.id = c.run_id AND r.lease_owner = $1 AND r.attempt = c.attempt
+    AND r.status = 'running'
+  RETURNING r.id, r.event_seq
 ), s AS (
   INSERT INTO tidebase.steps AS st
     (run_id, position, name, status, attempts, run_attempt, output, error,
      started_at, finished_at)
-  SELECT id, $4, $5, $6, $7, $3, $8, $9, $10, tidebase.now() FROM r
+  SELECT c.run_id, c.position, c.name, c.status, c.attempts, c.attempt, c.output, c.error,
+         c.started_at, tidebase.now()
+  FROM r JOIN c ON c.run_id = r.id
   ON CONFLICT (run_id, position) DO UPDATE
     SET name = EXCLUDED.name, status = EXCLUDED.status, attempts = EXCLUDED.attempts,
         run_attempt = EXCLUDED.run_attempt, output = EXCLUDED.output,
@@ -197,11 +208,12 @@ WITH r AS (
     WHERE st.status <> 'completed'
 ), e AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
-  SELECT id, event_seq, CASE WHEN $6 = 'completed' THEN 'step.completed'
-                             ELSE 'step.failed' END,
-         tidebase.now(), $11 FROM r
+  SELECT r.id, r.event_seq,
+         CASE WHEN c.status = 'completed' THEN 'step.completed' ELSE 'step.failed' END,
+         tidebase.now(), c.event_data
+  FROM r JOIN c ON c.run_id = r.id
 )
-SELECT event_seq FROM r;
+SELECT id FROM r;
 
 -- name: step_outcome
 SELECT status, run_attempt FROM tidebase.steps WHERE run_id = $1 AND position = $2;
@@ -218,19 +230,25 @@ WITH r AS (
 )
 SELECT event_seq FROM r;
 
--- name: complete_run
-WITH r AS (
-  UPDATE tidebase.runs
-  SET status = 'completed', output = $4, error = NULL, lease_owner = NULL,
-      lease_expires_at = NULL,
-      finished_at = tidebase.now(), updated_at = tidebase.now(), event_seq = event_seq + 1
-  WHERE id = $1 AND lease_owner = $2 AND attempt = $3 AND status = 'running'
-  RETURNING id, event_seq
+-- name: complete_runs
+-- Complete several runs in one statement, each fenced on its own claim. Returns the
+-- run ids whose fence held.
+WITH c AS (
+  SELECT * FROM unnest($2::uuid[], $3::int4[], $4::jsonb[]) AS c(id, attempt, output)
+), r AS (
+  UPDATE tidebase.runs r
+  SET status = 'completed', output = c.output, error = NULL, lease_owner = NULL,
+      lease_expires_at = NULL, finished_at = tidebase.now(), updated_at = tidebase.now(),
+      event_seq = r.event_seq + 1
+  FROM c
+  WHERE r.id = c.id AND r.lease_owner = $1 AND r.attempt = c.attempt
+    AND r.status = 'running'
+  RETURNING r.id, r.event_seq
 ), e AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, event_seq, 'run.completed', tidebase.now(), NULL FROM r
 )
-SELECT event_seq FROM r;
+SELECT id FROM r;
 
 -- name: fail_run
 -- The workflow raised. $5 NULL: fail for good; else requeue after $5 seconds.
@@ -380,8 +398,11 @@ WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3;
 
 -- name: next_due
 -- When the earliest queued run of these queues becomes claimable.
-SELECT min(run_at) - tidebase.now() FROM tidebase.runs
-WHERE status = 'queued' AND queue = ANY($1::text[]);
+SELECT min(n.run_at) - tidebase.now()
+FROM unnest($1::text[]) AS q(queue),
+     LATERAL (SELECT run_at FROM tidebase.runs
+              WHERE status = 'queued' AND queue = q.queue AND run_at > '-infinity'
+              ORDER BY run_at LIMIT 1) AS n;
 
 -- name: run_exists
 SELECT status FROM tidebase.runs WHERE id = $1;

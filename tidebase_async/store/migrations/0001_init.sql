@@ -52,13 +52,26 @@ CREATE TABLE tidebase.runs (
 -- Claim path: only queued rows are in this index, in claim order.
 CREATE INDEX runs_claimable ON tidebase.runs (queue, priority DESC, run_at, id)
   WHERE status = 'queued';
--- Idle workers sleep until the next delayed run of their queues is due.
-CREATE INDEX runs_queued_run_at ON tidebase.runs (queue, run_at) WHERE status = 'queued';
+-- Idle workers sleep until the next delayed run of their queues is due. The extra
+-- predicate (always true) keeps this index out of the claim's reach: a claim's WHERE
+-- clause does not imply it, so the planner cannot pick it (with a sort on top) over
+-- runs_claimable when the table has no statistics yet, which made claims O(queue).
+CREATE INDEX runs_queued_run_at ON tidebase.runs (queue, run_at)
+  WHERE status = 'queued' AND run_at > '-infinity';
 -- Reconciler: expired leases, oldest first.
 CREATE INDEX runs_leased ON tidebase.runs (lease_expires_at) WHERE status = 'running';
 -- Dedupe: at most one active run per (queue, dedupe_key).
 CREATE UNIQUE INDEX runs_dedupe ON tidebase.runs (queue, dedupe_key)
   WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'waiting');
+-- runs is updated several times per run: vacuum and analyze it early, so dead index
+-- entries of finished runs do not pile up in front of the claim's index scan and the
+-- planner knows the queue's size.
+ALTER TABLE tidebase.runs SET (
+  autovacuum_vacuum_scale_factor = 0.02,
+  autovacuum_analyze_scale_factor = 0.02,
+  autovacuum_vacuum_insert_scale_factor = 0.02
+);
+
 CREATE INDEX runs_created ON tidebase.runs (created_at DESC, id DESC);
 CREATE INDEX runs_status_created ON tidebase.runs (status, created_at DESC, id DESC);
 CREATE INDEX runs_parent ON tidebase.runs (parent_id) WHERE parent_id IS NOT NULL;
