@@ -16,6 +16,8 @@ EVENTS_CHANNEL = "tidebase_events"
 
 # pg_notify payloads must stay under 8000 bytes; a UUID and a comma take 37.
 _IDS_PER_NOTIFICATION = 200
+# How long 'run changed' notifications may wait to share one statement.
+_COALESCE_S = 0.002
 
 
 class Signal:
@@ -67,6 +69,7 @@ class Notifier:
         self._runs: set[str] = set()
         self._queues: set[str] = set()
         self._pending = Signal()
+        self._urgent = Signal()
 
     def runs_changed(self, *run_ids: object) -> None:
         self._runs.update(str(r) for r in run_ids)
@@ -75,11 +78,13 @@ class Notifier:
     def queues_changed(self, *queues: str) -> None:
         self._queues.update(queues)
         self._pending.set()
+        self._urgent.set()
 
     async def flush(self) -> None:
         runs, self._runs = self._runs, set()
         queues, self._queues = self._queues, set()
         self._pending.clear()
+        self._urgent.clear()
         messages = [(WAKE_CHANNEL, q) for q in sorted(queues)]
         messages += [(EVENTS_CHANNEL, ids) for ids in pack_ids(runs)]
         try:
@@ -92,6 +97,11 @@ class Notifier:
         try:
             while True:
                 await self._pending.wait()
+                if not self._queues:
+                    # Only 'run X changed' hints: give them a moment to pile up (many
+                    # runs finish together under load). Wake-ups for workers are not
+                    # delayed: they are what enqueue-to-start latency is made of.
+                    await self._urgent.wait_for(_COALESCE_S)
                 await self.flush()
         finally:
             with anyio.move_on_after(2, shield=True):
