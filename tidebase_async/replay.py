@@ -381,55 +381,63 @@ class Run:
         except errors.SerializationError as exc:
             await self._record_failure(position, full_name, attempt, started_at, exc)
             raise
-        event = msgspec.json.encode({"name": full_name, "position": position + 1})
-        await ex.write(
-            f"checkpoint of {where}",
-            functools.partial(
-                ex.writes.checkpoint,
-                Checkpoint(
-                    run_id=ex.run_id,
-                    attempt=ex.attempt,
-                    position=position,
-                    name=full_name,
-                    status="completed",
-                    attempts=attempt,
-                    output=data,
-                    error=None,
-                    started_at=started_at,
-                    event_data=event,
-                ),
-            ),
-            landed=functools.partial(self._checkpoint_landed, position, "completed"),
+        await self._checkpoint(
+            position,
+            full_name,
+            "completed",
+            attempt,
+            started_at,
+            output=data,
+            event={"name": full_name, "position": position + 1},
         )
         ex.executed_steps += 1
-        ex.on_event(ex.run_id)
         return codec.decode(data, tp=tp, where=where)
 
     async def _record_failure(
         self, position: int, name: str, attempts: int, started_at: datetime, exc: Exception
     ) -> None:
-        ex = self._ex
         info = error_info(exc)
+        await self._checkpoint(
+            position,
+            name,
+            "failed",
+            attempts,
+            started_at,
+            error=msgspec.json.encode(info),
+            event={"name": name, "error": {"type": info["type"], "message": info["message"]}},
+        )
+
+    async def _checkpoint(
+        self,
+        position: int,
+        name: str,
+        status: str,
+        attempts: int,
+        started_at: datetime,
+        *,
+        event: dict[str, Any],
+        output: bytes | None = None,
+        error: bytes | None = None,
+    ) -> None:
+        """Record a step outcome: fenced, group-committed, retried across a lost
+        connection (without writing it twice)."""
+        ex = self._ex
+        item = Checkpoint(
+            run_id=ex.run_id,
+            attempt=ex.attempt,
+            position=position,
+            name=name,
+            status=status,
+            attempts=attempts,
+            output=output,
+            error=error,
+            started_at=started_at,
+            event_data=msgspec.json.encode(event),
+        )
         await ex.write(
-            f"recording the failure of step {name!r}",
-            functools.partial(
-                ex.writes.checkpoint,
-                Checkpoint(
-                    run_id=ex.run_id,
-                    attempt=ex.attempt,
-                    position=position,
-                    name=name,
-                    status="failed",
-                    attempts=attempts,
-                    output=None,
-                    error=msgspec.json.encode(info),
-                    started_at=started_at,
-                    event_data=msgspec.json.encode(
-                        {"name": name, "error": {"type": info["type"], "message": info["message"]}}
-                    ),
-                ),
-            ),
-            landed=functools.partial(self._checkpoint_landed, position, "failed"),
+            f"checkpoint of step {name!r}",
+            functools.partial(ex.writes.checkpoint, item),
+            landed=functools.partial(self._checkpoint_landed, position, status),
         )
         ex.on_event(ex.run_id)
 

@@ -325,23 +325,7 @@ class Store:
     # -- enqueue ----------------------------------------------------------------------
 
     async def enqueue(self, run: NewRun) -> EnqueueRow:
-        with _translate("enqueue"):
-            row = await self._pool.fetchrow(
-                Q["enqueue_run"],
-                run.id,
-                run.workflow,
-                run.queue,
-                run.input,
-                run.priority,
-                run.dedupe_key,
-                run.metadata,
-                run.parent_id,
-                run.max_attempts,
-                run.run_at,
-                run.delay_s,
-                run.deadline_at,
-            )
-        return EnqueueRow(**dict(row))
+        return (await self.enqueue_many([run]))[0]
 
     async def enqueue_many(self, runs: Sequence[NewRun]) -> list[EnqueueRow]:
         with _translate("enqueue_many"):
@@ -380,11 +364,11 @@ class Store:
         with _translate("claim"):
             if len(queues) == 1:
                 rows = await self._pool.fetch(
-                    Q["claim_runs_one"], worker_id, queues[0], limit, lease_s
+                    Q["claim_runs_one"], worker_id, queues[0], lease_s, limit
                 )
             else:
                 rows = await self._pool.fetch(
-                    Q["claim_runs_many"], worker_id, list(queues), limit, lease_s
+                    Q["claim_runs_many"], worker_id, list(queues), lease_s, limit
                 )
         return [_claimed(row) for row in rows]
 

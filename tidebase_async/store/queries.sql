@@ -8,32 +8,13 @@
 -- name: schema_version
 SELECT max(version) FROM tidebase.schema_migrations;
 
--- name: enqueue_run
--- One run; on a dedupe conflict with an active run, return that run instead.
--- ON CONFLICT DO UPDATE (not DO NOTHING) locks and returns the existing row in the same
--- statement, so there is no window in which the duplicate finishes and a re-select
--- finds nothing. (xmax = 0) tells a fresh insert from the conflict path.
-WITH ins AS (
-  INSERT INTO tidebase.runs AS r
-    (id, workflow, queue, status, input, priority, dedupe_key, metadata, parent_id,
-     max_attempts, run_at, deadline_at, created_at, updated_at, event_seq)
-  VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9,
-          COALESCE($10::timestamptz, tidebase.now()) + make_interval(secs => $11::float8),
-          $12, tidebase.now(), tidebase.now(), 1)
-  ON CONFLICT (queue, dedupe_key)
-    WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'waiting')
-    DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key
-  RETURNING r.id, (r.xmax = 0) AS inserted, r.queue, r.dedupe_key,
-            r.run_at <= tidebase.now() AS due
-), ev AS (
-  INSERT INTO tidebase.events (run_id, seq, type, at, data)
-  SELECT id, 1, 'run.created', tidebase.now(), NULL FROM ins WHERE inserted
-)
-SELECT id, inserted, queue, dedupe_key, due FROM ins;
-
 -- name: enqueue_runs
--- Many runs in one statement. The caller removes duplicate dedupe keys within the batch
--- first (DO UPDATE may not touch one row twice in a statement).
+-- Runs in one statement; on a dedupe conflict with an active run, that run is returned
+-- instead. ON CONFLICT DO UPDATE (not DO NOTHING) locks and returns the existing row in
+-- the same statement, so there is no window in which the duplicate finishes and a
+-- re-select finds nothing; (xmax = 0) tells a fresh insert from the conflict path.
+-- The caller removes duplicate dedupe keys within the batch first (DO UPDATE may not
+-- touch one row twice in a statement).
 WITH ins AS (
   INSERT INTO tidebase.runs AS r
     (id, workflow, queue, status, input, priority, dedupe_key, metadata, parent_id,
@@ -66,18 +47,13 @@ SELECT id, inserted, queue, dedupe_key, due FROM ins;
 SELECT set_config('synchronous_commit', 'off', true), pg_notify(c, p)
 FROM unnest($1::text[], $2::text[]) AS m(c, p);
 
--- name: claim_runs_one
--- Lease up to $3 due runs of queue $2 to worker $1 for $4 seconds.
-WITH picked AS (
-  SELECT id FROM tidebase.runs
-  WHERE status = 'queued' AND queue = $2 AND run_at <= tidebase.now()
-  ORDER BY priority DESC, run_at, id
-  LIMIT $3
-  FOR UPDATE SKIP LOCKED
-), claimed AS (
+-- name: _lease_picked
+-- Shared tail of the claim statements: lease the rows of CTE "picked" to worker $1
+-- for $3 seconds, append their run.claimed events, return them with the db clock.
+claimed AS (
   UPDATE tidebase.runs r
   SET status = 'running', lease_owner = $1, attempt = r.attempt + 1,
-      lease_expires_at = tidebase.now() + make_interval(secs => $4::float8),
+      lease_expires_at = tidebase.now() + make_interval(secs => $3::float8),
       started_at = COALESCE(r.started_at, tidebase.now()), updated_at = tidebase.now(),
       event_seq = r.event_seq + 1
   FROM picked WHERE r.id = picked.id
@@ -91,30 +67,25 @@ WITH picked AS (
 )
 SELECT claimed.*, tidebase.now() AS db_now FROM claimed;
 
+-- name: claim_runs_one
+-- Lease up to $4 due runs of queue $2 to worker $1 for $3 seconds.
+WITH picked AS (
+  SELECT id FROM tidebase.runs
+  WHERE status = 'queued' AND queue = $2 AND run_at <= tidebase.now()
+  ORDER BY priority DESC, run_at, id
+  LIMIT $4
+  FOR UPDATE SKIP LOCKED
+), /* include _lease_picked */
+
 -- name: claim_runs_many
 -- As claim_runs_one, over several queues ($2 is an array).
 WITH picked AS (
   SELECT id FROM tidebase.runs
   WHERE status = 'queued' AND queue = ANY($2::text[]) AND run_at <= tidebase.now()
   ORDER BY priority DESC, run_at, id
-  LIMIT $3
+  LIMIT $4
   FOR UPDATE SKIP LOCKED
-), claimed AS (
-  UPDATE tidebase.runs r
-  SET status = 'running', lease_owner = $1, attempt = r.attempt + 1,
-      lease_expires_at = tidebase.now() + make_interval(secs => $4::float8),
-      started_at = COALESCE(r.started_at, tidebase.now()), updated_at = tidebase.now(),
-      event_seq = r.event_seq + 1
-  FROM picked WHERE r.id = picked.id
-  RETURNING r.id, r.workflow, r.queue, r.input, r.state, r.attempt, r.released,
-            r.max_attempts, r.deadline_at, r.step_count, r.event_seq, r.created_at
-), ev AS (
-  INSERT INTO tidebase.events (run_id, seq, type, at, data)
-  SELECT id, event_seq, 'run.claimed', tidebase.now(),
-         jsonb_build_object('worker', $1::text, 'attempt', attempt)
-  FROM claimed
-)
-SELECT claimed.*, tidebase.now() AS db_now FROM claimed;
+), /* include _lease_picked */
 
 -- name: start_inline_run
 -- Create a run that this process executes in place, already leased to $2.
@@ -145,22 +116,7 @@ SELECT ins.*, tidebase.now() AS db_now FROM ins;
 -- Lease one specific queued run (inline resume of an existing run).
 WITH picked AS (
   SELECT id FROM tidebase.runs WHERE id = $2 AND status = 'queued' FOR UPDATE SKIP LOCKED
-), claimed AS (
-  UPDATE tidebase.runs r
-  SET status = 'running', lease_owner = $1, attempt = r.attempt + 1,
-      lease_expires_at = tidebase.now() + make_interval(secs => $3::float8),
-      started_at = COALESCE(r.started_at, tidebase.now()), updated_at = tidebase.now(),
-      event_seq = r.event_seq + 1
-  FROM picked WHERE r.id = picked.id
-  RETURNING r.id, r.workflow, r.queue, r.input, r.state, r.attempt, r.released,
-            r.max_attempts, r.deadline_at, r.step_count, r.event_seq, r.created_at
-), ev AS (
-  INSERT INTO tidebase.events (run_id, seq, type, at, data)
-  SELECT id, event_seq, 'run.claimed', tidebase.now(),
-         jsonb_build_object('worker', $1::text, 'attempt', attempt)
-  FROM claimed
-)
-SELECT claimed.*, tidebase.now() AS db_now FROM claimed;
+), /* include _lease_picked */
 
 -- name: load_steps
 -- The whole history of the claimed runs, in one query.

@@ -6,6 +6,7 @@ import re
 from importlib import resources
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+_INCLUDE = re.compile(r"/\* include (\w+) \*/")
 
 
 def _load() -> dict[str, str]:
@@ -15,7 +16,14 @@ def _load() -> dict[str, str]:
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         lines = [ln for ln in body.strip().splitlines() if not ln.lstrip().startswith("--")]
         queries[name] = "\n".join(lines).strip()
-    return queries
+    # Fragments (names starting with "_") are spliced in where a statement says
+    # /* include _name */; they are not statements themselves.
+    fragments = {k: v for k, v in queries.items() if k.startswith("_")}
+    return {
+        k: _INCLUDE.sub(lambda m: fragments[m.group(1)], v)
+        for k, v in queries.items()
+        if not k.startswith("_")
+    }
 
 
 Q: dict[str, str] = _load()
