@@ -12,6 +12,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
 install: $(STAMP)
 
 test: $(STAMP)
@@ -32,10 +38,10 @@ fmt: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m examples.report.demo
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks
 
-bench-full: $(STAMP)
+bench-full: $(BENCH_STAMP)
 	$(PY) -m benchmarks --full
 
 pg: $(STAMP)

@@ -12,7 +12,19 @@ from datetime import UTC, datetime
 
 import anyio
 
-from benchmarks import common, environment, report, throughput, wakeup
+from benchmarks import (
+    common,
+    compare,
+    environment,
+    memory,
+    replay,
+    report,
+    scale,
+    scaleout,
+    steps,
+    throughput,
+    wakeup,
+)
 from benchmarks.environment import Environment, Machine, Mode
 
 Benchmark = Callable[[common.Context], Awaitable[common.Measurement]]
@@ -20,6 +32,12 @@ Benchmark = Callable[[common.Context], Awaitable[common.Measurement]]
 BENCHMARKS: dict[str, Benchmark] = {
     throughput.NAME: throughput.measure,
     wakeup.NAME: wakeup.measure,
+    steps.NAME: steps.measure,
+    replay.NAME: replay.measure,
+    scale.NAME: scale.measure,
+    scaleout.NAME: scaleout.measure,
+    memory.NAME: memory.measure,
+    compare.NAME: compare.measure,
 }
 
 
@@ -70,6 +88,7 @@ async def run_one(name: str, ctx: common.Context, env: Environment) -> report.Re
         environment=env,
         figures=result.figures,
         details=result.details,
+        table=result.table,
     )
 
 

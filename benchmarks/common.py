@@ -50,6 +50,8 @@ class Measurement(msgspec.Struct, kw_only=True):
 
     figures: list[Figure]
     details: dict[str, Any]
+    # A table printed instead of the figure/value rows (benchmarks/compare.py).
+    table: str | None = None
 
 
 def resolve_dsn(arg: str | None) -> str:

@@ -40,6 +40,8 @@ class Report(msgspec.Struct, kw_only=True):
     environment: Environment
     figures: list[Figure]
     details: dict[str, Any]
+    # Printed instead of the figure rows when set (benchmarks/compare.py).
+    table: str | None = None
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -80,6 +82,8 @@ def _header(report: Report) -> list[str]:
 
 def render(report: Report) -> str:
     """The report as a text table: figure, value, unit, target, met."""
+    if report.table is not None:
+        return "\n".join([*_header(report), report.table, f"({report.elapsed_s:.1f}s)"])
     rows = [("figure", "value", "unit", "target", "")]
     for fig in report.figures:
         rows.append((fig.name, _number(fig.value), fig.unit, *_target(fig)))

@@ -1,0 +1,68 @@
+"""tidebase-async in the comparison, measured exactly as ``benchmarks/throughput.py``
+and ``benchmarks/wakeup.py`` measure it (their functions, not copies)."""
+
+from __future__ import annotations
+
+from benchmarks import throughput, wakeup
+from benchmarks.common import count_runs
+from benchmarks.peers.base import (
+    DrainResult,
+    EnqueueResult,
+    Unavailable,
+    WakeParams,
+    WakeResult,
+)
+from tidebase_async import Tidebase
+
+
+class Ours:
+    key = "tidebase"
+    label = "tidebase"
+
+    async def enqueue_one_at_a_time(self, dsn: str, count: int) -> EnqueueResult:
+        tide = Tidebase(dsn)
+        throughput.register(tide)
+        async with tide:
+            seconds = await throughput.enqueue_one_at_a_time(tide, count)
+        return EnqueueResult(jobs=count, seconds=seconds, settings={"call": "tide.enqueue"})
+
+    async def enqueue_and_drain(
+        self, dsn: str, count: int, batch: int, concurrency: int
+    ) -> DrainResult:
+        tide = Tidebase(dsn)
+        throughput.register(tide)
+        async with tide:
+            enqueue_s = await throughput.enqueue_batches(tide, count, batch)
+            timing = await throughput.drain(tide, count, concurrency)
+            counts = await count_runs(tide)
+        if counts != {"completed": count}:
+            raise Unavailable(f"expected {count} completed runs, found {counts}")
+        return DrainResult(
+            jobs=count,
+            concurrency=concurrency,
+            enqueue_s=enqueue_s,
+            startup_s=timing.startup_s,
+            drain_s=timing.drain_s,
+            settings={
+                "enqueue": f"tide.enqueue_many, calls of {batch:,}",
+                "worker": f"tide.work(concurrency={concurrency}), in process",
+                "worker_stats": timing.stats,
+            },
+        )
+
+    async def wakeup(self, dsn: str, params: WakeParams) -> WakeResult:
+        tide = Tidebase(dsn)
+        wakeup.register(tide)
+        async with tide:
+            samples = await wakeup.collect(
+                tide,
+                wakeup.Params(samples=params.samples, warmup=params.warmup, idle_s=params.idle_s),
+            )
+        return WakeResult(
+            latencies_ms=[s.latency_ms for s in samples],
+            settings={
+                "worker": f"tide.work(concurrency={wakeup.WORKER_CONCURRENCY}, "
+                f"poll_interval={wakeup.POLL_INTERVAL_S:g})",
+                "measured_to": "first step start",
+            },
+        )
