@@ -222,8 +222,9 @@ async def requeue(tide: Tidebase, conn: Any, run_id: UUID) -> None:
 
 
 async def sample(tide: Tidebase, conn: Any, probe: Probe, steps: int, params: Params) -> Sample:
-    """One crash and resume; ``conn`` is the benchmark's own connection (the crash
-    and the requeue are written through it, never through the worker's pool)."""
+    """One crash and resume. The crashed history and the lease expiry are written
+    through ``conn``, the benchmark's own connection; the requeue goes through the
+    library's Store, as the reconciler's does."""
     s0 = time.perf_counter()
     run_id = await crashed_run(tide, conn, steps)
     setup_ms = (time.perf_counter() - s0) * 1000

@@ -118,8 +118,22 @@ def return_type(fn: Callable[..., Any]) -> Any:
     """The declared return type of ``fn`` for typed checkpoint decoding, else ``Any``.
 
     Coroutine functions declare the awaited type, which is what is checkpointed.
+    Cached per function: replay asks for every step, and resolving string annotations
+    (``from __future__ import annotations``) costs more than decoding the checkpoint.
     """
-    return _hints(fn).get("return", Any)
+    target = inspect.unwrap(fn)
+    annotations = getattr(target, "__annotations__", None)
+    if not annotations or "return" not in annotations:
+        return Any  # lambdas, builtins, unannotated functions: nothing to resolve
+    try:
+        return _cached_return_type(target)
+    except TypeError:  # unhashable callable object
+        return _hints(target).get("return", Any)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_return_type(target: Callable[..., Any]) -> Any:
+    return _hints(target).get("return", Any)
 
 
 def param_type(fn: Callable[..., Any], index: int) -> Any:

@@ -26,6 +26,18 @@ def check_name(kind: str, name: object) -> str:
         ConfigurationError: not a string, empty, longer than 200 characters, or
             containing control characters; the message names the kind and the value.
     """
+    if isinstance(name, str) and (kind, name) in _VALID_NAMES:
+        return name
+    valid = _check_name(kind, name)
+    if len(_VALID_NAMES) < 10_000:  # step names repeat; remember the good ones
+        _VALID_NAMES.add((kind, valid))
+    return valid
+
+
+_VALID_NAMES: set[tuple[str, str]] = set()
+
+
+def _check_name(kind: str, name: object) -> str:
     if not isinstance(name, str):
         raise errors.ConfigurationError(f"{kind} name must be a str, got {type(name).__name__}")
     if not name or not name.strip():
