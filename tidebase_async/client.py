@@ -335,10 +335,7 @@ class Tidebase:
         )
         new = self._new_run(spec)
         row = await self.store.enqueue(new)
-        if row.inserted:
-            # Sent by the notifier right after: enqueue returns after the insert alone,
-            # and a burst of enqueues shares notifications.
-            self.notifier.queues_changed(row.queue)
+        # The workers' wake-up went out with the insert's commit (see enqueue_runs).
         return RunHandle(id=row.id, deduplicated=not row.inserted)
 
     async def enqueue_many(self, specs: Iterable[RunSpec | tuple[str, Any]]) -> list[RunHandle]:
@@ -396,8 +393,6 @@ class Tidebase:
             resolved[s] if s >= 0 else RunHandle(id=resolved[-1 - s].id, deduplicated=True)
             for s in slot
         ]
-        queues = sorted({r.queue for r in rows if r.inserted})
-        self.notifier.queues_changed(*queues)
         return handles
 
     # -- inline runs ------------------------------------------------------------------

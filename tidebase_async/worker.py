@@ -116,6 +116,9 @@ class Worker:
     def stop(self) -> None:
         """Begin a graceful drain (what SIGTERM does)."""
         self._stop.set()
+        # Wake the claim loop wherever it waits.
+        self._wake.set()
+        self._capacity.set()
 
     @property
     def inflight(self) -> int:
@@ -234,18 +237,14 @@ class Worker:
             self.stats.released += len(queues)
 
     async def _wait_or_stop(self, signal_: Signal, timeout_s: float | None) -> None:
-        async with anyio.create_task_group() as tg:
-
-            async def stop_waiter() -> None:
-                await self._stop.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(stop_waiter)
-            if timeout_s is None:
-                await signal_.wait()
-            else:
-                await signal_.wait_for(timeout_s)
-            tg.cancel_scope.cancel()
+        """Wait for ``signal_`` (or ``timeout_s``); ``stop()`` sets every signal the
+        claim loop waits on, so a stop always ends the wait."""
+        if self._stop.is_set():
+            return
+        if timeout_s is None:
+            await signal_.wait()
+        else:
+            await signal_.wait_for(timeout_s)
 
     def _start(self, tg: asyncio.TaskGroup, run: ClaimedRun, history: list[StepRecord]) -> None:
         scope = anyio.CancelScope()

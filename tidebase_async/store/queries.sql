@@ -15,6 +15,10 @@ SELECT max(version) FROM tidebase.schema_migrations;
 -- re-select finds nothing; (xmax = 0) tells a fresh insert from the conflict path.
 -- The caller removes duplicate dedupe keys within the batch first (DO UPDATE may not
 -- touch one row twice in a statement).
+-- The workers' wake-up is sent in the same transaction, once per queue: it arrives the
+-- moment the runs are visible. (This is the one write that notifies in-transaction: a
+-- notifying commit holds a cluster-wide lock while it flushes WAL, which enqueue can
+-- afford, one statement per call, but a worker's per-run writes could not.)
 WITH ins AS (
   INSERT INTO tidebase.runs AS r
     (id, workflow, queue, status, input, priority, dedupe_key, metadata, parent_id,
@@ -36,14 +40,18 @@ WITH ins AS (
 ), ev AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, 1, 'run.created', tidebase.now(), NULL FROM ins WHERE inserted
+), wake AS (
+  SELECT count(pg_notify('tidebase_wake', q.queue)) AS sent
+  FROM (SELECT DISTINCT queue FROM ins WHERE inserted) AS q
 )
-SELECT id, inserted, queue, dedupe_key, due FROM ins;
+SELECT id, inserted, queue, dedupe_key, due FROM ins, wake;
 
 -- name: notify
--- Wake-ups are sent after the writing transaction committed, in a transaction of their
--- own with synchronous_commit off: a notifying commit holds a cluster-wide lock while
--- it flushes WAL, so notifying inside every write would serialise all commits.
--- A lost notification costs latency only; workers poll as the floor.
+-- Hints from the workers' writes are sent after those transactions committed, in a
+-- transaction of their own with synchronous_commit off: a notifying commit holds a
+-- cluster-wide lock while it flushes WAL, so notifying inside every write would
+-- serialise all commits. A lost notification costs latency only; workers poll as the
+-- floor.
 SELECT set_config('synchronous_commit', 'off', true), pg_notify(c, p)
 FROM unnest($1::text[], $2::text[]) AS m(c, p);
 
