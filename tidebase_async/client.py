@@ -15,6 +15,7 @@ from uuid import UUID
 
 import anyio
 import anyio.abc
+import msgspec
 
 from tidebase_async import codec, errors
 from tidebase_async.executor import execute
@@ -283,10 +284,10 @@ class Tidebase:
             id=uuid7(),
             workflow=spec.workflow,
             queue=queue,
-            input=data,
+            input=msgspec.Raw(data),
             priority=spec.priority,
             dedupe_key=spec.dedupe_key,
-            metadata=metadata,
+            metadata=None if metadata is None else msgspec.Raw(metadata),
             parent_id=None,
             max_attempts=max_attempts,
             run_at=run_at,
@@ -437,8 +438,8 @@ class Tidebase:
                 worker_id=worker_id,
                 workflow=workflow,
                 queue=new.queue,
-                input=new.input,
-                metadata=new.metadata,
+                input=bytes(new.input),
+                metadata=None if new.metadata is None else bytes(new.metadata),
                 max_attempts=new.max_attempts,
                 lease_s=lease_s,
             )

@@ -102,20 +102,24 @@ class EnqueueRow(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class NewRun(msgspec.Struct, frozen=True, kw_only=True):
-    """A run to insert; ``input`` and ``metadata`` are encoded JSON."""
+    """A run to insert; ``input`` and ``metadata`` are encoded JSON. A batch of these is
+    sent as one JSON document (see ``enqueue_runs``), field names as its columns."""
 
     id: UUID
     workflow: str
     queue: str
-    input: bytes
+    input: msgspec.Raw
     priority: int
     dedupe_key: str | None
-    metadata: bytes | None
+    metadata: msgspec.Raw | None
     parent_id: UUID | None
     max_attempts: int
     run_at: datetime | None
     delay_s: float
     deadline_at: datetime | None
+
+
+_batch_encoder = msgspec.json.Encoder()
 
 
 def describe_dsn(dsn: str) -> str:
@@ -328,23 +332,14 @@ class Store:
         return (await self.enqueue_many([run]))[0]
 
     async def enqueue_many(self, runs: Sequence[NewRun]) -> list[EnqueueRow]:
+        # One JSON document instead of twelve parameter arrays: msgspec encodes the
+        # batch (inputs embedded as they are) far faster than asyncpg encodes arrays.
+        batch = _batch_encoder.encode(runs)
         with _translate("enqueue_many"):
-            rows = await self._pool.fetch(
-                Q["enqueue_runs"],
-                [r.id for r in runs],
-                [r.workflow for r in runs],
-                [r.queue for r in runs],
-                [r.input for r in runs],
-                [r.priority for r in runs],
-                [r.dedupe_key for r in runs],
-                [r.metadata for r in runs],
-                [r.parent_id for r in runs],
-                [r.max_attempts for r in runs],
-                [r.run_at for r in runs],
-                [r.delay_s for r in runs],
-                [r.deadline_at for r in runs],
-            )
-        return [EnqueueRow(**dict(row)) for row in rows]
+            rows = await self._pool.fetch(Q["enqueue_runs"], batch)
+        return [
+            EnqueueRow(id=r[0], inserted=r[1], queue=r[2], dedupe_key=r[3], due=r[4]) for r in rows
+        ]
 
     async def notify(self, messages: Sequence[tuple[str, str]]) -> None:
         """Send (channel, payload) notifications in one statement, outside any data

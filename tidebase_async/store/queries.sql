@@ -9,7 +9,7 @@
 SELECT max(version) FROM tidebase.schema_migrations;
 
 -- name: enqueue_runs
--- Runs in one statement; on a dedupe conflict with an active run, that run is returned
+-- Runs ($1: a JSON array of NewRun objects) in one statement; on a dedupe conflict with an active run, that run is returned
 -- instead. ON CONFLICT DO UPDATE (not DO NOTHING) locks and returns the existing row in
 -- the same statement, so there is no window in which the duplicate finishes and a
 -- re-select finds nothing; (xmax = 0) tells a fresh insert from the conflict path.
@@ -27,11 +27,10 @@ WITH ins AS (
          u.metadata, u.parent_id, u.max_attempts,
          COALESCE(u.run_at, tidebase.now()) + make_interval(secs => u.delay_s),
          u.deadline_at, tidebase.now(), tidebase.now(), 1
-  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int4[], $6::text[],
-              $7::jsonb[], $8::uuid[], $9::int4[], $10::timestamptz[], $11::float8[],
-              $12::timestamptz[])
-       AS u(id, workflow, queue, input, priority, dedupe_key, metadata, parent_id,
-            max_attempts, run_at, delay_s, deadline_at)
+  FROM jsonb_to_recordset($1::jsonb)
+       AS u(id uuid, workflow text, queue text, input jsonb, priority int4,
+            dedupe_key text, metadata jsonb, parent_id uuid, max_attempts int4,
+            run_at timestamptz, delay_s float8, deadline_at timestamptz)
   ON CONFLICT (queue, dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'waiting')
     DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key
