@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint fmt demo bench bench-full pg clean
+.PHONY: install test lint fmt demo bench bench-full chaos pg clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench: $(BENCH_STAMP)
 
 bench-full: $(BENCH_STAMP)
 	$(PY) -m benchmarks --full
+
+# The long chaos run: a minute of SIGKILLed workers, repeated connection cuts, and real
+# restarts of the local Postgres cluster (it waits for other sessions to end first).
+chaos: $(STAMP)
+	$(PY) -m tests.chaos --long
 
 pg: $(STAMP)
 	$(PY) -m tidebase_async.cli pg

@@ -21,6 +21,7 @@ from benchmarks import (
     report,
     scale,
     scaleout,
+    soak,
     steps,
     throughput,
     wakeup,
@@ -36,6 +37,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     replay.NAME: replay.measure,
     scale.NAME: scale.measure,
     scaleout.NAME: scaleout.measure,
+    soak.NAME: soak.measure,
     memory.NAME: memory.measure,
     compare.NAME: compare.measure,
 }

@@ -36,7 +36,7 @@ from tidebase_async.store import ClaimedRun, NewRun, StepRecord, Store
 from tidebase_async.store.listener import Listener
 from tidebase_async.wakeup import EVENTS_CHANNEL, WAKE_CHANNEL, Notifier, Signal
 from tidebase_async.worker import Worker, new_worker_id
-from tidebase_async.workflows import Workflow, WorkflowFn, check_name, make_workflow
+from tidebase_async.workflows import Workflow, WorkflowFn, check_name, is_utf8, make_workflow
 from tidebase_async.writes import RunWrites
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ F = TypeVar("F", bound=WorkflowFn)
 
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_RETENTION = timedelta(days=7)
 _INT32 = 2**31 - 1
 _TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
 
@@ -88,6 +89,10 @@ class Tidebase:
     ``dsn`` resolution: the argument, else ``TIDEBASE_DATABASE_URL``, else an embedded
     Postgres started in ``./.tidebase/`` (development and tests; production passes a
     DSN). ``async with tide:`` opens the pool and the LISTEN connection and migrates.
+
+    ``retention`` (default 7 days; ``None`` keeps everything): finished runs older than
+    this are deleted by the workers' maintenance loop, in bounded batches, oldest first,
+    with their steps and events.
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class Tidebase:
         connect_timeout: float = 10.0,
         max_payload_bytes: int = codec.DEFAULT_MAX_PAYLOAD,
         embedded_dir: str | os.PathLike[str] | None = None,
+        retention: float | timedelta | None = DEFAULT_RETENTION,
     ) -> None:
         self._dsn = dsn or os.environ.get("TIDEBASE_DATABASE_URL") or None
         self.webhook_secret = webhook_secret or os.environ.get("TIDEBASE_WEBHOOK_SECRET")
@@ -108,8 +114,19 @@ class Tidebase:
             raise errors.ConfigurationError(f"pool_size must be >= 2, got {pool_size}")
         self._pool_size = pool_size
         self._connect_timeout = connect_timeout
+        if (
+            isinstance(max_payload_bytes, bool)
+            or not isinstance(max_payload_bytes, int)
+            or max_payload_bytes < 1
+        ):
+            raise errors.ConfigurationError(
+                f"max_payload_bytes must be an int >= 1, got {max_payload_bytes!r}"
+            )
         self.max_payload_bytes = max_payload_bytes
         self._embedded_dir = embedded_dir
+        # Finished runs older than this are deleted by the workers' maintenance loop,
+        # with their steps and events; None keeps everything.
+        self.retention_s = as_seconds(retention, what="retention")
         self._embedded: EmbeddedPostgres | None = None
         self._workflows: dict[str, Workflow] = {}
         self._store: Store | None = None
@@ -245,9 +262,15 @@ class Tidebase:
         if spec.dedupe_key is not None:
             if not isinstance(spec.dedupe_key, str) or not spec.dedupe_key:
                 raise errors.ConfigurationError("dedupe_key must be a non-empty str")
-            if len(spec.dedupe_key) > 1000 or "\x00" in spec.dedupe_key:
+            if (
+                len(spec.dedupe_key) > 1000
+                or "\x00" in spec.dedupe_key
+                or not is_utf8(spec.dedupe_key)
+            ):
                 raise errors.ConfigurationError(
-                    "dedupe_key must be at most 1000 characters without NUL characters"
+                    "dedupe_key must be at most 1000 characters without NUL characters "
+                    f"or lone surrogates, got {spec.dedupe_key[:40]!r}"
+                    + ("..." if len(spec.dedupe_key) > 40 else "")
                 )
         if isinstance(spec.priority, bool) or not isinstance(spec.priority, int):
             raise errors.ConfigurationError(f"priority must be an int, got {spec.priority!r}")
@@ -318,7 +341,11 @@ class Tidebase:
         Durable once this returns.
 
         Raises:
-            SerializationError: ``input`` cannot be encoded (nothing is written).
+            SerializationError: ``input`` or ``metadata`` cannot be stored as it is
+                (nothing is written): msgspec cannot encode it, it is nested too
+                deeply, holds NaN or an infinity (JSON would turn them into null) or a
+                NUL character (Postgres jsonb cannot hold one). PayloadTooLarge (a
+                subclass) when it is over ``max_payload_bytes`` encoded.
             ConfigurationError: a bad option; the message names it.
             StoreError: the database failed.
         """
@@ -603,6 +630,7 @@ class Tidebase:
             or 1.0,
             max_payload=self.max_payload_bytes,
             handle_signals=handle_signals,
+            retention_s=self.retention_s,
         )
         if worker_ready is not None:
             worker_ready(worker)
@@ -683,7 +711,14 @@ class Runs:
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
-        """A page of runs, newest first; pass ``next_cursor`` back for the next page."""
+        """A page of runs, newest first; pass ``next_cursor`` back for the next page.
+
+        Filters match literally (they are bound parameters).
+
+        Raises:
+            ConfigurationError: a bad limit, status or cursor, or a ``workflow`` or
+                ``queue`` filter that is not a valid name.
+        """
         if not 1 <= limit <= 1000:
             raise errors.ConfigurationError(f"limit must be 1..1000, got {limit}")
         if status is not None and status not in RUN_STATUSES:
@@ -698,6 +733,12 @@ class Runs:
                 before = (datetime.fromisoformat(at), UUID(rid))
             except (ValueError, UnicodeDecodeError) as exc:
                 raise errors.ConfigurationError(f"invalid cursor {cursor!r}") from exc
+        # Names are validated on the way in; a filter that no name can equal (empty,
+        # NUL, lone surrogate, ...) is a mistake worth saying so, not an empty page.
+        if workflow is not None:
+            check_name("workflow", workflow)
+        if queue is not None:
+            check_name("queue", queue)
         rows = await self._tide.store.list_runs(
             status=status, workflow=workflow, queue=queue, before=before, limit=limit + 1
         )
@@ -834,8 +875,17 @@ class Runs:
         Raises:
             RunNotFound: no run has this id.
             ConflictError: the run is executing right now, or already completed/failed.
+            ConfigurationError: ``reason`` or ``actor`` is not storable text.
         """
         rid = _as_uuid(run_id)
+        for what, text in (("reason", reason), ("actor", actor)):
+            if text is not None and (
+                not isinstance(text, str) or "\x00" in text or not is_utf8(text)
+            ):
+                raise errors.ConfigurationError(
+                    f"cancel {what} must be a str without NUL characters or lone "
+                    f"surrogates, got {text!r:.60}"
+                )
         store = self._tide.store
         if await store.cancel_run(run_id=rid, reason=reason, actor=actor):
             self._tide.notifier.runs_changed(rid)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import re
+import threading
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -23,16 +26,31 @@ _untyped = msgspec.json.Decoder()
 DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 
 
-def encode(value: Any, *, where: str, max_size: int = DEFAULT_MAX_PAYLOAD) -> bytes:
+def encode(
+    value: Any, *, where: str, max_size: int = DEFAULT_MAX_PAYLOAD, jsonb: bool = True
+) -> bytes:
     """Encode ``value`` as JSON.
 
+    Values that would not read back as they were are refused rather than stored
+    altered: NaN and infinities (msgspec writes ``null`` for them) and, when the value
+    goes to a ``jsonb`` column (``jsonb=True``: input, metadata, state, output; step
+    checkpoints are stored as bytes), strings with NUL characters (jsonb cannot hold
+    ``\\u0000``).
+
     Raises:
-        SerializationError: msgspec cannot encode it; the message names ``where`` and
-            the offending type.
+        SerializationError: msgspec cannot encode it (the message names ``where`` and
+            the offending type), it is nested too deeply, it holds a non-finite float
+            or (``jsonb``) a NUL character.
         PayloadTooLarge: the encoding exceeds ``max_size`` bytes.
     """
     try:
         data = _encoder.encode(value)
+    except RecursionError as exc:
+        raise errors.SerializationError(
+            f"{where} is nested too deeply to encode ({exc}); flatten it",
+            where=where,
+            type_name=type(value).__qualname__,
+        ) from exc
     except (TypeError, ValueError, OverflowError) as exc:
         type_name = _offending_type(value, exc)
         raise errors.SerializationError(
@@ -47,7 +65,68 @@ def encode(value: Any, *, where: str, max_size: int = DEFAULT_MAX_PAYLOAD) -> by
             "(Tidebase(max_payload_bytes=...))",
             where=where,
         )
+    # Both checks scan bytes first (C speed) and look closer only on a hit.
+    if b"null" in data and _may_hold_non_finite(value) and _has_non_finite(value):
+        raise errors.SerializationError(
+            f"{where} holds a NaN or infinite float, which JSON cannot represent (it "
+            "would be stored as null); store it as a string or None yourself",
+            where=where,
+            type_name="float",
+        )
+    if jsonb and b"\\u0000" in data and _NUL_ESCAPE.search(data):
+        raise errors.SerializationError(
+            f"{where} holds a string with a NUL character (\\x00), which Postgres jsonb "
+            "cannot store; remove it or encode the text (e.g. as bytes, stored base64)",
+            where=where,
+            type_name="str",
+        )
     return data
+
+
+#: A JSON ``\u0000`` escape: preceded by an even number of backslashes (an odd one
+#: would make it the text ``\u0000`` after an escaped backslash).
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+#: A msgpack float64 (msgspec writes every float so) whose exponent bits are all set:
+#: NaN or an infinity.
+_MSGPACK_NON_FINITE = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]")
+
+
+def _may_hold_non_finite(value: Any) -> bool:
+    """A quick test (as fast as encoding) that rules out NaN and infinities: msgpack
+    keeps floats as they are, so a non-finite one shows in its bytes."""
+    try:
+        packed = msgspec.msgpack.encode(value)
+    except Exception:
+        return True
+    return _MSGPACK_NON_FINITE.search(packed) is not None
+
+
+def _has_non_finite(value: Any) -> bool:
+    """Whether a NaN or infinity hides in ``value`` (which msgspec encoded as null).
+    Dict keys do not count: msgspec writes float keys as strings (``"nan"``)."""
+    stack = [value]
+    converted: set[int] = set()
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+        elif item is None or isinstance(item, str | int | bytes | bytearray):
+            continue
+        elif id(item) not in converted:
+            # Structs, dataclasses and friends: look at their builtin form.
+            converted.add(id(item))
+            try:
+                stack.append(msgspec.to_builtins(item))
+            except Exception:
+                continue
+    return False
 
 
 def _offending_type(value: Any, exc: Exception) -> str:
@@ -62,7 +141,7 @@ def _offending_type(value: Any, exc: Exception) -> str:
         item = stack.pop()
         try:
             _encoder.encode(item)
-        except (TypeError, ValueError, OverflowError):
+        except (TypeError, ValueError, OverflowError, RecursionError):
             if isinstance(item, dict):
                 stack.extend(item.keys())
                 stack.extend(item.values())
@@ -103,11 +182,35 @@ def decode(data: bytes, *, tp: Any = Any, where: str) -> Any:
             type_name=_type_name(tp),
         ) from exc
     try:
-        return decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        try:
+            return decoder.decode(data)
+        except RecursionError:
+            # msgspec's nesting limit is Python's recursion limit minus the current
+            # stack depth: a value encoded by a shallow caller can be too deep for a
+            # deep one. A fresh thread has the whole limit, more than any encoder had.
+            return _decode_on_fresh_stack(decoder, data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         raise errors.SerializationError(
             f"{where} does not decode as {_type_name(tp)}: {exc}", where=where
         ) from exc
+
+
+def _decode_on_fresh_stack(decoder: msgspec.json.Decoder[Any], data: bytes) -> Any:
+    outcome: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, decoder.decode(data)))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=target, name="tidebase-decode", daemon=True)
+    thread.start()
+    thread.join()
+    ok, result = outcome[0]
+    if not ok:
+        raise result
+    return result
 
 
 def _type_name(tp: Any) -> str:

@@ -40,12 +40,23 @@ _NO_RETRY = Retry(attempts=1)
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
-    """What is recorded about an exception: type, message, traceback."""
+    """What is recorded about an exception: type, message, traceback.
+
+    NUL characters are spelled out (Postgres jsonb cannot store them): an exception
+    message holding one must not make the failure itself unrecordable.
+    """
     return {
         "type": type(exc).__qualname__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
+        "message": _printable(str(exc)),
+        "traceback": _printable("".join(traceback.format_exception(exc))),
     }
+
+
+def _printable(text: str) -> str:
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    # Lone surrogates cannot be encoded as UTF-8 at all.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def as_seconds(value: float | timedelta | None, *, what: str) -> float | None:
@@ -377,7 +388,8 @@ class Run:
                 )
                 await anyio.sleep(delay)
         try:
-            data = codec.encode(value, where=where, max_size=ex.max_payload)
+            # Checkpoints are stored as bytes (not jsonb): NUL characters are fine.
+            data = codec.encode(value, where=where, max_size=ex.max_payload, jsonb=False)
         except errors.SerializationError as exc:
             await self._record_failure(position, full_name, attempt, started_at, exc)
             raise

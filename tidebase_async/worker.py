@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 # Session advisory lock that elects the one active reconciler among all workers.
 MAINTENANCE_LOCK = 7_321_094_451_006_132_812
 _SWEEP_LIMIT = 500
+_PRUNE_BATCHES = 4
+# Only when the server runs without autovacuum (see Worker._lead).
+_VACUUM_EVERY_S = 10.0
 
 
 def new_worker_id() -> str:
@@ -54,6 +57,8 @@ class WorkerStats:
         self.lost = 0
         self.released = 0
         self.requeued_expired = 0
+        self.pruned = 0
+        self.maintenance_ticks = 0
 
 
 class Worker:
@@ -82,6 +87,7 @@ class Worker:
         maintenance_interval_s: float,
         max_payload: int,
         handle_signals: bool,
+        retention_s: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise errors.ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
@@ -103,6 +109,10 @@ class Worker:
         self._poll_s = poll_interval_s
         self._grace_s = shutdown_grace_s
         self._maintenance_s = maintenance_interval_s
+        self._retention_s = retention_s
+        self._self_vacuum = False
+        self._pruned_since_vacuum = False
+        self._last_vacuum = 0.0
         self._max_payload = max_payload
         self._handle_signals = handle_signals
         self._wake = Signal()
@@ -388,6 +398,15 @@ class Worker:
         await anyio.sleep(self._maintenance_s * 5)
 
     async def _lead(self, lock: SessionLock) -> None:
+        if self._retention_s is not None and not await self._store.autovacuum_enabled():
+            # Deleted runs only free their space once vacuumed; without autovacuum the
+            # tables would grow with every run ever executed.
+            logger.warning(
+                "autovacuum is off on this server; the reconciler will VACUUM the "
+                "tidebase tables itself every %.0fs while it prunes runs",
+                _VACUUM_EVERY_S,
+            )
+            self._self_vacuum = True
         async with anyio.create_task_group() as tg:
             tg.start_soon(lock.keep_alive)
             while True:
@@ -395,6 +414,31 @@ class Worker:
                 await anyio.sleep(self._maintenance_s)
 
     async def _maintenance_tick(self) -> None:
+        await self._requeue_expired()
+        await self._prune()
+        self.stats.maintenance_ticks += 1
+        if self._self_vacuum and self._pruned_since_vacuum:
+            now = anyio.current_time()
+            if now - self._last_vacuum >= _VACUUM_EVERY_S:
+                await self._store.vacuum()
+                self._last_vacuum = now
+                self._pruned_since_vacuum = False
+
+    async def _prune(self) -> None:
+        """Retention: a bounded number of batches per tick, so a backlog of old runs
+        cannot starve the requeueing of expired leases (which runs first each tick)."""
+        if self._retention_s is None:
+            return
+        for _ in range(_PRUNE_BATCHES):
+            pruned = await self._store.prune_finished(
+                older_than_s=self._retention_s, limit=_SWEEP_LIMIT
+            )
+            self.stats.pruned += pruned
+            self._pruned_since_vacuum |= pruned > 0
+            if pruned < _SWEEP_LIMIT:
+                return
+
+    async def _requeue_expired(self) -> None:
         while True:
             swept = await self._store.requeue_expired(limit=_SWEEP_LIMIT)
             if swept:

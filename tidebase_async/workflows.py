@@ -24,7 +24,8 @@ def check_name(kind: str, name: object) -> str:
 
     Raises:
         ConfigurationError: not a string, empty, longer than 200 characters, or
-            containing control characters; the message names the kind and the value.
+            containing control characters or lone surrogates; the message names the
+            kind and the value.
     """
     if isinstance(name, str) and (kind, name) in _VALID_NAMES:
         return name
@@ -49,7 +50,20 @@ def _check_name(kind: str, name: object) -> str:
         )
     if any(ord(ch) < 32 or ch == "\x7f" for ch in name):
         raise errors.ConfigurationError(f"{kind} name {name!r} contains control characters")
+    if not is_utf8(name):
+        raise errors.ConfigurationError(
+            f"{kind} name {name!r} contains a lone surrogate, which is not valid UTF-8"
+        )
     return name
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` can be stored as Postgres text (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Workflow(msgspec.Struct, frozen=True, kw_only=True):

@@ -27,12 +27,38 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 T = TypeVar("T")
 
+#: What a plain asyncpg client sees while connections are cut or the server restarts.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
 STEP_LOG_DDL = """
 CREATE TABLE step_log (
   run_id uuid NOT NULL,
   step   text NOT NULL,
   pid    int  NOT NULL,
   at     timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+"""
+
+
+# The chaos tests' execution log (workflow ``chaos`` of ``worker_app``): one row per
+# execution of a step, with the claim's attempt; ``at`` is the executing process's clock
+# when the step started, ``logged_at`` the server's when the row was written.
+CHAOS_LOG_DDL = """
+CREATE TABLE chaos_log (
+  exec_id   uuid PRIMARY KEY,
+  run_id    uuid NOT NULL,
+  step      text NOT NULL,
+  attempt   int  NOT NULL,
+  pid       int  NOT NULL,
+  at        timestamptz NOT NULL,
+  logged_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 """
 
@@ -191,6 +217,10 @@ class Workers:
     def close(self) -> None:
         for proc in self.procs:
             proc.kill()
+
+    def alive(self) -> list[WorkerProcess]:
+        """The processes still running (stopped ones included)."""
+        return [proc for proc in self.procs if proc.returncode is None]
 
     def _spawn(self, name: str, args: list[str]) -> WorkerProcess:
         out = self.log_dir / f"worker-{name}.out"

@@ -13,6 +13,11 @@ Workflows:
   Output ``{"pid": <pid that completed the run>, "s1": ..., "s2": ..., "s3": ...}``.
 - ``nap``: one step ``nap`` (the blocking step) that sleeps ``input`` seconds.
 - ``pair``: steps ``a`` and ``b``, each sleeping ``input`` seconds.
+- ``chaos`` (the chaos tests, ``tests.chaos``): input ``{"steps": n, "nap": s}``; steps
+  ``s1`` .. ``sn``, each sleeping ``s`` seconds and returning this pid. Its steps record
+  themselves in ``chaos_log`` (see ``procs.CHAOS_LOG_DDL``) with the claim's attempt and
+  this process's clock, retrying across lost connections and server restarts, so that
+  no execution by a live process goes unrecorded.
 
 ``--mode`` says what the blocking step does in this process, after logging itself:
 
@@ -30,12 +35,16 @@ import logging
 import os
 import signal
 import sys
+import time
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import anyio
 import asyncpg
 
+from tests.integration.procs import CONNECTION_ERRORS
 from tidebase_async import LeaseLost, Run, Tidebase
 
 logger = logging.getLogger("worker_app")
@@ -43,6 +52,8 @@ logger = logging.getLogger("worker_app")
 MODES = ("normal", "hang", "freeze")
 HANG_S = 30.0
 PID = os.getpid()
+# How long a chaos step keeps trying to record itself while the database is unreachable.
+LOG_RETRY_S = 120.0
 
 
 class StepLog:
@@ -55,6 +66,38 @@ class StepLog:
         await self._pool.execute(
             "INSERT INTO step_log (run_id, step, pid) VALUES ($1, $2, $3)", run_id, step, PID
         )
+
+    async def execution(self, run_id: UUID, step: str, attempt: int) -> None:
+        """Record one execution in ``chaos_log``, stamped with this process's clock now.
+
+        Retried (idempotently: one id per execution) while the connection is lost or the
+        server restarts, and shielded: a step cancelled meanwhile (lease lost) has still
+        started, and the chaos checks must count it.
+        """
+        exec_id = uuid.uuid4()
+        at = datetime.now(UTC)
+        deadline = time.monotonic() + LOG_RETRY_S
+        delay = 0.05
+        with anyio.CancelScope(shield=True):
+            while True:
+                try:
+                    await self._pool.execute(
+                        "INSERT INTO chaos_log (exec_id, run_id, step, attempt, pid, at) "
+                        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (exec_id) DO NOTHING",
+                        exec_id,
+                        run_id,
+                        step,
+                        attempt,
+                        PID,
+                        at,
+                    )
+                    return
+                except CONNECTION_ERRORS as exc:
+                    if time.monotonic() + delay > deadline:
+                        raise
+                    logger.info("chaos_log insert failed (%r); retrying in %.2fs", exc, delay)
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
 
 
 async def blocking_step(mode: str, *, normal_s: float = 0.0) -> None:
@@ -114,9 +157,22 @@ def register(tide: Tidebase, log: StepLog, mode: str) -> None:
         b = await run.step("b", step, "b")
         return {"pid": PID, "a": a, "b": b}
 
+    @tide.workflow("chaos")
+    async def chaos(run: Run, input: dict[str, Any]) -> list[int]:
+        async def chaos_step(name: str, nap: float) -> int:
+            await log.execution(run.id, name, run.attempt)
+            await anyio.sleep(nap)
+            return PID
+
+        nap = float(input["nap"])
+        done: list[int] = []
+        for i in range(1, int(input["steps"]) + 1):
+            done.append(await run.step(f"s{i}", chaos_step, f"s{i}", nap))
+        return done
+
 
 async def serve(args: argparse.Namespace) -> int:
-    pool = await asyncpg.create_pool(args.dsn, min_size=1, max_size=3)
+    pool = await asyncpg.create_pool(args.dsn, min_size=1, max_size=4)
     try:
         tide = Tidebase(args.dsn, pool_size=args.pool_size)
         register(tide, StepLog(pool), args.mode)

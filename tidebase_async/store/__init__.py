@@ -180,7 +180,18 @@ async def _clean_session(conn: asyncpg.Connection) -> None:
         try:
             await conn.execute("SELECT pg_advisory_unlock_all(); RESET ALL")
         except Exception:
-            conn.terminate()
+            if not _is_closed(conn):
+                conn.terminate()
+
+
+def _is_closed(conn: asyncpg.Connection) -> bool:
+    """Whether a pooled connection is gone. asyncpg detaches the pool's proxy from a
+    connection that closed (terminated, server restart), after which every call on the
+    proxy, ``is_closed()`` included, raises InterfaceError."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
 
 
 def connect_kwargs() -> dict[str, Any]:
@@ -242,7 +253,12 @@ class Store:
                 asyncpg.exceptions.InvalidCatalogNameError,
             ) as exc:
                 raise errors.ConfigurationError(f"cannot use {describe_dsn(dsn)}: {exc}") from exc
-            except (ValueError, TypeError, asyncpg.exceptions.ClientConfigurationError) as exc:
+            except (
+                ValueError,
+                TypeError,
+                OverflowError,  # a port past 65535
+                asyncpg.exceptions.ClientConfigurationError,
+            ) as exc:
                 raise errors.ConfigurationError(f"invalid database DSN: {exc}") from exc
             except (*_CONNECTION_ERRORS, TimeoutError, asyncpg.PostgresError) as exc:
                 if time.monotonic() + delay > deadline:
@@ -527,6 +543,24 @@ class Store:
             delta = await self._pool.fetchval(Q["next_due"], list(queues))
         return None if delta is None else float(delta.total_seconds())
 
+    async def prune_finished(self, *, older_than_s: float, limit: int) -> int:
+        """Delete up to ``limit`` runs finished more than ``older_than_s`` ago, with
+        their steps and events; return how many."""
+        with _translate("prune finished runs"):
+            status = await self._pool.execute(Q["prune_finished"], older_than_s, limit)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def autovacuum_enabled(self) -> bool:
+        with _translate("read autovacuum setting"):
+            return str(await self._pool.fetchval("SHOW autovacuum")) == "on"
+
+    async def vacuum(self) -> None:
+        """VACUUM (ANALYZE) the tables that churn; for servers without autovacuum."""
+        with _translate("vacuum"):
+            await self._pool.execute(
+                "VACUUM (ANALYZE) tidebase.runs, tidebase.steps, tidebase.events"
+            )
+
     @contextlib.asynccontextmanager
     async def try_advisory_lock(
         self, key: int, *, idle_timeout_s: float | None = None
@@ -549,7 +583,7 @@ class Store:
                         ping_s = await _limit_idle_session(conn, idle_timeout_s)
                     yield SessionLock(conn, key=key, held=got, ping_s=ping_s)
                 finally:
-                    if got and not conn.is_closed():
+                    if got and not _is_closed(conn):
                         await _clean_session(conn)
 
     # -- client -----------------------------------------------------------------------

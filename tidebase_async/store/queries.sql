@@ -294,6 +294,22 @@ WITH expired AS (
 )
 SELECT id, queue, status FROM r;
 
+-- name: prune_finished
+-- Retention: delete up to $2 runs that finished more than $1 seconds ago, oldest first,
+-- with their steps and events (ON DELETE CASCADE); children keep their rows (SET NULL).
+-- created_at <= finished_at, so the created_at bound lets the (status, created_at)
+-- index find candidates without scanning every finished run.
+WITH doomed AS (
+  SELECT id FROM tidebase.runs
+  WHERE status IN ('completed', 'failed', 'cancelled')
+    AND created_at < tidebase.now() - make_interval(secs => $1::float8)
+    AND finished_at < tidebase.now() - make_interval(secs => $1::float8)
+  ORDER BY created_at
+  LIMIT $2
+  FOR UPDATE SKIP LOCKED
+)
+DELETE FROM tidebase.runs r USING doomed WHERE r.id = doomed.id;
+
 -- name: cancel_run
 -- Cancel a run that is not executing (queued or waiting).
 WITH r AS (

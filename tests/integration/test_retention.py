@@ -1,0 +1,129 @@
+"""Retention: the maintenance loop deletes finished runs past ``retention`` with their
+steps and events, in bounded batches, and leaves everything else alone."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from tests.conftest import opened
+from tests.integration.core_support import FAST, eventually, working
+from tidebase_async import Run, RunFailed, Tidebase, Worker
+
+
+def _register(tide: Tidebase) -> None:
+    @tide.workflow("two-steps", retry=FAST, max_attempts=1)
+    async def two_steps(run: Run, input: str) -> str:
+        await run.step("a", lambda: "a")
+        if input == "fail":
+            raise RuntimeError("boom")
+        return str(await run.step("b", lambda: input))
+
+
+async def _count(db: asyncpg.Connection, table: str) -> int:
+    return int(await db.fetchval(f"SELECT count(*) FROM tidebase.{table}"))
+
+
+async def test_finished_runs_past_retention_are_pruned_with_their_steps_and_events(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    async with opened(Tidebase(dsn, retention=0.3)) as tide:
+        _register(tide)
+        done = await tide.enqueue("two-steps", input="ok")
+        failed = await tide.enqueue("two-steps", input="fail")
+        cancelled = await tide.enqueue("two-steps", input="x", delay=3600)
+        await tide.runs.cancel(cancelled.id)
+        waiting = await tide.enqueue("two-steps", input="later", delay=3600)
+        async with working(tide, maintenance_interval=0.05):
+            assert await tide.runs.wait(done.id, timeout=10) == "ok"
+            with pytest.raises(RunFailed):
+                await tide.runs.wait(failed.id, timeout=10)
+
+            async def gone() -> bool:
+                ids = {r["id"] for r in await db.fetch("SELECT id FROM tidebase.runs")}
+                return ids == {waiting.id}
+
+            await eventually(gone, what="finished runs to be pruned")
+    # Steps and events went with their runs; the queued run and its history stay.
+    assert (
+        await db.fetchval("SELECT count(*) FROM tidebase.steps WHERE run_id <> $1", waiting.id) == 0
+    )
+    assert (
+        await db.fetchval("SELECT count(*) FROM tidebase.events WHERE run_id <> $1", waiting.id)
+        == 0
+    )
+    assert (
+        await db.fetchval("SELECT count(*) FROM tidebase.events WHERE run_id = $1", waiting.id) == 1
+    )
+
+
+async def _ticks(worker: Worker, count: int) -> None:
+    """Wait until the maintenance loop has run ``count`` more ticks."""
+    start = worker.stats.maintenance_ticks
+    await eventually(lambda: worker.stats.maintenance_ticks >= start + count, what=f"{count} ticks")
+
+
+async def test_runs_are_kept_until_they_are_older_than_retention(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    async with opened(Tidebase(dsn, retention=3600)) as tide:
+        _register(tide)
+        done = await tide.enqueue("two-steps", input="ok")
+        async with working(tide, maintenance_interval=0.05) as worker:
+            await tide.runs.wait(done.id, timeout=10)
+            await _ticks(worker, 5)
+            assert worker.stats.pruned == 0
+        assert await _count(db, "runs") == 1
+        assert await _count(db, "steps") == 2
+
+
+async def test_retention_none_keeps_everything(dsn: str, db: asyncpg.Connection) -> None:
+    async with opened(Tidebase(dsn, retention=None)) as tide:
+        _register(tide)
+        done = await tide.enqueue("two-steps", input="ok")
+        async with working(tide, maintenance_interval=0.05) as worker:
+            await tide.runs.wait(done.id, timeout=10)
+            await _ticks(worker, 5)
+            assert worker.stats.pruned == 0
+        assert await _count(db, "runs") == 1
+
+
+async def test_pruning_goes_in_bounded_batches_oldest_first(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    tide = Tidebase(dsn, retention=0.0)
+    async with opened(tide):
+        _register(tide)
+        # 1,200 finished runs written directly: more than two batches of 500.
+        await db.execute(
+            "INSERT INTO tidebase.runs (id, workflow, queue, status, max_attempts, run_at,"
+            " created_at, updated_at, finished_at)"
+            " SELECT gen_random_uuid(), 'two-steps', 'default', 'completed', 1, now(),"
+            "  now() - make_interval(secs => 1000 - g), now(),"
+            "  now() - make_interval(secs => 1000 - g)"
+            " FROM generate_series(1, 1200) g"
+        )
+        newest = await db.fetchval("SELECT id FROM tidebase.runs ORDER BY created_at DESC LIMIT 1")
+        pruned = await tide.store.prune_finished(older_than_s=0, limit=500)
+        assert pruned == 500
+        remaining = await db.fetchval("SELECT min(created_at) FROM tidebase.runs")
+        oldest_left_rank = await db.fetchval(
+            "SELECT count(*) FROM tidebase.runs WHERE created_at < $1", remaining
+        )
+        assert oldest_left_rank == 0  # the 500 oldest went first
+        assert await _count(db, "runs") == 700
+        assert await db.fetchval("SELECT count(*) FROM tidebase.runs WHERE id = $1", newest) == 1
+
+
+async def test_store_can_vacuum_the_churning_tables_itself(
+    tide: Tidebase, db: asyncpg.Connection
+) -> None:
+    # Used by the reconciler when the server runs without autovacuum (as this test
+    # server does); VACUUM must run outside a transaction block.
+    assert await tide.store.autovacuum_enabled() == (await db.fetchval("SHOW autovacuum") == "on")
+    await tide.store.vacuum()
+    vacuumed = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_user_tables WHERE schemaname = 'tidebase'"
+        " AND relname IN ('runs', 'steps', 'events') AND last_vacuum IS NOT NULL"
+    )
+    assert vacuumed == 3
