@@ -18,10 +18,21 @@ from typing import Generic, TypeVar
 
 import anyio
 
+from tidebase_async import errors
+
 logger = logging.getLogger(__name__)
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+
+
+class _Entry(Generic[In, Out]):
+    __slots__ = ("future", "item", "size")
+
+    def __init__(self, item: In, future: asyncio.Future[Out], size: int) -> None:
+        self.item = item
+        self.future = future
+        self.size = size
 
 
 class Combiner(Generic[In, Out]):
@@ -30,7 +41,11 @@ class Combiner(Generic[In, Out]):
     ``write(items)`` must return one result per item, in order. ``key(item)``, when
     given, keeps two items with the same key out of one batch (a multi-row UPDATE
     touches each row once, so two checkpoints of one run must not share a statement).
-    If ``write`` raises, every item of that batch gets the exception.
+    ``size(item)`` and ``max_bytes`` keep a batch's payload under a budget (Postgres
+    refuses messages over 1 GB); a single item over it still goes alone.
+    If ``write`` raises, every item of that batch gets the exception; if the writing
+    task is cancelled, the others get ``ConnectionLost`` (the batch may or may not have
+    committed), which the fenced-write retry resolves by checking what landed.
     """
 
     def __init__(
@@ -39,11 +54,15 @@ class Combiner(Generic[In, Out]):
         *,
         max_batch: int = 500,
         key: Callable[[In], Hashable] | None = None,
+        size: Callable[[In], int] | None = None,
+        max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._write = write
         self._max_batch = max_batch
         self._key = key
-        self._pending: list[tuple[In, asyncio.Future[Out]]] = []
+        self._size = size
+        self._max_bytes = max_bytes
+        self._pending: list[_Entry[In, Out]] = []
         self._busy = False
         self._idle = anyio.Event()
         self.batches = 0
@@ -51,68 +70,81 @@ class Combiner(Generic[In, Out]):
 
     async def submit(self, item: In) -> Out:
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
-        entry = (item, future)
+        entry = _Entry(item, future, self._size(item) if self._size else 0)
         self._pending.append(entry)
         try:
             while not future.done():
                 if self._busy:
                     await self._idle.wait()
                     continue
-                await self._lead()
+                await self._lead(entry)
         except BaseException:
             # Cancelled while queued: withdraw the item if no batch has taken it yet.
-            if entry in self._pending:
-                self._pending.remove(entry)
-            elif future.done() and not future.cancelled():
-                future.exception()  # retrieved: its writer already reported it
+            for i, pending in enumerate(self._pending):
+                if pending is entry:
+                    del self._pending[i]
+                    break
+            else:
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved: its writer already reported it
             raise
         return future.result()
 
-    async def _lead(self) -> None:
+    async def _lead(self, own: _Entry[In, Out]) -> None:
         self._busy = True
         self._idle = anyio.Event()
         try:
             batch = self._take()
             if not batch:
                 return
-            items = [item for item, _ in batch]
-            # Shielded: the batch belongs to every caller in it, not just to the one
-            # writing it; cancelling the writer must not abort the others' write.
+            # Shielded against anyio cancellation: the batch belongs to every caller in
+            # it. A native task.cancel() still gets through; then the others learn that
+            # the outcome is unknown rather than that they were cancelled.
             with anyio.CancelScope(shield=True):
                 try:
-                    results = await self._write(items)
+                    results = await self._write([e.item for e in batch])
+                    if len(results) != len(batch):
+                        raise RuntimeError(
+                            f"batched write returned {len(results)} results for {len(batch)} items"
+                        )
                 except BaseException as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    interrupted = errors.ConnectionLost(
+                        f"the batched write was interrupted ({type(exc).__name__}); "
+                        "whether it committed is unknown"
+                    )
+                    for e in batch:
+                        if e.future.done():
+                            continue
+                        if isinstance(exc, Exception) or e is own:
+                            e.future.set_exception(exc)
+                        else:
+                            e.future.set_exception(interrupted)
                     if isinstance(exc, Exception):
                         return
                     raise
-            if len(results) != len(batch):
-                raise RuntimeError("batched write returned the wrong number of results")
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+            for e, result in zip(batch, results, strict=True):
+                if not e.future.done():
+                    e.future.set_result(result)
             self.batches += 1
             self.items += len(batch)
         finally:
             self._busy = False
             self._idle.set()
 
-    def _take(self) -> list[tuple[In, asyncio.Future[Out]]]:
-        if self._key is None:
-            head = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
-            return head
-        batch: list[tuple[In, asyncio.Future[Out]]] = []
-        rest: list[tuple[In, asyncio.Future[Out]]] = []
+    def _take(self) -> list[_Entry[In, Out]]:
+        batch: list[_Entry[In, Out]] = []
+        rest: list[_Entry[In, Out]] = []
         seen: set[Hashable] = set()
+        budget = self._max_bytes
         for entry in self._pending:
-            k = self._key(entry[0])
-            if k in seen or len(batch) >= self._max_batch:
+            k = self._key(entry.item) if self._key is not None else None
+            full = len(batch) >= self._max_batch or (batch and entry.size > budget)
+            if full or (k is not None and k in seen):
                 rest.append(entry)
-            else:
+                continue
+            if k is not None:
                 seen.add(k)
-                batch.append(entry)
+            budget -= entry.size
+            batch.append(entry)
         self._pending = rest
         return batch

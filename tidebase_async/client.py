@@ -295,14 +295,21 @@ class Tidebase:
                 f"delay {spec.delay!r} puts the run past the year 9999"
             ) from exc
         data = codec.encode(spec.input, where="input", max_size=self.max_payload_bytes)
-        if wf is not None:
-            # Validate here so a bad input fails the caller, not a run later.
-            codec.decode(data, tp=wf.input_type, where=f"input of workflow {wf.name!r}")
+        # Decode what was encoded: a registered workflow's input type is checked here,
+        # so a bad input fails the caller, not a run later; and a msgspec.Raw (which
+        # msgspec copies verbatim) must hold exactly one JSON value, since the batch is
+        # sent to Postgres as one JSON document.
+        codec.decode(
+            data,
+            tp=wf.input_type if wf is not None else Any,
+            where=f"input of workflow {spec.workflow!r}",
+        )
         metadata = None
         if spec.metadata is not None:
             if not isinstance(spec.metadata, dict):
                 raise errors.ConfigurationError("metadata must be a dict")
             metadata = codec.encode(spec.metadata, where="metadata", max_size=1024 * 1024)
+            codec.decode(metadata, where="metadata")
         return NewRun(
             id=uuid7(),
             workflow=spec.workflow,

@@ -29,6 +29,11 @@ _PERMANENT: tuple[type[BaseException], ...] = (
     errors.ConfigurationError,
 )
 _UNKNOWN_WORKFLOW_RETRY = Retry(backoff=1.0, max_backoff=60.0)
+_PASS_THROUGH: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    return isinstance(exc, anyio.get_cancelled_exc_class())
 
 
 class ExecutionResult(msgspec.Struct, kw_only=True):
@@ -107,7 +112,7 @@ async def _execute(
         return await _finish_failed(ex, exc, wf=None)
     run = Run(ex, workflow=wf.name, input=value)
     output: Any = None
-    failure: Exception | None = None
+    failure: BaseException | None = None
     with cancel_scope:
         try:
             if wf.takes_input:
@@ -117,6 +122,12 @@ async def _execute(
         except errors.LeaseLost:
             ex.lost = True
         except Exception as exc:
+            failure = exc
+        except BaseException as exc:
+            # Cancellation and interpreter exits pass; any other BaseException the
+            # workflow raises is its failure, not the worker's.
+            if isinstance(exc, _PASS_THROUGH) or is_cancellation(exc):
+                raise
             failure = exc
     if cancel_scope.cancelled_caught or ex.lost:
         if ex.lost:

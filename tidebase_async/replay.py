@@ -45,10 +45,18 @@ def error_info(exc: BaseException) -> dict[str, Any]:
     NUL characters are spelled out (Postgres jsonb cannot store them): an exception
     message holding one must not make the failure itself unrecordable.
     """
+    try:
+        message = str(exc)
+    except Exception as broken:  # a user exception whose __str__ itself fails
+        message = f"<str() of the exception failed: {type(broken).__qualname__}>"
+    try:
+        trace = "".join(traceback.format_exception(exc))
+    except Exception:
+        trace = ""
     return {
         "type": type(exc).__qualname__,
-        "message": _printable(str(exc)),
-        "traceback": _printable("".join(traceback.format_exception(exc))),
+        "message": _printable(message),
+        "traceback": _printable(trace),
     }
 
 

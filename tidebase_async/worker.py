@@ -19,10 +19,11 @@ from uuid import UUID
 
 import anyio
 import anyio.abc
+import msgspec
 
 from tidebase_async import errors
 from tidebase_async.executor import ExecutionResult, execute
-from tidebase_async.replay import Execution
+from tidebase_async.replay import Execution, error_info
 from tidebase_async.store import ClaimedRun, SessionLock, Store
 from tidebase_async.store.listener import Listener
 from tidebase_async.wakeup import WAKE_CHANNEL, Notifier, Signal
@@ -283,6 +284,12 @@ class Worker:
             # The outcome could not be written (connection lost): try to hand the run
             # back; failing that, its lease expires and the reconciler requeues it.
             logger.error("run %s: could not record its outcome: %s", run.id, exc)
+        except Exception as exc:
+            # A bug (ours or a pathological user object): never let one run take the
+            # task group, and every other run with it, down. Spend the attempt, so a
+            # run that always does this ends failed instead of looping.
+            logger.exception("run %s: unexpected error in the worker", run.id)
+            result = await self._fail_unexpectedly(run, exc)
         finally:
             if result is None or result.outcome == "released":
                 await self._release([(run.id, run.attempt)])
@@ -294,6 +301,27 @@ class Worker:
                 self._idle.set()
             if result is not None and result.outcome == "retrying":
                 self._wake.set()
+
+    async def _fail_unexpectedly(self, run: ClaimedRun, exc: Exception) -> ExecutionResult:
+        info = error_info(exc)
+        spent = run.attempt - run.released
+        retry_in = 1.0 if spent < run.max_attempts else None
+        with anyio.move_on_after(5, shield=True):
+            try:
+                await self._store.fail_run(
+                    run_id=run.id,
+                    worker_id=self.id,
+                    attempt=run.attempt,
+                    error=msgspec.json.encode(info),
+                    retry_in_s=retry_in,
+                    event_data=msgspec.json.encode(
+                        {"type": info["type"], "message": info["message"]}
+                    ),
+                )
+                self._notifier.runs_changed(run.id)
+            except errors.TidebaseError as store_exc:
+                logger.warning("run %s: failure not recorded (%s)", run.id, store_exc)
+        return ExecutionResult(outcome="retrying" if retry_in is not None else "failed")
 
     def _count(self, result: ExecutionResult | None) -> None:
         if result is None:

@@ -420,3 +420,42 @@ async def test_claims_are_released_when_loading_their_history_fails(
     row = await run_row(db, handle.id)
     # 3 claims, 1 released: 2 attempts spent, within max_attempts=2.
     assert (row["status"], row["attempt"], row["released"]) == ("completed", 3, 1)
+
+
+async def test_a_raw_input_cannot_smuggle_fields_into_the_enqueue_batch(
+    tide: Tidebase, db: asyncpg.Connection
+) -> None:
+    import msgspec
+
+    from tidebase_async import SerializationError
+
+    smuggled = msgspec.Raw(b'1, "queue": "evil"}, {"workflow": "smuggled"')
+    with pytest.raises(SerializationError):
+        await tide.enqueue_many([("unregistered-wf", smuggled)])
+    assert await db.fetchval("SELECT count(*) FROM tidebase.runs") == 0
+
+
+async def test_one_run_whose_error_cannot_be_printed_does_not_take_the_worker_down(
+    tide: Tidebase,
+) -> None:
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    @tide.workflow("bad-str", max_attempts=1)
+    async def bad_str(run: Run) -> None:
+        raise Unprintable
+
+    @tide.workflow("fine")
+    async def fine(run: Run) -> str:
+        return "ok"
+
+    bad = await tide.enqueue("bad-str")
+    good = [await tide.enqueue("fine") for _ in range(5)]
+    async with working(tide, concurrency=8):
+        with pytest.raises(RunFailed) as failed:
+            await tide.runs.wait(bad.id, timeout=10)
+        for handle in good:
+            assert await tide.runs.wait(handle.id, timeout=10) == "ok"
+    assert failed.value.error["type"].endswith("Unprintable")
+    assert "str() of the exception failed" in failed.value.error["message"]

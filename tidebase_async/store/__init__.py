@@ -45,6 +45,12 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+
+
 class ClaimedRun(msgspec.Struct, frozen=True, kw_only=True):
     id: UUID
     workflow: str
@@ -173,15 +179,30 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     open transactions are still rolled back by the pool)."""
 
 
+async def _lock_or_close(conn: asyncpg.Connection, sql: str, key: int) -> Any:
+    """Take an advisory lock. If we are interrupted before knowing the answer, the
+    server may have granted it: close the connection rather than return a pooled
+    session that silently holds the lock (the pool does not reset sessions)."""
+    try:
+        return await conn.fetchval(sql, key)
+    except BaseException:
+        if not _is_closed(conn):
+            conn.terminate()
+        raise
+
+
 async def _clean_session(conn: asyncpg.Connection) -> None:
     """Drop advisory locks and session settings before a connection goes back to the
     pool; a connection that cannot be cleaned is closed instead of reused."""
     with anyio.CancelScope(shield=True):
         try:
             await conn.execute("SELECT pg_advisory_unlock_all(); RESET ALL")
-        except Exception:
+        except BaseException as exc:
+            # Includes a native task.cancel(), which anyio's shield does not stop.
             if not _is_closed(conn):
                 conn.terminate()
+            if not isinstance(exc, Exception):
+                raise
 
 
 def _is_closed(conn: asyncpg.Connection) -> bool:
@@ -300,7 +321,7 @@ class Store:
                 self._check_version(current, latest)
                 if current == latest:
                     return current
-                await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+                await _lock_or_close(conn, "SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
                 try:
                     await conn.execute(
                         "CREATE SCHEMA IF NOT EXISTS tidebase;"
@@ -351,11 +372,29 @@ class Store:
         # One JSON document instead of twelve parameter arrays: msgspec encodes the
         # batch (inputs embedded as they are) far faster than asyncpg encodes arrays.
         batch = _batch_encoder.encode(runs)
-        with _translate("enqueue_many"):
-            rows = await self._pool.fetch(Q["enqueue_runs"], batch)
+        rows = await self._fetch_retrying_deadlocks("enqueue_many", Q["enqueue_runs"], batch)
         return [
             EnqueueRow(id=r[0], inserted=r[1], queue=r[2], dedupe_key=r[3], due=r[4]) for r in rows
         ]
+
+    async def _fetch_retrying_deadlocks(self, what: str, sql: str, *args: Any) -> list[Any]:
+        """Run a multi-row write, again when Postgres picked it as a deadlock (or
+        serialization) victim: such a statement was rolled back whole, so repeating it
+        is safe. Multi-row writers lock in id order, but an enqueue whose dedupe keys
+        hit active runs locks those in key order and can still meet a worker's batch."""
+        delay = 0.005
+        for attempt in range(1, 6):
+            try:
+                with _translate(what):
+                    return list(await self._pool.fetch(sql, *args))
+            except errors.StoreError as exc:
+                transient = isinstance(exc.__cause__, _TRANSIENT_ERRORS)
+                if not transient or attempt == 5:
+                    raise
+                logger.info("%s: %s; retrying", what, exc.__cause__)
+                await anyio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
 
     async def notify(self, messages: Sequence[tuple[str, str]]) -> None:
         """Send (channel, payload) notifications in one statement, outside any data
@@ -447,23 +486,23 @@ class Store:
 
     async def checkpoint_steps(self, *, worker_id: str, items: Sequence[Checkpoint]) -> set[UUID]:
         """Record step outcomes (at most one per run) in one statement; return the run
-        ids whose fence held. Rows are locked in id order (no deadlock between batches)."""
+        ids whose fence held. Rows are locked in id order (see queries.sql)."""
         ordered = sorted(items, key=lambda c: c.run_id)
-        with _translate("checkpoint"):
-            rows = await self._pool.fetch(
-                Q["checkpoint_steps"],
-                worker_id,
-                [c.run_id for c in ordered],
-                [c.attempt for c in ordered],
-                [c.position for c in ordered],
-                [c.name for c in ordered],
-                [c.status for c in ordered],
-                [c.attempts for c in ordered],
-                [c.output for c in ordered],
-                [c.error for c in ordered],
-                [c.started_at for c in ordered],
-                [c.event_data for c in ordered],
-            )
+        rows = await self._fetch_retrying_deadlocks(
+            "checkpoint",
+            Q["checkpoint_steps"],
+            worker_id,
+            [c.run_id for c in ordered],
+            [c.attempt for c in ordered],
+            [c.position for c in ordered],
+            [c.name for c in ordered],
+            [c.status for c in ordered],
+            [c.attempts for c in ordered],
+            [c.output for c in ordered],
+            [c.error for c in ordered],
+            [c.started_at for c in ordered],
+            [c.event_data for c in ordered],
+        )
         return {row[0] for row in rows}
 
     async def step_outcome(self, *, run_id: UUID, position: int) -> tuple[str, int] | None:
@@ -485,14 +524,14 @@ class Store:
     async def complete_runs(self, *, worker_id: str, items: Sequence[Completion]) -> set[UUID]:
         """Complete runs in one statement; return the run ids whose fence held."""
         ordered = sorted(items, key=lambda c: c.run_id)
-        with _translate("completing runs"):
-            rows = await self._pool.fetch(
-                Q["complete_runs"],
-                worker_id,
-                [c.run_id for c in ordered],
-                [c.attempt for c in ordered],
-                [c.output for c in ordered],
-            )
+        rows = await self._fetch_retrying_deadlocks(
+            "completing runs",
+            Q["complete_runs"],
+            worker_id,
+            [c.run_id for c in ordered],
+            [c.attempt for c in ordered],
+            [c.output for c in ordered],
+        )
         return {row[0] for row in rows}
 
     async def fail_run(
@@ -576,7 +615,7 @@ class Store:
         """
         with _translate("advisory lock"):
             async with self._pool.acquire() as conn:
-                got = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+                got = bool(await _lock_or_close(conn, "SELECT pg_try_advisory_lock($1)", key))
                 try:
                     ping_s = None
                     if got and idle_timeout_s is not None:

@@ -134,10 +134,17 @@ ORDER BY run_id, position;
 -- name: heartbeat
 -- Extend every lease worker $1 still holds among $2; the (id, attempt) pairs not
 -- returned are lost.
-UPDATE tidebase.runs
+WITH locked AS (
+  SELECT id FROM tidebase.runs
+  WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND status = 'running'
+  ORDER BY id
+  FOR NO KEY UPDATE
+)
+UPDATE tidebase.runs r
 SET lease_expires_at = tidebase.now() + make_interval(secs => $3::float8)
-WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND status = 'running'
-RETURNING id, attempt;
+FROM locked
+WHERE r.id = locked.id AND r.lease_owner = $1 AND r.status = 'running'
+RETURNING r.id, r.attempt;
 
 -- name: checkpoint_steps
 -- Record step outcomes of several runs (at most one per run) in one statement; each
@@ -148,13 +155,20 @@ WITH c AS (
                        $11::jsonb[])
     AS c(run_id, attempt, position, name, status, attempts, output, error, started_at,
          event_data)
+), locked AS (
+  -- Lock the fenced rows in id order, through the primary key: every multi-row writer
+  -- of runs locks in that order, so two batches cannot deadlock.
+  SELECT r.id FROM tidebase.runs r JOIN c ON r.id = c.run_id
+  WHERE r.lease_owner = $1 AND r.attempt = c.attempt AND r.status = 'running'
+  ORDER BY r.id
+  FOR NO KEY UPDATE OF r
 ), r AS (
   UPDATE tidebase.runs r
   SET event_seq = r.event_seq + 1, step_count = GREATEST(r.step_count, c.position + 1),
       updated_at = tidebase.now()
-  FROM c
-  WHERE r.id = c.run_id AND r.lease_owner = $1 AND r.attempt = c.attempt
-    AND r.status = 'running'
+  FROM c, locked
+  WHERE r.id = c.run_id AND r.id = locked.id AND r.lease_owner = $1
+    AND r.attempt = c.attempt AND r.status = 'running'
   RETURNING r.id, r.event_seq
 ), s AS (
   INSERT INTO tidebase.steps AS st
@@ -198,14 +212,20 @@ SELECT event_seq FROM r;
 -- run ids whose fence held.
 WITH c AS (
   SELECT * FROM unnest($2::uuid[], $3::int4[], $4::jsonb[]) AS c(id, attempt, output)
+), locked AS (
+  -- In id order, as in checkpoint_steps.
+  SELECT r.id FROM tidebase.runs r JOIN c ON r.id = c.id
+  WHERE r.lease_owner = $1 AND r.attempt = c.attempt AND r.status = 'running'
+  ORDER BY r.id
+  FOR NO KEY UPDATE OF r
 ), r AS (
   UPDATE tidebase.runs r
   SET status = 'completed', output = c.output, error = NULL, lease_owner = NULL,
       lease_expires_at = NULL, finished_at = tidebase.now(), updated_at = tidebase.now(),
       event_seq = r.event_seq + 1
-  FROM c
-  WHERE r.id = c.id AND r.lease_owner = $1 AND r.attempt = c.attempt
-    AND r.status = 'running'
+  FROM c, locked
+  WHERE r.id = c.id AND r.id = locked.id AND r.lease_owner = $1
+    AND r.attempt = c.attempt AND r.status = 'running'
   RETURNING r.id, r.event_seq
 ), e AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
