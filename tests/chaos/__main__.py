@@ -4,11 +4,12 @@
 
 Short (default): a handful of SIGKILLs and two connection cuts, what ``make test`` runs.
 ``--long`` (``make chaos``): a minute of SIGKILLs, repeated connection cuts, and real
-restarts of the local Postgres cluster (``pg_ctlcluster ... restart -m fast``; skipped
-when the server is not a local cluster). A restart ends every session on the server, so
-it waits for other databases' sessions to end first (``--restart-wait``) and exits 2
-without restarting when they do not. Every scenario gets a fresh database.
-The server is ``TIDEBASE_TEST_DSN``, else the one on 127.0.0.1:5432.
+restarts of the Postgres server: ``pg_ctlcluster ... restart -m fast`` for a local
+Debian cluster, else ``--restart-cmd`` (skipped without either). A restart ends every
+session on the server, so it first waits for other databases' sessions to end
+(``--restart-wait``) and exits 2 without restarting when they do not. Every scenario
+gets a fresh database. The server is ``--dsn``, else ``TIDEBASE_TEST_DSN``, else the one
+on 127.0.0.1:5432.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -66,7 +68,11 @@ async def main(args: argparse.Namespace) -> int:
     server_dsn: str = args.dsn
     logs = Path(tempfile.mkdtemp(prefix="tidebase-chaos-"))
     reports: list[harness.Report] = []
-    restart_cmd = harness.local_cluster_restart(server_dsn)
+    server = harness.local_cluster(server_dsn)
+    if args.restart_cmd:
+        server = harness.ServerControl(
+            restart=shlex.split(args.restart_cmd), start=shlex.split(args.start_cmd or "true")
+        )
 
     async def scenario(name: str, run: Callable[[str, Path], Awaitable[harness.Report]]) -> None:
         print(f"{name} ...", flush=True)
@@ -92,10 +98,13 @@ async def main(args: argparse.Namespace) -> int:
                 "cuts",
                 lambda dsn, d: harness.cut_chaos(dsn, d, runs=800, cuts=6, seed=args.seed, out=out),
             )
-            if restart_cmd is None:
-                print(f"server restart skipped: {server_dsn} is no local pg_ctlcluster cluster")
+            if server is None:
+                print(
+                    f"server restart skipped: {server_dsn} is no local pg_ctlcluster cluster "
+                    "(pass --restart-cmd)"
+                )
             else:
-                cmd = restart_cmd
+                control = server
                 try:
                     await scenario(
                         "restart",
@@ -104,7 +113,7 @@ async def main(args: argparse.Namespace) -> int:
                             d,
                             runs=800,
                             restarts=2,
-                            restart_cmd=cmd,
+                            server=control,
                             quiet_wait_s=args.restart_wait,
                             seed=args.seed,
                             out=out,
@@ -114,7 +123,7 @@ async def main(args: argparse.Namespace) -> int:
                     print(f"server restart NOT RUN: {exc}", flush=True)
                     status = 2
                 finally:
-                    await harness.ensure_server_up(cmd, server_dsn)
+                    await harness.ensure_server_up(control, server_dsn)
         else:
             await scenario(
                 "kills",
@@ -145,6 +154,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="DSN of the server's maintenance database",
     )
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--restart-cmd",
+        help="command restarting the server (default: pg_ctlcluster for a local cluster)",
+    )
+    parser.add_argument(
+        "--start-cmd", help="with --restart-cmd: command starting the server should it be down"
+    )
     parser.add_argument(
         "--restart-wait",
         type=float,

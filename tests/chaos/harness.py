@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -393,9 +394,17 @@ async def cut_chaos(
     return report
 
 
-def local_cluster_restart(dsn: str) -> list[str] | None:
-    """The pg_ctlcluster command restarting the local cluster that serves ``dsn``, or
-    None when ``dsn`` is not served by a local Debian-style cluster."""
+@dataclass(frozen=True)
+class ServerControl:
+    """Commands that restart and start the Postgres server under test."""
+
+    restart: list[str]
+    start: list[str]
+
+
+def local_cluster(dsn: str) -> ServerControl | None:
+    """pg_ctlcluster commands for the local cluster that serves ``dsn`` (looked up by
+    port in ``pg_lsclusters``), or None when ``dsn`` is not served by one."""
     parts = urlsplit(dsn)
     if parts.hostname not in ("127.0.0.1", "localhost", "::1") or not shutil.which("pg_lsclusters"):
         return None
@@ -406,23 +415,21 @@ def local_cluster_restart(dsn: str) -> list[str] | None:
     for line in listing.splitlines():
         cols = line.split()
         if len(cols) >= 3 and cols[2] == str(port):
-            return [
-                "pg_ctlcluster",
-                "--skip-systemctl-redirect",
-                cols[0],
-                cols[1],
-                "restart",
-                "-m",
-                "fast",
-            ]
+            ctl = ["pg_ctlcluster", "--skip-systemctl-redirect", cols[0], cols[1]]
+            return ServerControl(restart=[*ctl, "restart", "-m", "fast"], start=[*ctl, "start"])
     return None
 
 
-async def ensure_server_up(restart_cmd: Sequence[str], dsn: str, *, timeout: float = 60) -> None:
-    """Start the cluster if it is down and wait until it accepts connections."""
-    start_cmd = [*restart_cmd[:4], "start"]
-    await anyio.run_process(start_cmd, check=False)
+async def ensure_server_up(server: ServerControl, dsn: str, *, timeout: float = 60) -> None:
+    """Start the server if it is down, and wait until it accepts connections."""
     deadline = time.monotonic() + timeout
+    try:
+        conn = await asyncpg.connect(dsn, timeout=5)
+    except procs.CONNECTION_ERRORS:
+        await anyio.run_process(server.start, check=False)
+    else:
+        await conn.close()
+        return
     while True:
         try:
             conn = await asyncpg.connect(dsn, timeout=5)
@@ -455,13 +462,13 @@ async def restart_chaos(
     *,
     runs: int,
     restarts: int,
-    restart_cmd: Sequence[str],
+    server: ServerControl,
     settings: Settings = Settings(),
     quiet_wait_s: float = 0.0,
     seed: int | None = None,
     out: Out = print,
 ) -> Report:
-    """Restart the Postgres server ``restarts`` times mid-load (``restart_cmd``).
+    """Restart the Postgres server ``restarts`` times mid-load (``server.restart``).
 
     A restart ends every session on the server, so this waits up to ``quiet_wait_s``
     for other databases' sessions to end first.
@@ -498,10 +505,10 @@ async def restart_chaos(
                         + ", ".join(busy)
                     )
                 began = time.monotonic()
-                result = await anyio.run_process(list(restart_cmd), check=False)
+                result = await anyio.run_process(server.restart, check=False)
                 took = time.monotonic() - began
                 assert result.returncode == 0, (
-                    f"{' '.join(restart_cmd)} failed ({result.returncode}): "
+                    f"{shlex.join(server.restart)} failed ({result.returncode}): "
                     f"{result.stderr.decode(errors='replace')}"
                 )
                 # Back up: from now on, a run completing is the workers' doing after the
@@ -526,6 +533,7 @@ async def restart_chaos(
         report.verdict = await verify(db, ids, killed={}, lease_losses_allowed=True)
     finally:
         await db.close()
+        await ensure_server_up(server, dsn)
     return report
 
 

@@ -729,8 +729,8 @@ class SessionLock:
 
 async def _limit_idle_session(conn: asyncpg.Connection, idle_timeout_s: float) -> float | None:
     """Set ``idle_session_timeout`` on this session; return the ping interval that keeps
-    it alive, or None where the server has no such setting (before Postgres 14). The pool
-    resets the setting (RESET ALL) when the connection is released."""
+    it alive, or None where the server has no such setting (before Postgres 14).
+    ``_clean_session`` resets it (RESET ALL) before the connection goes back."""
     try:
         await conn.execute(
             "SELECT set_config('idle_session_timeout', $1, false)",
