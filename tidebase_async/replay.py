@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _NO_RETRY = Retry(attempts=1)
+#: How long a fenced write keeps retrying across a lost connection.
+WRITE_RETRY_S = 300.0
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
@@ -167,15 +169,18 @@ class Execution:
         """Perform a fenced write, retrying it while the connection is lost.
 
         A write that failed only because the connection broke is retried with backoff
-        for as long as the lease can still be ours (most of ``lease_s``), so a database
-        blip does not turn a finished step into a second execution. When the first try
-        may have committed before the connection broke, ``landed`` tells whether it did.
+        until the database answers (up to ``WRITE_RETRY_S``, or most of the lease if
+        that is longer): a late write is safe, the fence refuses it if another worker
+        took the run over meanwhile, and after an outage the reconciler waits a lease
+        before requeueing (see the worker), so a database restart does not turn a
+        finished step into a second execution. When the first try may have committed
+        before the connection broke, ``landed`` tells whether it did.
 
         Raises:
             LeaseLost: the fence refused the write (marks the execution lost).
-            ConnectionLost: the database stayed unreachable for the lease's length.
+            ConnectionLost: the database stayed unreachable all that time.
         """
-        deadline = time.monotonic() + self.lease_s * 0.8
+        deadline = time.monotonic() + max(self.lease_s * 0.8, WRITE_RETRY_S)
         delay = 0.05
         broken = False
         while True:

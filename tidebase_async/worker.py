@@ -112,6 +112,7 @@ class Worker:
         self._maintenance_s = maintenance_interval_s
         self._retention_s = retention_s
         self._self_vacuum = False
+        self._after_outage = False
         self._pruned_since_vacuum = False
         self._last_vacuum = 0.0
         self._max_payload = max_payload
@@ -410,6 +411,7 @@ class Worker:
                 while isinstance(first, BaseExceptionGroup):
                     first = first.exceptions[0]
                 logger.warning("maintenance failed (%s); retrying", first)
+                self._after_outage = True
                 await anyio.sleep(self._maintenance_s)
 
     async def _maintain(self) -> None:
@@ -437,6 +439,12 @@ class Worker:
             self._self_vacuum = True
         async with anyio.create_task_group() as tg:
             tg.start_soon(lock.keep_alive)
+            if self._after_outage:
+                # The database was unreachable: every lease may have run out meanwhile,
+                # though their workers live and are retrying their writes. Give their
+                # heartbeats one lease to renew them before requeueing what expired.
+                await anyio.sleep(self._lease_s)
+                self._after_outage = False
             while True:
                 await self._maintenance_tick()
                 await anyio.sleep(self._maintenance_s)
