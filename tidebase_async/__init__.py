@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tidebase_async.client import Runs, Tidebase
+from tidebase_async.client import Tidebase
 from tidebase_async.errors import (
     ConfigurationError,
     ConflictError,
@@ -40,6 +40,7 @@ from tidebase_async.models import (
     StepInfo,
 )
 from tidebase_async.replay import Run, RunState
+from tidebase_async.runs import Runs
 from tidebase_async.worker import Worker
 
 __all__ = [

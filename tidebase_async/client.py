@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,21 +19,15 @@ import msgspec
 from tidebase_async import codec, errors
 from tidebase_async.executor import execute
 from tidebase_async.models import (
-    RUN_STATUSES,
-    TERMINAL_STATUSES,
-    Event,
-    Page,
     Retry,
     RunHandle,
-    RunInfo,
     RunSpec,
-    RunSummary,
-    StepInfo,
 )
 from tidebase_async.replay import Execution, as_seconds
+from tidebase_async.runs import Runs, as_uuid
 from tidebase_async.store import ClaimedRun, NewRun, StepRecord, Store
 from tidebase_async.store.listener import Listener
-from tidebase_async.wakeup import EVENTS_CHANNEL, WAKE_CHANNEL, Notifier, Signal
+from tidebase_async.wakeup import EVENTS_CHANNEL, WAKE_CHANNEL, Notifier
 from tidebase_async.worker import Worker, new_worker_id
 from tidebase_async.workflows import Workflow, WorkflowFn, check_name, is_utf8, make_workflow
 from tidebase_async.writes import RunWrites
@@ -50,7 +43,6 @@ DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_RETENTION = timedelta(days=7)
 _INT32 = 2**31 - 1
-_TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
 
 
 def uuid7() -> UUID:
@@ -62,15 +54,6 @@ def uuid7() -> UUID:
     value = (value & ~(0xF << 76)) | (0x7 << 76)
     value = (value & ~(0x3 << 62)) | (0x2 << 62)
     return UUID(int=value)
-
-
-def _as_uuid(run_id: UUID | str) -> UUID:
-    if isinstance(run_id, UUID):
-        return run_id
-    try:
-        return UUID(str(run_id))
-    except ValueError as exc:
-        raise errors.RunNotFound(f"{run_id!r} is not a run id (a UUID)") from exc
 
 
 def _aware(value: datetime | None, what: str) -> datetime | None:
@@ -462,7 +445,7 @@ class Tidebase:
         store = self.store
         worker_id = "inline:" + new_worker_id()
         lease_s = as_seconds(lease, what="lease") or 30.0
-        rid = _as_uuid(run_id) if run_id is not None else uuid7()
+        rid = as_uuid(run_id) if run_id is not None else uuid7()
         existing = await store.run_status(rid)
         if existing is None:
             spec = RunSpec(workflow=workflow, input=input, metadata=metadata)
@@ -642,295 +625,3 @@ class Tidebase:
         if worker_ready is not None:
             worker_ready(worker)
         await worker.run(started=started)
-
-
-class Runs:
-    """``tide.runs``: read, wait for, stream, cancel and retry runs."""
-
-    def __init__(self, tide: Tidebase) -> None:
-        self._tide = tide
-
-    async def get(self, run_id: UUID | str) -> RunInfo:
-        """Everything about a run: status, input, output, error, state, steps, children.
-
-        Raises:
-            RunNotFound: no run has this id.
-        """
-        rid = _as_uuid(run_id)
-        store = self._tide.store
-        row = await store.get_run(rid)
-        if row is None:
-            raise errors.RunNotFound(f"no run with id {rid}")
-        steps = await store.get_steps(rid)
-        children = await store.get_children(rid)
-        return RunInfo(
-            id=row["id"],
-            workflow=row["workflow"],
-            queue=row["queue"],
-            status=row["status"],
-            input=_json(row["input"]),
-            output=_json(row["output"]),
-            error=_json(row["error"]),
-            state=_json(row["state"]),
-            attempt=row["attempt"],
-            max_attempts=row["max_attempts"],
-            priority=row["priority"],
-            dedupe_key=row["dedupe_key"],
-            metadata=_json(row["metadata"]),
-            parent_id=row["parent_id"],
-            steps=[
-                StepInfo(
-                    name=s["name"],
-                    status=s["status"],
-                    attempt=s["attempts"],
-                    output=_json(s["output"]),
-                    error=_json(s["error"]),
-                    started_at=s["started_at"],
-                    finished_at=s["finished_at"],
-                )
-                for s in steps
-            ],
-            children=[
-                RunSummary(
-                    id=c["id"],
-                    workflow=c["workflow"],
-                    status=c["status"],
-                    created_at=c["created_at"],
-                    finished_at=c["finished_at"],
-                )
-                for c in children
-            ],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            run_at=row["run_at"],
-            deadline=row["deadline_at"],
-            cancel_reason=row["cancel_reason"],
-            inline=row["inline"],
-        )
-
-    async def list(
-        self,
-        *,
-        status: str | None = None,
-        workflow: str | None = None,
-        queue: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> Page:
-        """A page of runs, newest first; pass ``next_cursor`` back for the next page.
-
-        Filters match literally (they are bound parameters).
-
-        Raises:
-            ConfigurationError: a bad limit, status or cursor, or a ``workflow`` or
-                ``queue`` filter that is not a valid name.
-        """
-        if not 1 <= limit <= 1000:
-            raise errors.ConfigurationError(f"limit must be 1..1000, got {limit}")
-        if status is not None and status not in RUN_STATUSES:
-            raise errors.ConfigurationError(
-                f"unknown run status {status!r}; expected one of {', '.join(RUN_STATUSES)}"
-            )
-        before: tuple[datetime, UUID] | None = None
-        if cursor:
-            try:
-                raw = base64.urlsafe_b64decode(cursor.encode()).decode()
-                at, _, rid = raw.partition("|")
-                before = (datetime.fromisoformat(at), UUID(rid))
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise errors.ConfigurationError(f"invalid cursor {cursor!r}") from exc
-        # Names are validated on the way in; a filter that no name can equal (empty,
-        # NUL, lone surrogate, ...) is a mistake worth saying so, not an empty page.
-        if workflow is not None:
-            check_name("workflow", workflow)
-        if queue is not None:
-            check_name("queue", queue)
-        rows = await self._tide.store.list_runs(
-            status=status, workflow=workflow, queue=queue, before=before, limit=limit + 1
-        )
-        items = [
-            RunSummary(
-                id=r["id"],
-                workflow=r["workflow"],
-                status=r["status"],
-                queue=r["queue"],
-                attempt=r["attempt"],
-                priority=r["priority"],
-                created_at=r["created_at"],
-                started_at=r["started_at"],
-                finished_at=r["finished_at"],
-            )
-            for r in rows[:limit]
-        ]
-        next_cursor = None
-        if len(rows) > limit and items:
-            last = items[-1]
-            assert last.created_at is not None
-            next_cursor = base64.urlsafe_b64encode(
-                f"{last.created_at.isoformat()}|{last.id}".encode()
-            ).decode()
-        return Page(items=items, next_cursor=next_cursor)
-
-    @contextlib.contextmanager
-    def _watch(self, run_id: UUID) -> Iterator[Signal]:
-        """A signal set whenever a notification names ``run_id`` (or the listener
-        reconnects, since notifications may have been missed meanwhile)."""
-        sig = Signal()
-        listener = self._tide.listener
-        key = str(run_id)
-        removers: list[Callable[[], None]] = []
-        if listener is not None:
-
-            def on_events(payload: str) -> None:
-                if key in payload.split(","):
-                    sig.set()
-
-            removers.append(listener.subscribe(EVENTS_CHANNEL, on_events))
-            removers.append(listener.on_connect(sig.set))
-        try:
-            yield sig
-        finally:
-            for remove in removers:
-                remove()
-
-    async def wait(
-        self, run_id: UUID | str, *, timeout: float | timedelta | None = None, poll: float = 1.0
-    ) -> Any:
-        """Wait until the run is terminal and return its output (decoded into the
-        workflow's return type when it is registered here).
-
-        Woken by LISTEN; polls every ``poll`` seconds as the floor.
-
-        Raises:
-            RunNotFound, RunFailed (with the recorded error), RunCancelled,
-            TimeoutError: ``timeout`` passed first.
-        """
-        rid = _as_uuid(run_id)
-        timeout_s = as_seconds(timeout, what="timeout")
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        store = self._tide.store
-        # The timeout bounds the waiting between checks, not the checks: a run that is
-        # already terminal is returned even with timeout=0, and no query is cancelled
-        # mid-flight (which would cost its pooled connection).
-        with self._watch(rid) as sig:
-            while True:
-                sig.clear()
-                row = await store.get_run_status(rid)
-                if row is None:
-                    raise errors.RunNotFound(f"no run with id {rid}")
-                status = row["status"]
-                if status == "completed":
-                    wf = self._tide.workflows.get(row["workflow"])
-                    tp = wf.output_type if wf else Any
-                    return codec.decode(row["output"] or b"null", tp=tp, where="output")
-                if status == "failed":
-                    raise errors.RunFailed(rid, _json(row["error"]))
-                if status == "cancelled":
-                    raise errors.RunCancelled(rid, row["cancel_reason"])
-                wait_s = poll
-                if deadline is not None:
-                    wait_s = min(poll, deadline - time.monotonic())
-                    if wait_s <= 0:
-                        raise errors.WaitTimeout(
-                            f"run {rid} is still {status} after {timeout_s:g}s"
-                        )
-                await sig.wait_for(wait_s)
-
-    async def events(
-        self, run_id: UUID | str, *, after: int = 0, poll: float = 1.0
-    ) -> AsyncIterator[Event]:
-        """The run's events with ``seq > after``: history first, then live as they
-        happen (LISTEN, polling as the floor), gap-free and in order. Ends after the
-        run's terminal event (``run.completed``, ``run.failed``, ``run.cancelled``).
-
-        Raises:
-            RunNotFound: no run has this id.
-        """
-        rid = _as_uuid(run_id)
-        store = self._tide.store
-        last = after
-        with self._watch(rid) as sig:
-            if await store.run_status(rid) is None:
-                raise errors.RunNotFound(f"no run with id {rid}")
-            while True:
-                sig.clear()
-                rows = await store.list_events(rid, after=last, limit=500)
-                for r in rows:
-                    last = r["seq"]
-                    yield Event(seq=r["seq"], type=r["type"], at=r["at"], data=_json(r["data"]))
-                if len(rows) == 500:
-                    continue
-                if rows and rows[-1]["type"] in _TERMINAL_EVENTS:
-                    status = await store.run_status(rid)
-                    if status in TERMINAL_STATUSES:
-                        return
-                if not rows:
-                    status = await store.run_status(rid)
-                    if status in TERMINAL_STATUSES and last >= 1:
-                        tail = await store.list_events(rid, after=last, limit=1)
-                        if not tail:
-                            return
-                        continue
-                await sig.wait_for(poll)
-
-    async def cancel(
-        self, run_id: UUID | str, *, reason: str | None = None, actor: str | None = None
-    ) -> None:
-        """Cancel a queued or waiting run. Idempotent for a run already cancelled.
-
-        Raises:
-            RunNotFound: no run has this id.
-            ConflictError: the run is executing right now, or already completed/failed.
-            ConfigurationError: ``reason`` or ``actor`` is not storable text.
-        """
-        rid = _as_uuid(run_id)
-        for what, text in (("reason", reason), ("actor", actor)):
-            if text is not None and (
-                not isinstance(text, str) or "\x00" in text or not is_utf8(text)
-            ):
-                raise errors.ConfigurationError(
-                    f"cancel {what} must be a str without NUL characters or lone "
-                    f"surrogates, got {text!r:.60}"
-                )
-        store = self._tide.store
-        if await store.cancel_run(run_id=rid, reason=reason, actor=actor):
-            self._tide.notifier.runs_changed(rid)
-            return
-        status = await store.run_status(rid)
-        if status is None:
-            raise errors.RunNotFound(f"no run with id {rid}")
-        if status == "cancelled":
-            return
-        if status == "running":
-            raise errors.ConflictError(
-                f"run {rid} is executing on a worker; only queued or waiting runs can be "
-                "cancelled in this version"
-            )
-        raise errors.ConflictError(f"run {rid} is already {status}; it cannot be cancelled")
-
-    async def retry(self, run_id: UUID | str) -> None:
-        """Put a failed run back in its queue with a fresh budget of attempts; it
-        resumes after its last completed step.
-
-        Raises:
-            RunNotFound: no run has this id.
-            ConflictError: the run is not failed.
-        """
-        rid = _as_uuid(run_id)
-        store = self._tide.store
-        row = await store.get_run(rid)
-        if row is None:
-            raise errors.RunNotFound(f"no run with id {rid}")
-        wf = self._tide.workflows.get(row["workflow"])
-        budget = wf.max_attempts if wf else DEFAULT_MAX_ATTEMPTS
-        queue = await store.retry_run(run_id=rid, budget=budget)
-        if queue is None:
-            status = await store.run_status(rid)
-            raise errors.ConflictError(f"only failed runs can be retried; run {rid} is {status}")
-        self._tide.notifier.queues_changed(queue)
-        self._tide.notifier.runs_changed(rid)
-
-
-def _json(data: bytes | None) -> Any:
-    return None if data is None else codec.decode(data, where="stored value")
