@@ -12,7 +12,8 @@ SELECT max(version) FROM tidebase.schema_migrations;
 -- Runs ($1: a JSON array of NewRun objects) in one statement; on a dedupe conflict
 -- with an active run, that run is returned instead. ON CONFLICT DO UPDATE (not DO
 -- NOTHING) locks and returns the existing row in the same statement, so there is no
--- window in which the duplicate finishes and a re-select finds nothing; (xmax = 0) tells a fresh insert from the conflict path.
+-- window in which the duplicate finishes and a re-select finds nothing; (xmax = 0)
+-- tells a fresh insert from the conflict path.
 -- The caller removes duplicate dedupe keys within the batch first (DO UPDATE may not
 -- touch one row twice in a statement).
 -- The workers' wake-up is sent in the same transaction, once per queue: it arrives the
