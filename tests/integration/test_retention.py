@@ -63,10 +63,11 @@ async def _ticks(worker: Worker, count: int) -> None:
     await eventually(lambda: worker.stats.maintenance_ticks >= start + count, what=f"{count} ticks")
 
 
-async def test_runs_are_kept_until_they_are_older_than_retention(
-    dsn: str, db: asyncpg.Connection
+@pytest.mark.parametrize("retention", [3600.0, None], ids=["younger-than-retention", "none"])
+async def test_runs_are_kept_until_older_than_retention_or_forever_without_one(
+    dsn: str, db: asyncpg.Connection, retention: float | None
 ) -> None:
-    async with opened(Tidebase(dsn, retention=3600)) as tide:
+    async with opened(Tidebase(dsn, retention=retention)) as tide:
         _register(tide)
         done = await tide.enqueue("two-steps", input="ok")
         async with working(tide, maintenance_interval=0.05) as worker:
@@ -75,17 +76,6 @@ async def test_runs_are_kept_until_they_are_older_than_retention(
             assert worker.stats.pruned == 0
         assert await _count(db, "runs") == 1
         assert await _count(db, "steps") == 2
-
-
-async def test_retention_none_keeps_everything(dsn: str, db: asyncpg.Connection) -> None:
-    async with opened(Tidebase(dsn, retention=None)) as tide:
-        _register(tide)
-        done = await tide.enqueue("two-steps", input="ok")
-        async with working(tide, maintenance_interval=0.05) as worker:
-            await tide.runs.wait(done.id, timeout=10)
-            await _ticks(worker, 5)
-            assert worker.stats.pruned == 0
-        assert await _count(db, "runs") == 1
 
 
 async def test_pruning_goes_in_bounded_batches_oldest_first(
