@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from tidebase_async.client import Tidebase
 from tidebase_async.errors import (
+    ChildFailed,
     ConfigurationError,
     ConflictError,
     ConnectionLost,
     DatabaseUnreachable,
     EmbeddedPostgresError,
     GateAlreadyResolved,
+    GateNotFound,
+    GateTokenInvalid,
     InvalidSchedule,
     LeaseLost,
     NonDeterminismError,
@@ -28,8 +31,10 @@ from tidebase_async.errors import (
     WaitTimeout,
     WorkflowNotFound,
 )
+from tidebase_async.gates import Gates
 from tidebase_async.models import (
     Event,
+    GateDecision,
     GateInfo,
     Page,
     Retry,
@@ -44,6 +49,7 @@ from tidebase_async.runs import Runs
 from tidebase_async.worker import Worker
 
 __all__ = [
+    "ChildFailed",
     "ConfigurationError",
     "ConflictError",
     "ConnectionLost",
@@ -51,7 +57,11 @@ __all__ = [
     "EmbeddedPostgresError",
     "Event",
     "GateAlreadyResolved",
+    "GateDecision",
     "GateInfo",
+    "GateNotFound",
+    "GateTokenInvalid",
+    "Gates",
     "InvalidSchedule",
     "LeaseLost",
     "NonDeterminismError",

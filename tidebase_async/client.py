@@ -18,6 +18,7 @@ import msgspec
 
 from tidebase_async import codec, errors
 from tidebase_async.executor import execute
+from tidebase_async.gates import Gates
 from tidebase_async.models import (
     Retry,
     RunHandle,
@@ -27,9 +28,17 @@ from tidebase_async.replay import Execution, as_seconds
 from tidebase_async.runs import Runs, as_uuid
 from tidebase_async.store import ClaimedRun, NewRun, StepRecord, Store
 from tidebase_async.store.listener import Listener
-from tidebase_async.wakeup import EVENTS_CHANNEL, WAKE_CHANNEL, Notifier
+from tidebase_async.wakeup import CANCEL_CHANNEL, EVENTS_CHANNEL, WAKE_CHANNEL, Notifier
 from tidebase_async.worker import Worker, new_worker_id
-from tidebase_async.workflows import Workflow, WorkflowFn, check_name, is_utf8, make_workflow
+from tidebase_async.workflows import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_QUEUE,
+    Workflow,
+    WorkflowFn,
+    check_name,
+    is_utf8,
+    make_workflow,
+)
 from tidebase_async.writes import RunWrites
 
 if TYPE_CHECKING:
@@ -39,8 +48,6 @@ logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=WorkflowFn)
 
-DEFAULT_QUEUE = "default"
-DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_RETENTION = timedelta(days=7)
 _INT32 = 2**31 - 1
 
@@ -76,6 +83,9 @@ class Tidebase:
     ``retention`` (default 7 days; ``None`` keeps everything): finished runs older than
     this are deleted by the workers' maintenance loop, in bounded batches, oldest first,
     with their steps and events.
+
+    ``public_url`` (or ``TIDEBASE_PUBLIC_URL``): where the HTTP API is mounted, for the
+    ``resolve_url`` of gates.
     """
 
     def __init__(
@@ -89,6 +99,7 @@ class Tidebase:
         max_payload_bytes: int = codec.DEFAULT_MAX_PAYLOAD,
         embedded_dir: str | os.PathLike[str] | None = None,
         retention: float | timedelta | None = DEFAULT_RETENTION,
+        public_url: str | None = None,
     ) -> None:
         self._dsn = dsn or os.environ.get("TIDEBASE_DATABASE_URL") or None
         self.webhook_secret = webhook_secret or os.environ.get("TIDEBASE_WEBHOOK_SECRET")
@@ -116,7 +127,15 @@ class Tidebase:
         self._listener: Listener | None = None
         self._notifier: Notifier | None = None
         self._stack: contextlib.AsyncExitStack | None = None
+        # Where this app serves the HTTP API (``http_app``/``asgi_app``), for the
+        # ``resolve_url`` of gates; falls back to TIDEBASE_PUBLIC_URL.
+        self.public_url = public_url or os.environ.get("TIDEBASE_PUBLIC_URL") or None
+        if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
+            raise errors.ConfigurationError(
+                f"public_url must be an http(s) URL, got {self.public_url!r:.80}"
+            )
         self.runs = Runs(self)
+        self.gates = Gates(self)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -143,7 +162,7 @@ class Tidebase:
             await store.migrate()
             self._store = store
             self._notifier = Notifier(store)
-            self._listener = Listener(self._dsn, [WAKE_CHANNEL, EVENTS_CHANNEL])
+            self._listener = Listener(self._dsn, [WAKE_CHANNEL, EVENTS_CHANNEL, CANCEL_CHANNEL])
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             await tg.start(self._listener.run)
@@ -467,7 +486,7 @@ class Tidebase:
             claimed = None
         while True:
             if claimed is None:
-                status = await store.run_status(rid)
+                status = await self._status_after_waiting(rid)
                 if status == "queued":
                     due = await store.seconds_until_due(rid)
                     if due > 0:
@@ -479,7 +498,10 @@ class Tidebase:
                     return await self.runs.wait(rid)
             history = (await store.load_steps([rid])).get(rid, []) if claimed.step_count else []
             result = await self._execute_inline(worker_id, claimed, history, lease_s)
-            if result == "retrying":
+            if result in ("retrying", "suspended", "woken"):
+                # Waiting (gate, sleep, child) holds no lease: this call waits in place
+                # and resumes the run here when it is queued again, unless a worker
+                # claims it first (then this call waits for its result).
                 claimed = None
                 continue
             if result == "released":
@@ -490,6 +512,16 @@ class Tidebase:
                 )
             # completed or failed here, or "lost": another worker owns it now.
             return await self.runs.wait(rid)
+
+    async def _status_after_waiting(self, run_id: UUID) -> str | None:
+        """The run's status once it is no longer waiting (LISTEN, polling each second)."""
+        with self.runs.watch(run_id) as changed:
+            while True:
+                changed.clear()
+                status = await self.store.run_status(run_id)
+                if status != "waiting":
+                    return status
+                await changed.wait_for(1.0)
 
     async def _execute_inline(
         self, worker_id: str, claimed: ClaimedRun, history: list[StepRecord], lease_s: float
@@ -505,7 +537,7 @@ class Tidebase:
                 worker_id, claimed, history, lease_s, scope, executions
             )
         finally:
-            if outcome == "released":
+            if outcome in ("released", "woken"):
                 with anyio.move_on_after(5, shield=True):
                     try:
                         queues = await self.store.release_runs(
@@ -558,6 +590,7 @@ class Tidebase:
                     cancel_scope=scope,
                     lease_s=lease_s,
                     ex_holder=executions,
+                    on_queue=self.notifier.queues_changed,
                 )
                 outcome = result.outcome
             finally:

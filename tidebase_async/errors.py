@@ -12,13 +12,16 @@ Everything the library raises on purpose subclasses :class:`TidebaseError`::
       NotFoundError
         RunNotFound
         WorkflowNotFound
+        GateNotFound
       ConflictError
-        GateAlreadyResolved
+        GateAlreadyResolved ``status`` says how it was closed (approved, expired, ...)
       SerializationError    names the step (or input/output) and the type msgspec refused
       InvalidSchedule
       LeaseLost             another worker owns the run now
       NonDeterminismError   replay met a different step than recorded
       SignatureError        webhook signature bad or stale
+        GateTokenInvalid    a gate resolve token that is wrong, used or never issued
+      ChildFailed           a child run failed or was cancelled; holds its error
       RunFailed             workflow raised; holds the recorded error
       RunCancelled
       StepTimeout           a step ran past its ``timeout``
@@ -76,12 +79,22 @@ class WorkflowNotFound(NotFoundError):
     """No workflow is registered under the given name in this process."""
 
 
+class GateNotFound(NotFoundError):
+    """The run has no gate of that name (names carry ordinals: ``approve#2``)."""
+
+
 class ConflictError(TidebaseError):
     """The operation conflicts with the current state of the database."""
 
 
 class GateAlreadyResolved(ConflictError):
-    """A gate was resolved already; the first resolution stands."""
+    """The gate is no longer pending; the first decision stands. ``status`` is how it
+    was closed: ``approved``, ``rejected``, ``expired`` or ``cancelled`` (its run was
+    cancelled or ended)."""
+
+    def __init__(self, message: str, *, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class SerializationError(TidebaseError):
@@ -116,6 +129,26 @@ class NonDeterminismError(TidebaseError):
 
 class SignatureError(TidebaseError):
     """A webhook signature is missing, malformed, wrong or outside the tolerance."""
+
+
+class GateTokenInvalid(SignatureError):
+    """A gate resolve token does not match: wrong, already used, or never issued."""
+
+
+class ChildFailed(TidebaseError):
+    """A child run ended failed or cancelled. ``child_id``, ``workflow``, ``status``
+    and the child's recorded ``error`` (``type``, ``message``, ...) are attached."""
+
+    def __init__(
+        self, *, child_id: Any, workflow: str, status: str, error: dict[str, Any] | None
+    ) -> None:
+        self.child_id = child_id
+        self.workflow = workflow
+        self.status = status
+        self.error: dict[str, Any] = dict(error or {})
+        kind = self.error.get("type", "Error")
+        message = self.error.get("message", "")
+        super().__init__(f"child run {child_id} ({workflow}) {status}: {kind}: {message}")
 
 
 class StepTimeout(TidebaseError):

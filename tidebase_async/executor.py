@@ -13,14 +13,19 @@ import msgspec
 
 from tidebase_async import codec, errors
 from tidebase_async.models import Retry
-from tidebase_async.replay import Execution, Run, error_info
+from tidebase_async.replay import Execution, Run, Suspend, error_info
 from tidebase_async.store import ClaimedRun, Completion, StepRecord, Store
 from tidebase_async.workflows import Workflow, backoff_delay
 from tidebase_async.writes import RunWrites
 
 logger = logging.getLogger(__name__)
 
-Outcome = Literal["completed", "failed", "retrying", "lost", "released"]
+# suspended: parked as waiting. woken: the wait ended while it was being parked; the
+# claim is to be handed back (released) so the run replays at once. cancelled: the run
+# was cancelled while executing here (the database already says so).
+Outcome = Literal[
+    "completed", "failed", "retrying", "lost", "released", "suspended", "woken", "cancelled"
+]
 
 # Errors that another attempt cannot fix: fail the run at once.
 _PERMANENT: tuple[type[BaseException], ...] = (
@@ -56,6 +61,7 @@ async def execute(
     cancel_scope: anyio.CancelScope,
     lease_s: float,
     ex_holder: dict[UUID, Execution] | None = None,
+    on_queue: Callable[[str], None] | None = None,
 ) -> ExecutionResult:
     """Run the workflow of ``claimed`` from the top (replaying its history) and write
     the outcome: completed, failed, or requeued for a retry with backoff.
@@ -71,6 +77,8 @@ async def execute(
         on_event=on_event,
         max_payload=max_payload,
         lease_s=lease_s,
+        workflows=workflows,
+        on_queue=on_queue,
     )
     if ex_holder is not None:
         ex_holder[claimed.id] = ex
@@ -101,11 +109,7 @@ async def _execute(
             retry=_UNKNOWN_WORKFLOW_RETRY,
         )
     if claimed.deadline_at is not None and claimed.deadline_at <= claimed.db_now:
-        exc = errors.TidebaseError(
-            f"run {claimed.id} passed its deadline {claimed.deadline_at.isoformat()} "
-            "before it could finish"
-        )
-        return await _finish_failed(ex, exc, wf=None, type_name="DeadlineExceeded")
+        return await _cancel_for_deadline(ex)
     try:
         value = codec.decode(claimed.input or b"null", tp=wf.input_type, where="input")
     except errors.SerializationError as exc:
@@ -113,7 +117,12 @@ async def _execute(
     run = Run(ex, workflow=wf.name, input=value)
     output: Any = None
     failure: BaseException | None = None
-    with cancel_scope:
+    # The deadline cancels the workflow here, in its own scope: a deadline is not a
+    # shutdown (which releases) nor a lost lease (which drops the execution).
+    deadline_in = (
+        None if claimed.deadline_at is None else (claimed.deadline_at - ex.now()).total_seconds()
+    )
+    with cancel_scope, anyio.move_on_after(deadline_in) as deadline_scope:
         try:
             if wf.takes_input:
                 output = await wf.fn(run, value)
@@ -121,14 +130,24 @@ async def _execute(
                 output = await wf.fn(run)
         except errors.LeaseLost:
             ex.lost = True
+        except Suspend:
+            pass  # ex.suspension says what the run waits for
         except Exception as exc:
             failure = exc
         except BaseException as exc:
             # Cancellation and interpreter exits pass; any other BaseException the
-            # workflow raises is its failure, not the worker's.
+            # workflow raises is its failure, not the worker's (a Suspend inside a
+            # group is handled through ex.suspension below).
             if isinstance(exc, _PASS_THROUGH) or is_cancellation(exc):
                 raise
             failure = exc
+    if ex.cancelled:
+        logger.info(
+            "run %s: cancelled while executing", claimed.id, extra={"run_id": str(claimed.id)}
+        )
+        return _result(ex, "cancelled")
+    if deadline_scope.cancelled_caught and not cancel_scope.cancel_called and not ex.lost:
+        return await _cancel_for_deadline(ex)
     if cancel_scope.cancelled_caught or ex.lost:
         if ex.lost:
             logger.warning(
@@ -148,6 +167,10 @@ async def _execute(
             extra={"run_id": str(claimed.id)},
         )
         return _result(ex, "released")
+    if ex.suspension is not None:
+        # Whatever the workflow did after a wait that is not over (returned, raised,
+        # or swallowed the signal), its outcome is not final: park the run.
+        return await _suspend(ex, ex.suspension)
     if failure is not None:
         return await _finish_failed(ex, failure, wf=wf)
     try:
@@ -230,6 +253,57 @@ async def _finish_failed(
     result = _result(ex, "retrying" if status == "queued" else "failed")
     result.error = info
     return result
+
+
+async def _suspend(ex: Execution, signal: Suspend) -> ExecutionResult:
+    """Park the run as waiting. Refused when the claim's wake_seq moved on (a wait
+    ended meanwhile): the run is then handed back, to replay at once."""
+    ex.finishing = True
+    event = {"reason": signal.reason, **signal.data}
+    if signal.wake_at is not None:
+        event["wake_at"] = signal.wake_at.isoformat()
+    try:
+        parked = await ex.write_value(
+            "suspending the run",
+            functools.partial(
+                ex.store.suspend_run,
+                run_id=ex.run_id,
+                worker_id=ex.worker_id,
+                attempt=ex.attempt,
+                wake_seq=ex.claimed.wake_seq,
+                wake_at=signal.wake_at,
+                event_data=msgspec.json.encode(event),
+            ),
+            landed=functools.partial(_status_is, ex, {"waiting"}),
+        )
+    except errors.LeaseLost:
+        return _result(ex, "lost")
+    ex.on_event(ex.run_id)
+    if not parked:
+        row = await ex.store.get_run_status(ex.run_id)
+        if row is None or row["status"] != "running":
+            return _result(ex, "lost")
+        return _result(ex, "woken")
+    return _result(ex, "suspended")
+
+
+async def _cancel_for_deadline(ex: Execution) -> ExecutionResult:
+    """The run passed its deadline: cancel it (and its children) with reason
+    ``deadline``."""
+    ex.finishing = True
+    deadline = ex.claimed.deadline_at
+    logger.warning(
+        "run %s: deadline %s passed; cancelling it",
+        ex.run_id,
+        deadline.isoformat() if deadline else "?",
+        extra={"run_id": str(ex.run_id)},
+    )
+    await ex.write_value(
+        "cancelling the run at its deadline",
+        functools.partial(ex.store.cancel_runs, run_ids=[ex.run_id], reason="deadline", actor=None),
+    )
+    ex.on_event(ex.run_id)
+    return _result(ex, "cancelled")
 
 
 async def _status_is(ex: Execution, statuses: set[str]) -> bool:

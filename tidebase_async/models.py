@@ -14,6 +14,7 @@ import msgspec
 
 RunStatus = Literal["queued", "running", "waiting", "completed", "failed", "cancelled"]
 StepStatus = Literal["completed", "failed"]
+StepKind = Literal["step", "sleep", "gate", "child", "fanout"]
 GateStatus = Literal["pending", "approved", "rejected", "expired", "cancelled"]
 
 RUN_STATUSES: tuple[str, ...] = ("queued", "running", "waiting", "completed", "failed", "cancelled")
@@ -59,6 +60,10 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class StepInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry of a run's history, in the order the workflow reached it. ``kind`` is
+    ``step``, or ``sleep`` (output: when it ends), ``gate`` (output: the decision),
+    ``child`` or ``fanout`` (output: the children's outputs)."""
+
     name: str
     status: StepStatus
     attempt: int
@@ -66,6 +71,31 @@ class StepInfo(msgspec.Struct, frozen=True, kw_only=True):
     error: dict[str, Any] | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    kind: StepKind = "step"
+
+
+class GateDecision(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``run.gate`` returns once the gate is closed.
+
+    ``decision`` is ``approved``, ``rejected`` or ``expired`` (the gate's ``timeout``
+    passed first). ``approved`` is True only for ``approved``, so ``if not
+    decision.approved`` treats an expired gate like a rejection; test ``decision.expired``
+    to branch on expiry. ``actor`` and ``payload`` are what the resolver gave (None when
+    expired).
+    """
+
+    decision: Literal["approved", "rejected", "expired"]
+    actor: str | None = None
+    payload: Any = None
+    resolved_at: datetime | None = None
+
+    @property
+    def approved(self) -> bool:
+        return self.decision == "approved"
+
+    @property
+    def expired(self) -> bool:
+        return self.decision == "expired"
 
 
 class GateInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,6 +150,7 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     deadline: datetime | None = None
     cancel_reason: str | None = None
     inline: bool = False
+    wake_at: datetime | None = None
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):

@@ -18,7 +18,7 @@ import random as _random
 import time
 import traceback
 import uuid as _uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 from uuid import UUID
@@ -27,9 +27,16 @@ import anyio
 import msgspec
 
 from tidebase_async import codec, errors
-from tidebase_async.models import Retry
-from tidebase_async.store import Checkpoint, ClaimedRun, StepRecord, Store
-from tidebase_async.workflows import backoff_delay, check_name
+from tidebase_async.models import TERMINAL_STATUSES, GateDecision, Retry
+from tidebase_async.store import Checkpoint, ClaimedRun, NewRun, StepRecord, Store
+from tidebase_async.workflows import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_QUEUE,
+    Workflow,
+    backoff_delay,
+    check_name,
+    is_utf8,
+)
 from tidebase_async.writes import RunWrites
 
 logger = logging.getLogger(__name__)
@@ -37,8 +44,45 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _NO_RETRY = Retry(attempts=1)
+#: A sleep this short waits in place: parking and waking the run costs more.
+_SLEEP_IN_PLACE_S = 0.05
+_CHILD_NAMESPACE = _uuid.UUID("0b7c6f0e-5d1a-4c39-9a57-2f1c3e8d9b41")
+
 #: How long a fenced write keeps retrying across a lost connection.
 WRITE_RETRY_S = 300.0
+
+
+def _child_id(parent: UUID, full_name: str, index: int) -> UUID:
+    """Children are created once: their ids derive from the parent and the name."""
+    return _uuid.uuid5(_CHILD_NAMESPACE, f"{parent}/{full_name}/{index}")
+
+
+def _child_failed(info: Any) -> errors.ChildFailed:
+    """Rebuild the ChildFailed a replayed child failure raised the first time."""
+    info = info if isinstance(info, dict) else {}
+    child_error = info.get("child_error")
+    return errors.ChildFailed(
+        child_id=info.get("child_id"),
+        workflow=str(info.get("workflow", "")),
+        status=str(info.get("status", "failed")),
+        error=child_error if isinstance(child_error, dict) else None,
+    )
+
+
+def check_channels(channels: object, *, where: str) -> list[str]:
+    """Webhook channels: a list of http(s) URLs."""
+    if isinstance(channels, str) or not isinstance(channels, list | tuple):
+        raise errors.ConfigurationError(f"{where}: channels must be a list of URLs")
+    for url in channels:
+        if (
+            not isinstance(url, str)
+            or not url.startswith(("http://", "https://"))
+            or len(url) > 2048
+            or not is_utf8(url)
+            or any(ch.isspace() or ord(ch) < 32 for ch in url)
+        ):
+            raise errors.ConfigurationError(f"{where}: channel {url!r:.80} is not an http(s) URL")
+    return list(channels)
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
@@ -100,6 +144,22 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+class Suspend(BaseException):
+    """Unwinds workflow code at a wait that is not over, so the run can be parked as
+    ``waiting`` (no lease, no worker slot) and replayed when the wait ends.
+
+    A ``BaseException``: a user's ``except Exception`` cannot swallow it. Once raised
+    in an execution, every later durable call of that execution raises it again, so
+    concurrent branches stop at their next step instead of running on.
+    """
+
+    def __init__(self, reason: str, *, wake_at: datetime | None, data: dict[str, Any]) -> None:
+        super().__init__(f"run waits ({reason})")
+        self.reason = reason
+        self.wake_at = wake_at
+        self.data = data
+
+
 class Execution:
     """Everything one claim of one run needs; shared by the worker and inline runs.
 
@@ -116,8 +176,12 @@ class Execution:
         on_event: Callable[[UUID], None],
         max_payload: int,
         lease_s: float = 30.0,
+        workflows: Mapping[str, Workflow] | None = None,
+        on_queue: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
+        self.workflows: Mapping[str, Workflow] = workflows or {}
+        self.on_queue = on_queue
         self.writes = writes
         self.worker_id = writes.worker_id
         self.claimed = claimed
@@ -138,6 +202,11 @@ class Execution:
         # handed back instead of failing (a StoreError raised by the user's code is an
         # ordinary failure).
         self.write_failed = False
+        # Set when the workflow reached a wait that is not over (gate, sleep, child):
+        # the run is parked as waiting instead of finishing.
+        self.suspension: Suspend | None = None
+        # Set by the owner when the run was cancelled while executing.
+        self.cancelled = False
         self._mono0 = time.monotonic()
         self.state_bytes = claimed.state
         self.executed_steps = 0
@@ -158,6 +227,41 @@ class Execution:
     def lease_lost(self, exc: errors.LeaseLost) -> errors.LeaseLost:
         self.lost = True
         return exc
+
+    def suspend(self, reason: str, *, wake_at: datetime | None, data: dict[str, Any]) -> Suspend:
+        """Record that the run waits (the earliest timer wins when several concurrent
+        waits are pending) and return the signal to raise."""
+        if self.suspension is None:
+            self.suspension = Suspend(reason, wake_at=wake_at, data=data)
+        elif wake_at is not None and (
+            self.suspension.wake_at is None or wake_at < self.suspension.wake_at
+        ):
+            self.suspension.wake_at = wake_at
+        return self.suspension
+
+    def check_active(self) -> None:
+        """Raise if this execution must not make progress any more."""
+        if self.lost:
+            raise errors.LeaseLost(f"run {self.run_id} is no longer leased to this worker")
+        if self.suspension is not None:
+            raise self.suspension
+
+    async def write_value(
+        self,
+        what: str,
+        write: Callable[[], Awaitable[T]],
+        *,
+        landed: Callable[[], Awaitable[bool]] | None = None,
+    ) -> T:
+        """``write`` with its result (see ``write``)."""
+        box: list[T] = []
+
+        async def run() -> None:
+            box.clear()
+            box.append(await write())
+
+        await self.write(what, run, landed=landed)
+        return box[0]
 
     async def write(
         self,
@@ -237,6 +341,7 @@ class RunState:
             LeaseLost: the run is no longer leased to this worker.
         """
         ex = self._run._ex
+        ex.check_active()
         data = codec.encode(value, where="state", max_size=ex.max_payload)
         self._value = codec.decode(data, where="state")
         if self._run._replaying():
@@ -280,7 +385,7 @@ class Run:
     def __init__(self, ex: Execution, *, workflow: str, input: Any) -> None:
         self._ex = ex
         self._position = 0
-        self._ordinals: dict[str, int] = {}
+        self._ordinals: dict[tuple[str, str], int] = {}
         self.id: UUID = ex.claimed.id
         self.attempt: int = ex.claimed.attempt
         self.workflow: str = workflow
@@ -291,10 +396,37 @@ class Run:
     def _replaying(self) -> bool:
         return self._position < self._ex.history_end
 
-    def _next_name(self, name: str) -> str:
-        count = self._ordinals.get(name, 0) + 1
-        self._ordinals[name] = count
+    def _next_name(self, kind: str, name: str) -> str:
+        count = self._ordinals.get((kind, name), 0) + 1
+        self._ordinals[(kind, name)] = count
         return name if count == 1 else f"{name}#{count}"
+
+    def _reserve(self, kind: str, name: str) -> tuple[int, str, StepRecord | None]:
+        """Take the next history position for a ``kind`` entry named ``name`` (with
+        its ordinal); return it, the full name and the recorded entry there, if any.
+
+        Raises:
+            LeaseLost, Suspend: the execution may not go on.
+            NonDeterminismError: the history has something else at this position.
+        """
+        ex = self._ex
+        ex.check_active()
+        full_name = self._next_name(kind, name)
+        position = self._position
+        self._position += 1
+        record = ex.history.get(position)
+        if record is not None and (record.name != full_name or record.kind != kind):
+            raise errors.NonDeterminismError(
+                f"run {ex.run_id}: entry #{position + 1} of the history is {kind} "
+                f"{full_name!r} now but was {record.kind} {record.name!r} when it was "
+                "recorded; the workflow code changed or depends on something other than "
+                "its input and step results"
+            )
+        return position, full_name, record
+
+    def _went_past(self, position: int) -> bool:
+        """True when the history holds entries after ``position``."""
+        return position + 1 < self._ex.history_end
 
     async def step(
         self,
@@ -346,26 +478,15 @@ class Run:
         tp: Any = None,
     ) -> Any:
         ex = self._ex
-        if ex.lost:
-            raise errors.LeaseLost(f"run {ex.run_id} is no longer leased to this worker")
-        full_name = self._next_name(name)
-        position = self._position
-        self._position += 1
+        position, full_name, record = self._reserve("step", name)
         where = f"step {full_name!r}"
         if tp is None:
             tp = codec.return_type(fn)
-        record = ex.history.get(position)
         if record is not None:
-            if record.name != full_name:
-                raise errors.NonDeterminismError(
-                    f"run {ex.run_id}: step #{position + 1} is {full_name!r} now but was "
-                    f"{record.name!r} when it was recorded; the workflow code changed or "
-                    "depends on something other than its input and step results"
-                )
             if record.status == "completed":
                 ex.replayed_steps += 1
                 return codec.decode(record.output or b"null", tp=tp, where=where)
-            if record.replay_failure and position + 1 < ex.history_end:
+            if record.replay_failure and self._went_past(position):
                 # The workflow caught this failure and went on to later steps: replay
                 # the failure, or the path after it could change under the history.
                 ex.replayed_steps += 1
@@ -419,7 +540,15 @@ class Run:
         return codec.decode(data, tp=tp, where=where)
 
     async def _record_failure(
-        self, position: int, name: str, attempts: int, started_at: datetime, exc: Exception
+        self,
+        position: int,
+        name: str,
+        attempts: int,
+        started_at: datetime,
+        exc: Exception,
+        *,
+        kind: str = "step",
+        event_type: str = "",
     ) -> None:
         info = error_info(exc)
         await self._checkpoint(
@@ -430,6 +559,8 @@ class Run:
             started_at,
             error=msgspec.json.encode(info),
             event={"name": name, "error": {"type": info["type"], "message": info["message"]}},
+            kind=kind,
+            event_type=event_type,
         )
 
     async def _checkpoint(
@@ -443,11 +574,15 @@ class Run:
         event: dict[str, Any],
         output: bytes | None = None,
         error: bytes | None = None,
+        kind: str = "step",
+        event_type: str = "",
     ) -> None:
         """Record a step outcome: fenced, group-committed, retried across a lost
         connection (without writing it twice)."""
         ex = self._ex
         item = Checkpoint(
+            kind=kind,
+            event_type=event_type,
             run_id=ex.run_id,
             attempt=ex.attempt,
             position=position,
@@ -470,6 +605,332 @@ class Run:
         ex = self._ex
         recorded = await ex.store.step_outcome(run_id=ex.run_id, position=position)
         return recorded == (status, ex.attempt)
+
+    # -- waits: the run parks as 'waiting' (no lease, no worker slot) until they end --
+
+    async def sleep(self, name: str, duration: float | timedelta) -> None:
+        """Wait ``duration`` (seconds or a timedelta) durably.
+
+        The end time is fixed (database clock) and checkpointed when the run first
+        gets here; the run then waits without a worker and the workers' maintenance
+        loop wakes it when the time comes (within its ``maintenance_interval``). A
+        restart of every worker in between changes nothing. Names follow the ordinal
+        rule of steps (``cool-down``, ``cool-down#2``, ...).
+        """
+        check_name("sleep", name)
+        seconds = as_seconds(duration, what=f"sleep {name!r} duration")
+        assert seconds is not None
+        await self._sleep(name, lambda now: now + timedelta(seconds=seconds))
+
+    async def sleep_until(self, name: str, when: datetime) -> None:
+        """Wait until ``when`` (timezone-aware) durably; see ``sleep``."""
+        check_name("sleep", name)
+        if not isinstance(when, datetime) or when.tzinfo is None or when.utcoffset() is None:
+            raise errors.ConfigurationError(
+                f"sleep_until {name!r}: when must be a timezone-aware datetime, got {when!r}"
+            )
+        await self._sleep(name, lambda _now: when)
+
+    async def _sleep(self, name: str, end: Callable[[datetime], datetime]) -> None:
+        ex = self._ex
+        position, full_name, record = self._reserve("sleep", name)
+        if record is not None and record.status == "completed":
+            until = codec.decode(record.output or b"null", tp=datetime, where=f"sleep {name!r}")
+            ex.replayed_steps += 1
+            if self._went_past(position):
+                return
+        else:
+            until = end(ex.now())
+            await self._checkpoint(
+                position,
+                full_name,
+                "completed",
+                1,
+                ex.now(),
+                output=codec.encode(until, where=f"sleep {full_name!r}", jsonb=False),
+                kind="sleep",
+                event_type="sleep.started",
+                event={"name": full_name, "until": until.isoformat()},
+            )
+        remaining = (until - ex.now()).total_seconds()
+        if remaining <= _SLEEP_IN_PLACE_S:
+            # Parking and waking costs more than this: wait here.
+            if remaining > 0:
+                await anyio.sleep(remaining)
+            return
+        raise ex.suspend("sleep", wake_at=until, data={"sleep": full_name})
+
+    async def gate(
+        self,
+        name: str,
+        *,
+        prompt: str | None = None,
+        data: Any = None,
+        channels: list[str] | None = None,
+        timeout: float | timedelta | None = None,
+    ) -> GateDecision:
+        """Wait for a human decision.
+
+        The first time the run gets here a pending gate is recorded (with ``prompt``,
+        ``data`` for the reviewer, webhook ``channels``, and an expiry when ``timeout``
+        is given) and the run waits without a worker. ``tide.gates.resolve`` decides it
+        exactly once and the run resumes; the decision is checkpointed, so a replay
+        returns it without waiting again. When ``timeout`` passes first the decision is
+        ``expired`` (``decision.approved`` is False, ``decision.expired`` True).
+
+        Raises:
+            ConfigurationError: a bad name, prompt, channel or timeout.
+            SerializationError: ``data`` is not JSON-encodable.
+        """
+        ex = self._ex
+        check_name("gate", name)
+        if prompt is not None and (not isinstance(prompt, str) or not is_utf8(prompt)):
+            raise errors.ConfigurationError(
+                f"gate {name!r}: prompt must be a str, got {prompt!r:.60}"
+            )
+        if prompt is not None and "\x00" in prompt:
+            raise errors.ConfigurationError(f"gate {name!r}: prompt may not contain NUL")
+        timeout_s = as_seconds(timeout, what=f"gate {name!r} timeout")
+        data_bytes = (
+            None
+            if data is None
+            else codec.encode(data, where=f"data of gate {name!r}", max_size=ex.max_payload)
+        )
+        channels_bytes = (
+            None
+            if channels is None
+            else msgspec.json.encode(check_channels(channels, where=f"gate {name!r}"))
+        )
+        position, full_name, record = self._reserve("gate", name)
+        if record is not None and record.status == "completed":
+            ex.replayed_steps += 1
+            decided: GateDecision = codec.decode(
+                record.output or b"{}", tp=GateDecision, where=f"gate {full_name!r}"
+            )
+            return decided
+        row = await ex.write_value(
+            f"opening gate {full_name!r}",
+            functools.partial(
+                ex.store.open_gate,
+                run_id=ex.run_id,
+                worker_id=ex.worker_id,
+                attempt=ex.attempt,
+                name=full_name,
+                prompt=prompt,
+                data=data_bytes,
+                channels=channels_bytes,
+                timeout_s=timeout_s,
+            ),
+        )
+        ex.on_event(ex.run_id)
+        if row["status"] == "pending" and row["due"]:
+            await ex.write_value(
+                f"expiring gate {full_name!r}",
+                functools.partial(
+                    ex.store.expire_gate,
+                    run_id=ex.run_id,
+                    worker_id=ex.worker_id,
+                    attempt=ex.attempt,
+                    name=full_name,
+                ),
+            )
+            row = await ex.store.get_gate(ex.run_id, full_name)
+            assert row is not None
+        status = row["status"]
+        if status == "pending":
+            raise ex.suspend("gate", wake_at=row["expires_at"], data={"gate": full_name})
+        if status == "cancelled":
+            # Only a cancellation of this run closes a gate so; the fence goes with it.
+            raise ex.lease_lost(errors.LeaseLost(f"run {ex.run_id} was cancelled"))
+        decision = GateDecision(
+            decision=status,
+            actor=row["actor"],
+            payload=None
+            if row["payload"] is None
+            else codec.decode(row["payload"], where="gate payload"),
+            resolved_at=row["resolved_at"],
+        )
+        await self._checkpoint(
+            position,
+            full_name,
+            "completed",
+            1,
+            row["created_at"],
+            output=msgspec.json.encode(decision),
+            kind="gate",
+            event_type="gate.passed",
+            event={"name": full_name, "decision": status},
+        )
+        return decision
+
+    async def child(
+        self,
+        workflow: str,
+        *,
+        input: Any = None,
+        name: str | None = None,
+        queue: str | None = None,
+    ) -> Any:
+        """Run ``workflow`` as a child run and return its output.
+
+        The child is created once (its id derives from this run's id and ``name``,
+        which defaults to the workflow's name and follows the ordinal rule of steps),
+        goes to its queue for any worker, and this run waits without a worker until it
+        finishes. The output is checkpointed: a replay returns it at once.
+
+        Raises:
+            ChildFailed: the child failed for good or was cancelled (carries its error).
+        """
+        outputs = await self._children("child", name or workflow, [(workflow, input)], queue)
+        return outputs[0]
+
+    async def fanout(
+        self,
+        name: str,
+        children: Iterable[tuple[str, Any]],
+        *,
+        queue: str | None = None,
+    ) -> list[Any]:
+        """Start one child run per ``(workflow, input)`` at once and return their
+        outputs in the same order, once all have finished (see ``child``).
+
+        Raises:
+            ChildFailed: for the first child, in order, that failed or was cancelled
+                (after all of them finished).
+        """
+        specs = list(children)
+        for spec in specs:
+            if not isinstance(spec, tuple) or len(spec) != 2:
+                raise errors.ConfigurationError(
+                    f"fanout {name!r}: each child is a (workflow, input) tuple, got {spec!r:.80}"
+                )
+        return await self._children("fanout", name, specs, queue)
+
+    async def _children(
+        self, kind: str, name: str, specs: list[tuple[str, Any]], queue: str | None
+    ) -> list[Any]:
+        ex = self._ex
+        check_name(kind, name)
+        if queue is not None:
+            check_name("queue", queue)
+        new_runs = [
+            self._child_run(kind, name, index, workflow, input, queue)
+            for index, (workflow, input) in enumerate(specs)
+        ]
+        position, full_name, record = self._reserve(kind, name)
+        where = f"{kind} {full_name!r}"
+        workflows = [w for w, _ in specs]
+        if record is not None and record.status == "completed":
+            ex.replayed_steps += 1
+            return self._decode_outputs(workflows, record.output or b"[]", where)
+        if record is not None and record.replay_failure and self._went_past(position):
+            ex.replayed_steps += 1
+            raise _child_failed(codec.decode(record.error or b"{}", where=where))
+        # Ids depend on the full name (with its ordinal): fixed across replays.
+        new_runs = [
+            msgspec.structs.replace(r, id=_child_id(ex.run_id, full_name, i))
+            for i, r in enumerate(new_runs)
+        ]
+        started_at = ex.now()
+        rows, queues = await ex.write_value(
+            f"starting the children of {where}",
+            functools.partial(
+                ex.store.start_children,
+                run_id=ex.run_id,
+                worker_id=ex.worker_id,
+                attempt=ex.attempt,
+                children=new_runs,
+                event_data=msgspec.json.encode(
+                    {"name": full_name, "children": [str(r.id) for r in new_runs]}
+                ),
+            ),
+        )
+        if queues:
+            ex.on_event(ex.run_id)
+            if ex.on_queue is not None:
+                for q in sorted(set(queues)):
+                    ex.on_queue(q)
+        pending = [r for r in rows if r["status"] not in TERMINAL_STATUSES]
+        if pending:
+            raise ex.suspend(kind, wake_at=None, data={kind: full_name, "pending": len(pending)})
+        for row in rows:
+            if row["status"] != "completed":
+                error = None if row["error"] is None else codec.decode(row["error"], where=where)
+                if row["status"] == "cancelled":
+                    error = {"type": "RunCancelled", "message": row["cancel_reason"] or "cancelled"}
+                exc = errors.ChildFailed(
+                    child_id=row["id"],
+                    workflow=row["workflow"],
+                    status=row["status"],
+                    error=error if isinstance(error, dict) else None,
+                )
+                info = error_info(exc)
+                info.update(
+                    child_id=str(row["id"]),
+                    workflow=row["workflow"],
+                    status=row["status"],
+                    child_error=exc.error,
+                )
+                await self._checkpoint(
+                    position,
+                    full_name,
+                    "failed",
+                    1,
+                    started_at,
+                    error=msgspec.json.encode(info),
+                    kind=kind,
+                    event_type="child.failed",
+                    event={"name": full_name, "child": str(row["id"]), "status": row["status"]},
+                )
+                raise exc
+        outputs = [bytes(r["output"]) if r["output"] is not None else b"null" for r in rows]
+        data = outputs[0] if kind == "child" else b"[" + b",".join(outputs) + b"]"
+        await self._checkpoint(
+            position,
+            full_name,
+            "completed",
+            1,
+            started_at,
+            output=data,
+            kind=kind,
+            event_type="child.completed",
+            event={"name": full_name, "children": len(rows)},
+        )
+        return self._decode_outputs(workflows, data, where, single=kind == "child")
+
+    def _child_run(
+        self, kind: str, name: str, index: int, workflow: str, input: Any, queue: str | None
+    ) -> NewRun:
+        ex = self._ex
+        check_name("workflow", workflow)
+        wf = ex.workflows.get(workflow)
+        where = f"input of child {index + 1} of {kind} {name!r}"
+        return NewRun(
+            id=ex.run_id,  # replaced once the full name is known
+            workflow=workflow,
+            queue=queue or (wf.queue if wf else DEFAULT_QUEUE),
+            input=msgspec.Raw(codec.encode(input, where=where, max_size=ex.max_payload)),
+            priority=0,
+            dedupe_key=None,
+            metadata=None,
+            parent_id=ex.run_id,
+            max_attempts=wf.max_attempts if wf else DEFAULT_MAX_ATTEMPTS,
+            run_at=None,
+            delay_s=0.0,
+            deadline_at=ex.claimed.deadline_at,
+        )
+
+    def _decode_outputs(
+        self, workflows: list[str], data: bytes, where: str, *, single: bool | None = None
+    ) -> list[Any]:
+        ex = self._ex
+        types = [ex.workflows[w].output_type if w in ex.workflows else Any for w in workflows]
+        if single is None:
+            single = len(workflows) == 1 and not data.lstrip().startswith(b"[")
+        if single:
+            return [codec.decode(data, tp=types[0], where=where)]
+        raw = codec.decode(data, tp=list[msgspec.Raw], where=where)
+        return [codec.decode(bytes(r), tp=t, where=where) for r, t in zip(raw, types, strict=True)]
 
     async def now(self) -> datetime:
         """The current time (database clock), checkpointed: replays return the same."""

@@ -60,6 +60,7 @@ class Runs:
             raise errors.RunNotFound(f"no run with id {rid}")
         steps = await store.get_steps(rid)
         children = await store.get_children(rid)
+        gates = await store.get_run_gates(rid)
         return RunInfo(
             id=row["id"],
             workflow=row["workflow"],
@@ -84,9 +85,11 @@ class Runs:
                     error=_json(s["error"]),
                     started_at=s["started_at"],
                     finished_at=s["finished_at"],
+                    kind=s["kind"],
                 )
                 for s in steps
             ],
+            gates=[self._tide.gates.info(g) for g in gates],
             children=[
                 RunSummary(
                     id=c["id"],
@@ -104,6 +107,7 @@ class Runs:
             deadline=row["deadline_at"],
             cancel_reason=row["cancel_reason"],
             inline=row["inline"],
+            wake_at=row["wake_at"],
         )
 
     async def list(
@@ -170,7 +174,7 @@ class Runs:
         return Page(items=items, next_cursor=next_cursor)
 
     @contextlib.contextmanager
-    def _watch(self, run_id: UUID) -> Iterator[Signal]:
+    def watch(self, run_id: UUID) -> Iterator[Signal]:
         """A signal set whenever a notification names ``run_id`` (or the listener
         reconnects, since notifications may have been missed meanwhile)."""
         sig = Signal()
@@ -210,7 +214,7 @@ class Runs:
         # The timeout bounds the waiting between checks, not the checks: a run that is
         # already terminal is returned even with timeout=0, and no query is cancelled
         # mid-flight (which would cost its pooled connection).
-        with self._watch(rid) as sig:
+        with self.watch(rid) as sig:
             while True:
                 sig.clear()
                 row = await store.get_run_status(rid)
@@ -247,7 +251,7 @@ class Runs:
         rid = as_uuid(run_id)
         store = self._tide.store
         last = after
-        with self._watch(rid) as sig:
+        with self.watch(rid) as sig:
             if await store.run_status(rid) is None:
                 raise errors.RunNotFound(f"no run with id {rid}")
             while True:
@@ -274,11 +278,19 @@ class Runs:
     async def cancel(
         self, run_id: UUID | str, *, reason: str | None = None, actor: str | None = None
     ) -> None:
-        """Cancel a queued or waiting run. Idempotent for a run already cancelled.
+        """Cancel a run and its active children, whatever it is doing.
+
+        A queued or waiting run is cancelled at once. A running run is cancelled in the
+        database at once too (its worker's writes are refused from then on) and its
+        worker, told through NOTIFY, cancels the workflow task, interrupting the step in
+        progress (a synchronous step's thread is abandoned, not killed); should the
+        notification be lost, the worker's next heartbeat finds out. Pending gates of
+        the run close. ``runs.wait`` raises ``RunCancelled``. Idempotent for a run
+        already cancelled.
 
         Raises:
             RunNotFound: no run has this id.
-            ConflictError: the run is executing right now, or already completed/failed.
+            ConflictError: the run already completed or failed.
             ConfigurationError: ``reason`` or ``actor`` is not storable text.
         """
         rid = as_uuid(run_id)
@@ -291,19 +303,15 @@ class Runs:
                     f"surrogates, got {text!r:.60}"
                 )
         store = self._tide.store
-        if await store.cancel_run(run_id=rid, reason=reason, actor=actor):
-            self._tide.notifier.runs_changed(rid)
+        cancelled = await store.cancel_runs(run_ids=[rid], reason=reason, actor=actor)
+        if cancelled:
+            self._tide.notifier.runs_changed(*(r for r, _, _ in cancelled))
             return
         status = await store.run_status(rid)
         if status is None:
             raise errors.RunNotFound(f"no run with id {rid}")
         if status == "cancelled":
             return
-        if status == "running":
-            raise errors.ConflictError(
-                f"run {rid} is executing on a worker; only queued or waiting runs can be "
-                "cancelled in this version"
-            )
         raise errors.ConflictError(f"run {rid} is already {status}; it cannot be cancelled")
 
     async def retry(self, run_id: UUID | str) -> None:

@@ -26,7 +26,7 @@ from tidebase_async.executor import ExecutionResult, execute
 from tidebase_async.replay import Execution, error_info
 from tidebase_async.store import ClaimedRun, SessionLock, Store
 from tidebase_async.store.listener import Listener
-from tidebase_async.wakeup import WAKE_CHANNEL, Notifier, Signal
+from tidebase_async.wakeup import CANCEL_CHANNEL, WAKE_CHANNEL, Notifier, Signal
 from tidebase_async.workflows import Workflow
 from tidebase_async.writes import RunWrites
 
@@ -60,6 +60,11 @@ class WorkerStats:
         self.requeued_expired = 0
         self.pruned = 0
         self.maintenance_ticks = 0
+        self.suspended = 0
+        self.cancelled = 0
+        self.woken = 0
+        self.timers_fired = 0
+        self.deadlines_fired = 0
 
 
 class Worker:
@@ -124,6 +129,7 @@ class Worker:
         self._executions: dict[UUID, Execution] = {}
         self._idle = Signal()
         self._idle.set()
+        self._heartbeat_now = Signal()
 
     def stop(self) -> None:
         """Begin a graceful drain (what SIGTERM does)."""
@@ -141,7 +147,11 @@ class Worker:
         unsubscribe: list[Callable[[], None]] = []
         if self._listener is not None:
             unsubscribe.append(self._listener.subscribe(WAKE_CHANNEL, self._on_wake))
+            unsubscribe.append(self._listener.subscribe(CANCEL_CHANNEL, self._on_cancel))
             unsubscribe.append(self._listener.on_connect(self._wake.set))
+            # Notifications may have been missed while the listener was away: a
+            # heartbeat finds runs cancelled meanwhile (they are no longer held).
+            unsubscribe.append(self._listener.on_connect(self._heartbeat_now.set))
         logger.info(
             "worker %s started: queues=%s concurrency=%d lease=%.1fs",
             self.id,
@@ -174,6 +184,22 @@ class Worker:
     def _on_wake(self, payload: str) -> None:
         if payload in self._queues:
             self._wake.set()
+
+    def _on_cancel(self, payload: str) -> None:
+        """Runs cancelled while executing: stop them here at once. Their status is
+        'cancelled' already, and every write of theirs is refused by the fence."""
+        for text in payload.split(","):
+            try:
+                run_id = UUID(text)
+            except ValueError:
+                continue
+            ex = self._executions.get(run_id)
+            scope = self._inflight.get(run_id)
+            if ex is None or scope is None or ex.finishing:
+                continue
+            ex.cancelled = True
+            logger.info("run %s: cancelled; stopping it", run_id, extra={"run_id": text})
+            scope.cancel()
 
     async def _claim_loop(self, runs_tg: asyncio.TaskGroup) -> None:
         delay = 0.05
@@ -280,6 +306,7 @@ class Worker:
                 cancel_scope=scope,
                 lease_s=self._lease_s,
                 ex_holder=self._executions,
+                on_queue=self._notifier.queues_changed,
             )
         except errors.StoreError as exc:
             # The outcome could not be written (connection lost): try to hand the run
@@ -292,15 +319,17 @@ class Worker:
             logger.exception("run %s: unexpected error in the worker", run.id)
             result = await self._fail_unexpectedly(run, exc)
         finally:
-            if result is None or result.outcome == "released":
+            if result is None or result.outcome in ("released", "woken"):
                 await self._release([(run.id, run.attempt)])
+                if result is not None and result.outcome == "woken":
+                    self.stats.woken += 1
             else:
                 self._count(result)
             self._inflight.pop(run.id, None)
             self._capacity.set()
             if not self._inflight:
                 self._idle.set()
-            if result is not None and result.outcome == "retrying":
+            if result is not None and result.outcome in ("retrying", "woken"):
                 self._wake.set()
 
     async def _fail_unexpectedly(self, run: ClaimedRun, exc: Exception) -> ExecutionResult:
@@ -335,6 +364,10 @@ class Worker:
             self.stats.retried += 1
         elif result.outcome == "lost":
             self.stats.lost += 1
+        elif result.outcome == "suspended":
+            self.stats.suspended += 1
+        elif result.outcome == "cancelled":
+            self.stats.cancelled += 1
 
     # -- shutdown ---------------------------------------------------------------------
 
@@ -369,7 +402,8 @@ class Worker:
         retry_s = min(1.0, interval / 3)
         delay = interval
         while True:
-            await anyio.sleep(delay)
+            await self._heartbeat_now.wait_for(delay)
+            self._heartbeat_now.clear()
             delay = interval
             # Snapshot executions, not ids: a run can finish and be claimed again by
             # this worker while the heartbeat is in flight, and the answer about the
@@ -393,7 +427,7 @@ class Worker:
                     continue
                 ex.lost = True
                 logger.warning(
-                    "run %s: lease lost (expired or taken over); cancelling it here",
+                    "run %s: lease lost (expired, taken over or cancelled); stopping it here",
                     run_id,
                     extra={"run_id": str(run_id)},
                 )
@@ -447,10 +481,21 @@ class Worker:
                 self._after_outage = False
             while True:
                 await self._maintenance_tick()
-                await anyio.sleep(self._maintenance_s)
+                await anyio.sleep(await self._until_next_tick())
+
+    async def _until_next_tick(self) -> float:
+        """The maintenance interval, or less when a waiting run's timer is due sooner:
+        durable sleeps and gate expiries fire on time, not on the next tick."""
+        wait_s = self._maintenance_s
+        next_wake = await self._store.next_wake_in()
+        if next_wake is not None:
+            wait_s = min(wait_s, max(next_wake, 0.0) + 0.001)
+        return wait_s
 
     async def _maintenance_tick(self) -> None:
         await self._requeue_expired()
+        await self._wake_due()
+        await self._cancel_overdue()
         await self._prune()
         self.stats.maintenance_ticks += 1
         if self._self_vacuum and self._pruned_since_vacuum:
@@ -473,6 +518,37 @@ class Worker:
             self._pruned_since_vacuum |= pruned > 0
             if pruned < _SWEEP_LIMIT:
                 return
+
+    async def _wake_due(self) -> None:
+        """Waiting runs whose timer is due (sleep over, gate expired) go back to their
+        queue."""
+        while True:
+            woken = await self._store.wake_due(limit=_SWEEP_LIMIT)
+            if woken:
+                self.stats.timers_fired += len(woken)
+                self._notifier.queues_changed(*{q for _, q in woken})
+                self._notifier.runs_changed(*(r for r, _ in woken))
+                if any(q in self._queues for _, q in woken):
+                    self._wake.set()
+            if len(woken) < _SWEEP_LIMIT:
+                return
+
+    async def _cancel_overdue(self) -> None:
+        """Runs past their deadline are cancelled (reason ``deadline``) whatever their
+        status; a worker executing one is told to stop."""
+        overdue = await self._store.overdue_runs(limit=_SWEEP_LIMIT)
+        if not overdue:
+            return
+        cancelled = await self._store.cancel_runs(run_ids=overdue, reason="deadline", actor=None)
+        self.stats.deadlines_fired += len(cancelled)
+        for run_id, _queue, before in cancelled:
+            logger.warning(
+                "run %s: deadline passed while %s; cancelled",
+                run_id,
+                before,
+                extra={"run_id": str(run_id)},
+            )
+        self._notifier.runs_changed(*(r for r, _, _ in cancelled))
 
     async def _requeue_expired(self) -> None:
         while True:

@@ -19,6 +19,10 @@ WorkflowFn = Callable[..., Awaitable[Any]]
 MAX_NAME_LENGTH = 200
 
 
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 3
+
+
 def check_name(kind: str, name: object) -> str:
     """Validate a workflow, queue, step or gate name.
 

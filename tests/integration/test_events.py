@@ -122,7 +122,7 @@ async def test_events_of_a_cancelled_run_end_after_run_cancelled(tide: Tidebase)
     with anyio.fail_after(5):
         events = [e async for e in tide.runs.events(handle.id)]
     assert [e.type for e in events] == ["run.created", "run.cancelled"]
-    assert events[1].data == {"reason": "stop", "actor": None}
+    assert events[1].data == {"reason": "stop", "actor": None, "was": "queued"}
 
 
 async def test_events_of_an_unknown_run_raise_run_not_found(tide: Tidebase) -> None:

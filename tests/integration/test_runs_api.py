@@ -10,7 +10,7 @@ import anyio
 import asyncpg
 import pytest
 
-from tests.integration.core_support import event_types, run_row, working
+from tests.integration.core_support import event_types, eventually, run_row, working
 from tidebase_async import (
     ConfigurationError,
     ConflictError,
@@ -182,7 +182,7 @@ async def test_cancel_a_queued_run(tide: Tidebase, db: asyncpg.Connection) -> No
         "SELECT data FROM tidebase.events WHERE run_id = $1 AND type = 'run.cancelled'",
         doomed.id,
     )
-    assert json.loads(data) == {"reason": "not needed", "actor": "alice"}
+    assert json.loads(data) == {"reason": "not needed", "actor": "alice", "was": "queued"}
 
     # A worker never executes a cancelled run.
     other = await tide.enqueue("job", input="other")
@@ -196,7 +196,7 @@ async def test_cancel_a_queued_run(tide: Tidebase, db: asyncpg.Connection) -> No
     assert (await tide.runs.get(other.id)).status == "completed"
 
 
-async def test_cancel_of_an_executing_run_is_refused(tide: Tidebase) -> None:
+async def test_cancel_of_an_executing_run_stops_it(tide: Tidebase) -> None:
     entered = anyio.Event()
     release = anyio.Event()
 
@@ -210,13 +210,15 @@ async def test_cancel_of_an_executing_run_is_refused(tide: Tidebase) -> None:
         return "finished"
 
     handle = await tide.enqueue("busy")
-    async with working(tide):
+    async with working(tide) as worker:
         with anyio.fail_after(10):
             await entered.wait()
-        with pytest.raises(ConflictError, match="executing"):
-            await tide.runs.cancel(handle.id)
-        release.set()
-        assert await tide.runs.wait(handle.id, timeout=10) == "finished"
+        await tide.runs.cancel(handle.id, reason="enough")
+        with pytest.raises(RunCancelled, match="enough"):
+            await tide.runs.wait(handle.id, timeout=10)
+        await eventually(lambda: worker.stats.cancelled == 1, what="the worker stopped the run")
+        assert worker.inflight == 0
+    await tide.runs.cancel(handle.id)  # idempotent
 
 
 async def test_retry_of_a_failed_run_resumes_from_its_checkpoints(

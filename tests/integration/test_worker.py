@@ -20,7 +20,7 @@ from tests.integration.core_support import (
     status_of,
     working,
 )
-from tidebase_async import ConfigurationError, Run, RunFailed, Tidebase, Worker
+from tidebase_async import ConfigurationError, Run, RunCancelled, RunFailed, Tidebase, Worker
 
 
 async def test_a_worker_never_runs_more_than_its_concurrency(tide: Tidebase) -> None:
@@ -236,7 +236,7 @@ async def _both_running(db: asyncpg.Connection, *run_ids: object) -> bool:
     return len(statuses) == 2 and all(s["status"] == "running" for s in statuses)
 
 
-async def test_a_run_past_its_deadline_at_claim_fails_with_deadline_exceeded(
+async def test_a_run_past_its_deadline_at_claim_is_cancelled_unexecuted(
     tide: Tidebase, db: asyncpg.Connection
 ) -> None:
     called: list[int] = []
@@ -248,14 +248,13 @@ async def test_a_run_past_its_deadline_at_claim_fails_with_deadline_exceeded(
     deadline = datetime.now(UTC) - timedelta(seconds=1)
     handle = await tide.enqueue("late", deadline=deadline)
     async with working(tide):
-        with pytest.raises(RunFailed) as failed:
+        with pytest.raises(RunCancelled) as cancelled:
             await tide.runs.wait(handle.id, timeout=10)
 
     assert called == []
-    assert failed.value.error["type"] == "DeadlineExceeded"
-    assert "deadline" in failed.value.error["message"]
+    assert cancelled.value.reason == "deadline"
     row = await run_row(db, handle.id)
-    assert (row["status"], row["attempt"]) == ("failed", 1)
+    assert row["status"] == "cancelled"
 
 
 async def test_a_run_within_its_deadline_runs(tide: Tidebase) -> None:

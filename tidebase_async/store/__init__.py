@@ -8,6 +8,7 @@ so nothing is decoded twice.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -64,6 +65,8 @@ class ClaimedRun(msgspec.Struct, frozen=True, kw_only=True):
     step_count: int
     created_at: datetime
     db_now: datetime
+    # Read with the claim; a suspension is refused once it changed (see suspend_run).
+    wake_seq: int = 0
 
 
 class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,6 +77,7 @@ class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
     output: bytes | None
     error: bytes | None
     replay_failure: bool = True
+    kind: str = "step"
 
 
 class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,6 +93,19 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
     error: bytes | None
     started_at: datetime
     event_data: bytes
+    kind: str = "step"
+    event_type: str = ""
+
+
+class GateResolution(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``Store.resolve_gate`` found: ``resolved``, ``expired`` (found past its
+    time, and closed as expired), ``closed`` (decided before: ``status``),
+    ``run_finished`` (its run ended: ``status``), ``bad_token``, ``no_run``, ``no_gate``.
+    ``queue`` is set when the run was waiting and went back to it."""
+
+    outcome: str
+    status: str | None = None
+    queue: str | None = None
 
 
 class Completion(msgspec.Struct, frozen=True, kw_only=True):
@@ -472,6 +489,7 @@ class Store:
                     output=row[5],
                     error=row[6],
                     replay_failure=row[7],
+                    kind=row[8],
                 )
             )
         return history
@@ -502,6 +520,8 @@ class Store:
             [c.error for c in ordered],
             [c.started_at for c in ordered],
             [c.event_data for c in ordered],
+            [c.kind for c in ordered],
+            [c.event_type or _default_event_type(c) for c in ordered],
         )
         return {row[0] for row in rows}
 
@@ -627,10 +647,236 @@ class Store:
 
     # -- client -----------------------------------------------------------------------
 
-    async def cancel_run(self, *, run_id: UUID, reason: str | None, actor: str | None) -> bool:
-        with _translate("cancel"):
-            count = await self._pool.fetchval(Q["cancel_run"], run_id, reason, actor)
+    async def cancel_runs(
+        self, *, run_ids: Sequence[UUID], reason: str | None, actor: str | None
+    ) -> list[tuple[UUID, str, str]]:
+        """Cancel active runs and their active descendants; return (id, queue, status
+        before) of every run cancelled. Workers holding one are notified in the same
+        transaction."""
+        return [
+            (row[0], row[1], row[2])
+            for row in await self._fetch_retrying_deadlocks(
+                "cancel", Q["cancel_runs"], list(run_ids), reason, actor
+            )
+        ]
+
+    async def overdue_runs(self, *, limit: int) -> list[UUID]:
+        with _translate("find runs past their deadline"):
+            return [row[0] for row in await self._pool.fetch(Q["overdue_runs"], limit)]
+
+    # -- waiting ----------------------------------------------------------------------
+
+    async def suspend_run(
+        self,
+        *,
+        run_id: UUID,
+        worker_id: str,
+        attempt: int,
+        wake_seq: int,
+        wake_at: datetime | None,
+        event_data: bytes,
+    ) -> bool:
+        """Park the run as waiting; False when the claim or ``wake_seq`` moved on."""
+        with _translate("suspending run"):
+            count = await self._pool.fetchval(
+                Q["suspend_run"], run_id, worker_id, attempt, wake_seq, wake_at, event_data
+            )
         return bool(count)
+
+    async def wake_due(self, *, limit: int) -> list[tuple[UUID, str]]:
+        with _translate("wake due runs"):
+            rows = await self._pool.fetch(Q["wake_due"], limit)
+        return [(row[0], row[1]) for row in rows]
+
+    async def next_wake_in(self) -> float | None:
+        """Seconds until the earliest timer of a waiting run (<= 0: due)."""
+        with _translate("next wake"):
+            value = await self._pool.fetchval(Q["next_wake"])
+        return None if value is None else float(value)
+
+    async def append_event(
+        self, *, run_id: UUID, worker_id: str, attempt: int, type: str, data: bytes | None
+    ) -> None:
+        with _translate("append event"):
+            seq = await self._pool.fetchval(
+                Q["append_event"], run_id, worker_id, attempt, type, data
+            )
+        if seq is None:
+            raise errors.LeaseLost(f"run {run_id} is no longer leased to this worker")
+
+    # -- gates ------------------------------------------------------------------------
+
+    async def open_gate(
+        self,
+        *,
+        run_id: UUID,
+        worker_id: str,
+        attempt: int,
+        name: str,
+        prompt: str | None,
+        data: bytes | None,
+        channels: bytes | None,
+        timeout_s: float | None,
+    ) -> asyncpg.Record:
+        """Create the gate once (fenced) and return it as stored now."""
+        with _translate("open gate"):
+            async with self._pool.acquire() as conn:
+                row = await conn.fetchrow(
+                    Q["open_gate"],
+                    run_id,
+                    worker_id,
+                    attempt,
+                    name,
+                    prompt,
+                    data,
+                    channels,
+                    timeout_s,
+                )
+                if not row["fenced"]:
+                    raise errors.LeaseLost(f"run {run_id} is no longer leased to this worker")
+                gate: asyncpg.Record = await conn.fetchrow(Q["get_gate"], run_id, name)
+        return gate
+
+    async def expire_gate(self, *, run_id: UUID, worker_id: str, attempt: int, name: str) -> bool:
+        with _translate("expire gate"):
+            count = await self._pool.fetchval(Q["expire_gate"], run_id, worker_id, attempt, name)
+        return bool(count)
+
+    async def get_gate(self, run_id: UUID, name: str) -> asyncpg.Record | None:
+        with _translate("get gate"):
+            row: asyncpg.Record | None = await self._pool.fetchrow(Q["get_gate"], run_id, name)
+        return row
+
+    async def resolve_gate(
+        self,
+        *,
+        run_id: UUID,
+        name: str,
+        status: str,
+        actor: str | None,
+        payload: bytes | None,
+        token_hash: bytes | None,
+        check_token: bool,
+    ) -> GateResolution:
+        """Decide a pending gate exactly once and wake its run, in one transaction that
+        holds the run's row lock throughout (so the run cannot suspend or finish in
+        between). Nothing changes unless the outcome is ``resolved`` (or the gate is
+        found expired or orphaned, which this closes).
+
+        ``check_token``: the caller presented a token; ``token_hash`` must match the
+        stored hash (compared in constant time).
+        """
+        with _translate("resolve gate"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                run = await conn.fetchrow(Q["lock_run"], run_id)
+                if run is None:
+                    return GateResolution(outcome="no_run")
+                gate = await conn.fetchrow(Q["lock_gate"], run_id, name)
+                if gate is None:
+                    return GateResolution(outcome="no_gate")
+                if gate["status"] != "pending":
+                    return GateResolution(outcome="closed", status=gate["status"])
+                if check_token:
+                    stored = gate["token_hash"]
+                    if (
+                        stored is None
+                        or token_hash is None
+                        or not hmac.compare_digest(bytes(stored), token_hash)
+                    ):
+                        return GateResolution(outcome="bad_token")
+                if run["status"] not in ("queued", "running", "waiting"):
+                    # An orphan: its run ended without deciding it.
+                    await conn.fetchrow(
+                        Q["close_gate"], run_id, name, "cancelled", "cancelled", None, None
+                    )
+                    return GateResolution(outcome="run_finished", status=run["status"])
+                decided = "expired" if gate["due"] else status
+                await conn.fetchrow(
+                    Q["close_gate"],
+                    run_id,
+                    name,
+                    decided,
+                    decided,
+                    None if decided == "expired" else actor,
+                    None if decided == "expired" else payload,
+                )
+                event: dict[str, str | None] = {"name": name, "decision": decided}
+                if decided != "expired":
+                    event["actor"] = actor
+                woke = await conn.fetchrow(
+                    Q["wake_run"],
+                    run_id,
+                    "gate.expired" if decided == "expired" else "gate.resolved",
+                    msgspec.json.encode(event),
+                )
+        woken = woke is not None and woke["before_status"] == "waiting"
+        return GateResolution(
+            outcome="expired" if decided == "expired" else "resolved",
+            status=decided,
+            queue=run["queue"] if woken else None,
+        )
+
+    async def set_gate_token(self, *, run_id: UUID, name: str, token_hash: bytes) -> bool:
+        with _translate("issue gate token"):
+            return bool(await self._pool.fetchval(Q["set_gate_token"], run_id, name, token_hash))
+
+    async def list_gates(
+        self,
+        *,
+        status: str | None,
+        run_id: UUID | None,
+        after: tuple[datetime, UUID, str] | None,
+        limit: int,
+    ) -> list[asyncpg.Record]:
+        with _translate("list gates"):
+            return list(
+                await self._pool.fetch(
+                    Q["list_gates"],
+                    status,
+                    run_id,
+                    after[0] if after else None,
+                    after[1] if after else None,
+                    after[2] if after else None,
+                    limit,
+                )
+            )
+
+    async def get_run_gates(self, run_id: UUID) -> list[asyncpg.Record]:
+        with _translate("get gates"):
+            return list(await self._pool.fetch(Q["get_run_gates"], run_id))
+
+    # -- children ---------------------------------------------------------------------
+
+    async def start_children(
+        self,
+        *,
+        run_id: UUID,
+        worker_id: str,
+        attempt: int,
+        children: Sequence[NewRun],
+        event_data: bytes,
+    ) -> tuple[list[asyncpg.Record], list[str]]:
+        """Create the children of the claim's run once (idempotent by id) and return
+        their current status rows (in ``children`` order) and the queues of the ones
+        created now. The parent's row stays locked while this runs, so a child that
+        finishes meanwhile wakes the parent only after this commits."""
+        ids = [c.id for c in children]
+        with _translate("start child runs"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                if await conn.fetchval(Q["lock_claim"], run_id, worker_id, attempt) is None:
+                    raise errors.LeaseLost(f"run {run_id} is no longer leased to this worker")
+                created = await conn.fetch(Q["insert_children"], _batch_encoder.encode(children))
+                if created:
+                    await conn.fetchval(
+                        Q["append_event"],
+                        run_id,
+                        worker_id,
+                        attempt,
+                        "child.started",
+                        event_data,
+                    )
+                rows = {r["id"]: r for r in await conn.fetch(Q["children_status"], ids)}
+        return [rows[i] for i in ids], [r["queue"] for r in created]
 
     async def retry_run(self, *, run_id: UUID, budget: int) -> str | None:
         """Requeue a failed run; None when it is not failed.
@@ -755,4 +1001,9 @@ def _claimed(row: asyncpg.Record) -> ClaimedRun:
         step_count=row["step_count"],
         created_at=row["created_at"],
         db_now=row["db_now"],
+        wake_seq=row["wake_seq"],
     )
+
+
+def _default_event_type(c: Checkpoint) -> str:
+    return "step.completed" if c.status == "completed" else "step.failed"

@@ -66,7 +66,8 @@ claimed AS (
       event_seq = r.event_seq + 1
   FROM picked WHERE r.id = picked.id
   RETURNING r.id, r.workflow, r.queue, r.input, r.state, r.attempt, r.released,
-            r.max_attempts, r.deadline_at, r.step_count, r.event_seq, r.created_at
+            r.max_attempts, r.deadline_at, r.step_count, r.event_seq, r.created_at,
+            r.wake_seq
 ), ev AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, event_seq, 'run.claimed', tidebase.now(),
@@ -109,7 +110,7 @@ WITH ins AS (
           tidebase.now(), tidebase.now(), tidebase.now(), 2)
   ON CONFLICT (id) DO NOTHING
   RETURNING id, workflow, queue, input, state, attempt, released, max_attempts,
-            deadline_at, step_count, event_seq, created_at
+            deadline_at, step_count, event_seq, created_at, wake_seq
 ), ev AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, s.seq, s.type, tidebase.now(), s.data
@@ -128,7 +129,7 @@ WITH picked AS (
 
 -- name: load_steps
 -- The whole history of the claimed runs, in one query.
-SELECT run_id, position, name, status, run_attempt, output, error, replay_failure
+SELECT run_id, position, name, status, run_attempt, output, error, replay_failure, kind
 FROM tidebase.steps WHERE run_id = ANY($1::uuid[])
 ORDER BY run_id, position;
 
@@ -153,9 +154,9 @@ RETURNING r.id, r.attempt;
 WITH c AS (
   SELECT * FROM unnest($2::uuid[], $3::int4[], $4::int4[], $5::text[], $6::text[],
                        $7::int4[], $8::bytea[], $9::jsonb[], $10::timestamptz[],
-                       $11::jsonb[])
+                       $11::jsonb[], $12::text[], $13::text[])
     AS c(run_id, attempt, position, name, status, attempts, output, error, started_at,
-         event_data)
+         event_data, kind, event_type)
 ), locked AS (
   -- Lock the fenced rows in id order, through the primary key: every multi-row writer
   -- of runs locks in that order, so two batches cannot deadlock.
@@ -174,21 +175,20 @@ WITH c AS (
 ), s AS (
   INSERT INTO tidebase.steps AS st
     (run_id, position, name, status, attempts, run_attempt, output, error,
-     started_at, finished_at)
+     started_at, finished_at, kind)
   SELECT c.run_id, c.position, c.name, c.status, c.attempts, c.attempt, c.output, c.error,
-         c.started_at, tidebase.now()
+         c.started_at, tidebase.now(), c.kind
   FROM r JOIN c ON c.run_id = r.id
   ON CONFLICT (run_id, position) DO UPDATE
     SET name = EXCLUDED.name, status = EXCLUDED.status, attempts = EXCLUDED.attempts,
+        kind = EXCLUDED.kind,
         run_attempt = EXCLUDED.run_attempt, output = EXCLUDED.output,
         error = EXCLUDED.error, started_at = EXCLUDED.started_at,
         finished_at = EXCLUDED.finished_at, replay_failure = true
     WHERE st.status <> 'completed'
 ), e AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
-  SELECT r.id, r.event_seq,
-         CASE WHEN c.status = 'completed' THEN 'step.completed' ELSE 'step.failed' END,
-         tidebase.now(), c.event_data
+  SELECT r.id, r.event_seq, c.event_type, tidebase.now(), c.event_data
   FROM r JOIN c ON c.run_id = r.id
 )
 SELECT id FROM r;
@@ -331,20 +331,265 @@ WITH doomed AS (
 )
 DELETE FROM tidebase.runs r USING doomed WHERE r.id = doomed.id;
 
--- name: cancel_run
--- Cancel a run that is not executing (queued or waiting).
-WITH r AS (
-  UPDATE tidebase.runs
-  SET status = 'cancelled', cancel_reason = $2, finished_at = tidebase.now(),
-      updated_at = tidebase.now(), event_seq = event_seq + 1
-  WHERE id = $1 AND status IN ('queued', 'waiting')
-  RETURNING id, event_seq
+-- name: cancel_runs
+-- Cancel runs $1 and all their active descendants, whatever their status. Queued and
+-- waiting runs stop at once. A running run loses its lease here: every write of its
+-- worker is fenced on status = 'running' and is refused from now on, and the worker is
+-- told through NOTIFY (ids of runs that were running) to stop executing it; its
+-- heartbeat notices too, should the notification be lost. Pending gates of the
+-- cancelled runs close. Terminal runs are left alone (terminal statuses are absorbing).
+-- Rows are locked in id order, as every multi-row writer does.
+WITH locked AS (
+  SELECT r.id, r.status AS old_status FROM tidebase.runs r
+  WHERE r.status IN ('queued', 'running', 'waiting')
+    AND r.id IN (
+      WITH RECURSIVE tree AS (
+        SELECT id FROM tidebase.runs
+        WHERE id = ANY($1::uuid[]) AND status IN ('queued', 'running', 'waiting')
+        UNION
+        SELECT c.id FROM tidebase.runs c JOIN tree ON c.parent_id = tree.id
+        WHERE c.status IN ('queued', 'running', 'waiting')
+      )
+      SELECT id FROM tree)
+  ORDER BY r.id
+  FOR NO KEY UPDATE OF r
+), r AS (
+  UPDATE tidebase.runs r
+  SET status = 'cancelled',
+      cancel_reason = CASE WHEN r.id = ANY($1::uuid[]) THEN $2::text
+                           ELSE 'parent cancelled' END,
+      cancel_actor = $3, lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL,
+      finished_at = tidebase.now(), updated_at = tidebase.now(),
+      event_seq = r.event_seq + 1
+  FROM locked
+  WHERE r.id = locked.id AND r.status IN ('queued', 'running', 'waiting')
+  RETURNING r.id, r.event_seq, r.queue, r.cancel_reason, locked.old_status
+), g AS (
+  UPDATE tidebase.gates g
+  SET status = 'cancelled', decision = 'cancelled', resolved_at = tidebase.now(),
+      token_hash = NULL
+  FROM r WHERE g.run_id = r.id AND g.status = 'pending'
 ), e AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, event_seq, 'run.cancelled', tidebase.now(),
-         jsonb_build_object('reason', $2::text, 'actor', $3::text) FROM r
+         jsonb_build_object('reason', cancel_reason, 'actor', $3::text,
+                            'was', old_status)
+  FROM r
+), n AS (
+  -- At most 200 ids (37 bytes each) per notification: payloads must stay under 8000.
+  SELECT count(pg_notify('tidebase_cancel', b.ids)) AS sent
+  FROM (SELECT string_agg(id::text, ',') AS ids
+        FROM (SELECT id, row_number() OVER () AS n FROM r WHERE old_status = 'running') x
+        GROUP BY (x.n - 1) / 200) AS b
+)
+SELECT r.id, r.queue, r.old_status FROM r, n;
+
+-- name: overdue_runs
+-- Active runs past their deadline, oldest deadline first.
+SELECT id FROM tidebase.runs
+WHERE deadline_at <= tidebase.now() AND status IN ('queued', 'running', 'waiting')
+ORDER BY deadline_at
+LIMIT $1;
+
+-- name: suspend_run
+-- The run waits (gate, sleep, child): hand the claim back without spending an attempt
+-- and park the run as 'waiting', to wake by itself at $5 (NULL: only when woken).
+-- Fenced on the claim and on wake_seq as read at claim time ($4): if anything that may
+-- end a wait happened since, nothing is written and the caller hands the run back to
+-- replay instead (see 0002_workflow_control.sql).
+WITH r AS (
+  UPDATE tidebase.runs
+  SET status = 'waiting', lease_owner = NULL, lease_expires_at = NULL,
+      released = released + 1, wake_at = $5, updated_at = tidebase.now(),
+      event_seq = event_seq + 1
+  WHERE id = $1 AND lease_owner = $2 AND attempt = $3 AND status = 'running'
+    AND wake_seq = $4
+  RETURNING id, event_seq
+), e AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, 'run.waiting', tidebase.now(), $6 FROM r
 )
 SELECT count(*) FROM r;
+
+-- name: wake_due
+-- Reconciler: waiting runs whose timer is due (sleep over, gate expired) go back to
+-- their queue. Bounded and oldest first.
+WITH due AS (
+  SELECT id FROM tidebase.runs
+  WHERE status = 'waiting' AND wake_at <= tidebase.now()
+  ORDER BY wake_at
+  LIMIT $1
+  FOR UPDATE SKIP LOCKED
+), r AS (
+  UPDATE tidebase.runs r
+  SET status = 'queued', run_at = tidebase.now(), wake_at = NULL,
+      wake_seq = r.wake_seq + 1, updated_at = tidebase.now(), event_seq = r.event_seq + 1
+  FROM due WHERE r.id = due.id AND r.status = 'waiting'
+  RETURNING r.id, r.queue, r.event_seq
+), e AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, 'run.resumed', tidebase.now(), '{"reason": "timer"}'::jsonb FROM r
+)
+SELECT id, queue FROM r;
+
+-- name: next_wake
+-- Seconds until the earliest timer of a waiting run is due.
+SELECT EXTRACT(EPOCH FROM min(wake_at) - tidebase.now())::float8
+FROM tidebase.runs WHERE status = 'waiting' AND wake_at IS NOT NULL;
+
+-- name: wake_run
+-- Something run $1 may wait for happened ($2 event type, $3 its data): bump wake_seq
+-- and, if the run is waiting, move it back to its queue. Returns the queue and the
+-- status before; no row when the run is not active.
+WITH before AS (
+  SELECT id, status FROM tidebase.runs WHERE id = $1 FOR NO KEY UPDATE
+), r AS (
+  UPDATE tidebase.runs r
+  SET wake_seq = r.wake_seq + 1,
+      status = CASE WHEN r.status = 'waiting' THEN 'queued' ELSE r.status END,
+      run_at = CASE WHEN r.status = 'waiting' THEN tidebase.now() ELSE r.run_at END,
+      wake_at = CASE WHEN r.status = 'waiting' THEN NULL ELSE r.wake_at END,
+      updated_at = tidebase.now(), event_seq = r.event_seq + 1
+  FROM before
+  WHERE r.id = before.id AND r.status IN ('queued', 'running', 'waiting')
+  RETURNING r.id, r.queue, r.event_seq, before.status AS before_status
+), e AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, $2, tidebase.now(),
+         $3::jsonb || jsonb_build_object('resumed', before_status = 'waiting')
+  FROM r
+)
+SELECT queue, before_status FROM r;
+
+-- name: lock_claim
+-- Lock the row of claim ($1, worker $2, attempt $3) for the rest of the transaction.
+SELECT 1 FROM tidebase.runs
+WHERE id = $1 AND lease_owner = $2 AND attempt = $3 AND status = 'running'
+FOR NO KEY UPDATE;
+
+-- name: append_event
+-- Append event $4 (data $5) to the run of claim ($1, worker $2, attempt $3).
+WITH r AS (
+  UPDATE tidebase.runs SET event_seq = event_seq + 1, updated_at = tidebase.now()
+  WHERE id = $1 AND lease_owner = $2 AND attempt = $3 AND status = 'running'
+  RETURNING id, event_seq
+)
+INSERT INTO tidebase.events (run_id, seq, type, at, data)
+SELECT id, event_seq, $4, tidebase.now(), $5 FROM r
+RETURNING seq;
+
+-- name: open_gate
+-- Record gate $4 of the run of claim ($1, $2, $3) as pending, once: a gate that exists
+-- already (an earlier attempt reached it) stays as it is. Returns whether the fence
+-- held and whether the gate is new.
+WITH fence AS (
+  SELECT id FROM tidebase.runs
+  WHERE id = $1 AND lease_owner = $2 AND attempt = $3 AND status = 'running'
+  FOR NO KEY UPDATE
+), ins AS (
+  INSERT INTO tidebase.gates
+    (run_id, name, status, prompt, data, channels, created_at, expires_at)
+  SELECT id, $4, 'pending', $5, $6, $7, tidebase.now(),
+         tidebase.now() + make_interval(secs => $8::float8)
+  FROM fence
+  ON CONFLICT (run_id, name) DO NOTHING
+  RETURNING run_id, expires_at
+), r AS (
+  UPDATE tidebase.runs r SET event_seq = r.event_seq + 1, updated_at = tidebase.now()
+  FROM ins WHERE r.id = ins.run_id
+  RETURNING r.id, r.event_seq, ins.expires_at
+), e AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, 'gate.created', tidebase.now(),
+         jsonb_build_object('name', $4::text, 'prompt', $5::text, 'expires_at', expires_at)
+  FROM r
+)
+SELECT (SELECT count(*) FROM fence) AS fenced, (SELECT count(*) FROM ins) AS created;
+
+-- name: get_gate
+SELECT run_id, name, status, prompt, data, channels, decision, actor, payload, created_at,
+       resolved_at, expires_at, expires_at <= tidebase.now() AS due
+FROM tidebase.gates WHERE run_id = $1 AND name = $2;
+
+-- name: expire_gate
+-- The gate's time ran out: expire it, unless a resolution won the race. Only the
+-- worker holding the claim ($1, $2, $3) does this, as its run reaches the gate.
+WITH g AS (
+  UPDATE tidebase.gates
+  SET status = 'expired', decision = 'expired', resolved_at = tidebase.now(),
+      token_hash = NULL
+  WHERE run_id = $1 AND name = $4 AND status = 'pending' AND expires_at <= tidebase.now()
+    AND EXISTS (SELECT 1 FROM tidebase.runs
+                WHERE id = $1 AND lease_owner = $2 AND attempt = $3 AND status = 'running')
+  RETURNING run_id
+), r AS (
+  UPDATE tidebase.runs r SET event_seq = r.event_seq + 1, updated_at = tidebase.now()
+  FROM g WHERE r.id = g.run_id
+  RETURNING r.id, r.event_seq
+), e AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, 'gate.expired', tidebase.now(), jsonb_build_object('name', $4::text)
+  FROM r
+)
+SELECT count(*) FROM g;
+
+-- name: lock_run
+-- For the rest of the transaction: the run's status and queue, its row locked.
+SELECT status, queue FROM tidebase.runs WHERE id = $1 FOR NO KEY UPDATE;
+
+-- name: lock_gate
+SELECT status, token_hash, COALESCE(expires_at <= tidebase.now(), false) AS due
+FROM tidebase.gates WHERE run_id = $1 AND name = $2 FOR UPDATE;
+
+-- name: close_gate
+-- Decide a pending gate: exactly once, as the condition on status makes every later
+-- attempt find nothing. The token is single-use: it goes with the decision.
+UPDATE tidebase.gates
+SET status = $3, decision = $4, actor = $5, payload = $6, resolved_at = tidebase.now(),
+    token_hash = NULL
+WHERE run_id = $1 AND name = $2 AND status = 'pending'
+RETURNING resolved_at;
+
+-- name: set_gate_token
+UPDATE tidebase.gates SET token_hash = $3
+WHERE run_id = $1 AND name = $2 AND status = 'pending'
+RETURNING 1;
+
+-- name: list_gates
+-- Keyset pagination in creation order. NULL filters match everything.
+SELECT run_id, name, status, prompt, data, decision, actor, payload, created_at,
+       resolved_at, expires_at
+FROM tidebase.gates
+WHERE ($1::text IS NULL OR status = $1)
+  AND ($2::uuid IS NULL OR run_id = $2)
+  AND ($3::timestamptz IS NULL OR (created_at, run_id, name) > ($3, $4::uuid, $5::text))
+ORDER BY created_at, run_id, name
+LIMIT $6;
+
+-- name: insert_children
+-- Child runs ($1: a JSON array of NewRun objects with fixed ids), each created once:
+-- an id that exists already (an earlier attempt of the parent created it) is skipped.
+WITH ins AS (
+  INSERT INTO tidebase.runs
+    (id, workflow, queue, status, input, priority, metadata, parent_id, max_attempts,
+     run_at, deadline_at, created_at, updated_at, event_seq)
+  SELECT u.id, u.workflow, u.queue, 'queued', u.input, u.priority, u.metadata,
+         u.parent_id, u.max_attempts, tidebase.now(), u.deadline_at, tidebase.now(),
+         tidebase.now(), 1
+  FROM jsonb_to_recordset($1::jsonb)
+       AS u(id uuid, workflow text, queue text, input jsonb, priority int4,
+            metadata jsonb, parent_id uuid, max_attempts int4, deadline_at timestamptz)
+  ON CONFLICT (id) DO NOTHING
+  RETURNING id, queue
+), ev AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, 1, 'run.created', tidebase.now(), NULL FROM ins
+)
+SELECT id, queue FROM ins;
+
+-- name: children_status
+SELECT id, workflow, status, output, error, cancel_reason
+FROM tidebase.runs WHERE id = ANY($1::uuid[]);
 
 -- name: retry_run
 -- failed -> queued with a fresh budget of attempts; checkpoints are kept, so the run
@@ -364,7 +609,8 @@ SELECT queue FROM r;
 -- name: get_run
 SELECT id, workflow, queue, status, input, output, error, state, attempt, max_attempts,
        priority, dedupe_key, metadata, parent_id, created_at, started_at, finished_at,
-       deadline_at, run_at, cancel_reason, lease_owner, lease_expires_at, inline
+       deadline_at, run_at, cancel_reason, lease_owner, lease_expires_at, inline, wake_at,
+       cancel_actor
 FROM tidebase.runs WHERE id = $1;
 
 -- name: get_run_status
@@ -374,8 +620,13 @@ SELECT status, output, error, cancel_reason, workflow FROM tidebase.runs WHERE i
 SELECT EXTRACT(EPOCH FROM run_at - tidebase.now())::float8 FROM tidebase.runs WHERE id = $1;
 
 -- name: get_steps
-SELECT name, status, attempts, output, error, started_at, finished_at
+SELECT name, status, attempts, output, error, started_at, finished_at, kind
 FROM tidebase.steps WHERE run_id = $1 ORDER BY position;
+
+-- name: get_run_gates
+SELECT run_id, name, status, prompt, data, decision, actor, payload, created_at,
+       resolved_at, expires_at
+FROM tidebase.gates WHERE run_id = $1 ORDER BY created_at, name;
 
 -- name: get_children
 SELECT id, workflow, status, created_at, finished_at
