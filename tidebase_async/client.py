@@ -558,6 +558,16 @@ class Tidebase:
         executions: dict[UUID, Execution],
     ) -> str:
         outcome = "released"
+        unsubscribe: Callable[[], None] | None = None
+        if self._listener is not None:
+
+            def on_cancel(payload: str) -> None:
+                ex = executions.get(claimed.id)
+                if str(claimed.id) in payload.split(",") and ex is not None and not ex.finishing:
+                    ex.cancelled = True
+                    scope.cancel()
+
+            unsubscribe = self._listener.subscribe(CANCEL_CHANNEL, on_cancel)
         async with anyio.create_task_group() as tg:
 
             async def heartbeat() -> None:
@@ -595,6 +605,8 @@ class Tidebase:
                 outcome = result.outcome
             finally:
                 tg.cancel_scope.cancel()
+                if unsubscribe is not None:
+                    unsubscribe()
         return outcome
 
     # -- workers ----------------------------------------------------------------------

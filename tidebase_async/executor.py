@@ -262,24 +262,27 @@ async def _suspend(ex: Execution, signal: Suspend) -> ExecutionResult:
     event = {"reason": signal.reason, **signal.data}
     if signal.wake_at is not None:
         event["wake_at"] = signal.wake_at.isoformat()
+    # True also when the write landed before its connection broke (see ``landed``).
+    parked = [True]
+
+    async def write() -> None:
+        parked[0] = await ex.store.suspend_run(
+            run_id=ex.run_id,
+            worker_id=ex.worker_id,
+            attempt=ex.attempt,
+            wake_seq=ex.claimed.wake_seq,
+            wake_at=signal.wake_at,
+            event_data=msgspec.json.encode(event),
+        )
+
     try:
-        parked = await ex.write_value(
-            "suspending the run",
-            functools.partial(
-                ex.store.suspend_run,
-                run_id=ex.run_id,
-                worker_id=ex.worker_id,
-                attempt=ex.attempt,
-                wake_seq=ex.claimed.wake_seq,
-                wake_at=signal.wake_at,
-                event_data=msgspec.json.encode(event),
-            ),
-            landed=functools.partial(_status_is, ex, {"waiting"}),
+        await ex.write(
+            "suspending the run", write, landed=functools.partial(_status_is, ex, {"waiting"})
         )
     except errors.LeaseLost:
         return _result(ex, "lost")
     ex.on_event(ex.run_id)
-    if not parked:
+    if not parked[0]:
         row = await ex.store.get_run_status(ex.run_id)
         if row is None or row["status"] != "running":
             return _result(ex, "lost")

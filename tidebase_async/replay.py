@@ -246,21 +246,15 @@ class Execution:
         if self.suspension is not None:
             raise self.suspension
 
-    async def write_value(
-        self,
-        what: str,
-        write: Callable[[], Awaitable[T]],
-        *,
-        landed: Callable[[], Awaitable[bool]] | None = None,
-    ) -> T:
-        """``write`` with its result (see ``write``)."""
+    async def write_value(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        """``write`` (see there) of an idempotent operation, returning its result."""
         box: list[T] = []
 
         async def run() -> None:
             box.clear()
             box.append(await write())
 
-        await self.write(what, run, landed=landed)
+        await self.write(what, run)
         return box[0]
 
     async def write(
@@ -822,7 +816,9 @@ class Run:
         workflows = [w for w, _ in specs]
         if record is not None and record.status == "completed":
             ex.replayed_steps += 1
-            return self._decode_outputs(workflows, record.output or b"[]", where)
+            return self._decode_outputs(
+                workflows, record.output or b"null", where, single=kind == "child"
+            )
         if record is not None and record.replay_failure and self._went_past(position):
             ex.replayed_steps += 1
             raise _child_failed(codec.decode(record.error or b"{}", where=where))
@@ -921,12 +917,13 @@ class Run:
         )
 
     def _decode_outputs(
-        self, workflows: list[str], data: bytes, where: str, *, single: bool | None = None
+        self, workflows: list[str], data: bytes, where: str, *, single: bool
     ) -> list[Any]:
+        """Children's outputs, each decoded into its workflow's return type when that
+        workflow is registered here. ``single``: ``data`` is one output (``child``),
+        else a JSON array of them (``fanout``)."""
         ex = self._ex
         types = [ex.workflows[w].output_type if w in ex.workflows else Any for w in workflows]
-        if single is None:
-            single = len(workflows) == 1 and not data.lstrip().startswith(b"[")
         if single:
             return [codec.decode(data, tp=types[0], where=where)]
         raw = codec.decode(data, tp=list[msgspec.Raw], where=where)

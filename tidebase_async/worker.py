@@ -8,6 +8,7 @@ heartbeat cancels when the lease is lost and shutdown cancels after the grace pe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 MAINTENANCE_LOCK = 7_321_094_451_006_132_812
 _SWEEP_LIMIT = 500
 _PRUNE_BATCHES = 4
+_CANCEL_POLL_S = 1.0
 # Only when the server runs without autovacuum (see Worker._lead).
 _VACUUM_EVERY_S = 10.0
 
@@ -166,6 +168,7 @@ class Worker:
             # run still gets an anyio CancelScope for lease loss and shutdown.
             async with asyncio.TaskGroup() as runs_tg, anyio.create_task_group() as services:
                 services.start_soon(self._heartbeat_loop)
+                services.start_soon(self._cancel_poll_loop)
                 services.start_soon(self._maintenance_loop)
                 if self._handle_signals:
                     services.start_soon(self._signal_loop)
@@ -188,18 +191,35 @@ class Worker:
     def _on_cancel(self, payload: str) -> None:
         """Runs cancelled while executing: stop them here at once. Their status is
         'cancelled' already, and every write of theirs is refused by the fence."""
+        ids: list[UUID] = []
         for text in payload.split(","):
-            try:
-                run_id = UUID(text)
-            except ValueError:
-                continue
+            with contextlib.suppress(ValueError):
+                ids.append(UUID(text))
+        self._stop_cancelled(ids)
+
+    def _stop_cancelled(self, run_ids: Sequence[UUID]) -> None:
+        for run_id in run_ids:
             ex = self._executions.get(run_id)
             scope = self._inflight.get(run_id)
-            if ex is None or scope is None or ex.finishing:
+            if ex is None or scope is None or ex.finishing or ex.cancelled:
                 continue
             ex.cancelled = True
-            logger.info("run %s: cancelled; stopping it", run_id, extra={"run_id": text})
+            logger.info("run %s: cancelled; stopping it", run_id, extra={"run_id": str(run_id)})
             scope.cancel()
+
+    async def _cancel_poll_loop(self) -> None:
+        """The floor under the cancel notifications: once a second, one indexed read
+        finds runs executing here that were cancelled meanwhile."""
+        while True:
+            await anyio.sleep(_CANCEL_POLL_S)
+            if not self._executions:
+                continue
+            try:
+                cancelled = await self._store.cancelled_among(list(self._executions))
+            except errors.StoreError as exc:
+                logger.debug("cancel poll failed (%s)", exc)
+                continue
+            self._stop_cancelled(cancelled)
 
     async def _claim_loop(self, runs_tg: asyncio.TaskGroup) -> None:
         delay = 0.05

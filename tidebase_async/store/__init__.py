@@ -660,6 +660,10 @@ class Store:
             )
         ]
 
+    async def cancelled_among(self, run_ids: Sequence[UUID]) -> list[UUID]:
+        with _translate("check for cancelled runs"):
+            return [row[0] for row in await self._pool.fetch(Q["cancelled_among"], list(run_ids))]
+
     async def overdue_runs(self, *, limit: int) -> list[UUID]:
         with _translate("find runs past their deadline"):
             return [row[0] for row in await self._pool.fetch(Q["overdue_runs"], limit)]

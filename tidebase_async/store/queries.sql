@@ -384,6 +384,10 @@ WITH locked AS (
 )
 SELECT r.id, r.queue, r.old_status FROM r, n;
 
+-- name: cancelled_among
+-- Which of these runs were cancelled (a worker's fallback for a lost notification).
+SELECT id FROM tidebase.runs WHERE id = ANY($1::uuid[]) AND status = 'cancelled';
+
 -- name: overdue_runs
 -- Active runs past their deadline, oldest deadline first.
 SELECT id FROM tidebase.runs
