@@ -165,3 +165,51 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 class Page(msgspec.Struct, frozen=True, kw_only=True):
     items: list[RunSummary]
     next_cursor: str | None = None
+
+
+CatchupPolicy = Literal["latest", "all", "skip"]
+OverlapPolicy = Literal["allow", "skip", "queue"]
+
+
+class Schedule(msgspec.Struct, frozen=True, kw_only=True):
+    """A schedule declared with its workflow: ``@tide.workflow(..., schedule=Schedule(...))``
+    (a cron string or an interval is shorthand for ``Schedule(cron=...)`` /
+    ``Schedule(every=...)``). It is named after the workflow; see ``Schedules.set``."""
+
+    cron: str | None = None
+    every: float | None = None
+    timezone: str = "UTC"
+    input: Any = None
+    catchup: CatchupPolicy = "latest"
+    overlap: OverlapPolicy = "allow"
+
+
+class ScheduleInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    workflow: str
+    cron: str | None = None
+    every: float | None = None
+    timezone: str = "UTC"
+    input: Any = None
+    queue: str | None = None
+    priority: int = 0
+    enabled: bool = True
+    catchup: CatchupPolicy = "latest"
+    catchup_limit: int = 100
+    overlap: OverlapPolicy = "allow"
+    next_fire_at: datetime | None = None
+    last_fire_at: datetime | None = None
+    last_run_id: UUID | None = None
+    source: Literal["api", "code"] = "api"
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class QueueInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A queue's controls (None: not limited) and its runs counted by status."""
+
+    name: str
+    concurrency: int | None = None
+    rate_per_minute: float | None = None
+    paused: bool = False
+    counts: dict[str, int] = msgspec.field(default_factory=dict)

@@ -13,6 +13,13 @@ Workflows:
   Output ``{"pid": <pid that completed the run>, "s1": ..., "s2": ..., "s3": ...}``.
 - ``nap``: one step ``nap`` (the blocking step) that sleeps ``input`` seconds.
 - ``pair``: steps ``a`` and ``b``, each sleeping ``input`` seconds.
+- ``sleeper``: step ``before``, a durable ``run.sleep("nap", input)``, step ``after``.
+  Output ``{"before": <pid>, "after": <pid>}``.
+- ``family``: input ``{"one": n, "many": [n, ...], "nap": s}``; a child ``leaf`` named
+  ``one`` with ``n``, then a fan-out ``many`` of one ``leaf`` per element. Output
+  ``{"one": <leaf output>, "many": [<leaf output>, ...]}``.
+- ``leaf``: input ``{"n": n, "nap": s}``; one step ``leaf`` that sleeps ``s`` seconds.
+  Output ``{"n": n, "square": n * n, "pid": <pid>}``.
 - ``chaos`` (the chaos tests, ``tests.chaos``): input ``{"steps": n, "nap": s}``; steps
   ``s1`` .. ``sn``, each sleeping ``s`` seconds and returning this pid. Its steps record
   themselves in ``chaos_log`` (see ``procs.CHAOS_LOG_DDL``) with the claim's attempt and
@@ -156,6 +163,35 @@ def register(tide: Tidebase, log: StepLog, mode: str) -> None:
         a = await run.step("a", step, "a")
         b = await run.step("b", step, "b")
         return {"pid": PID, "a": a, "b": b}
+
+    @tide.workflow("sleeper")
+    async def sleeper(run: Run, input: float) -> dict[str, int]:
+        async def logged(name: str) -> int:
+            await log.record(run.id, name)
+            return PID
+
+        before = await run.step("before", logged, "before")
+        await run.sleep("nap", input)
+        after = await run.step("after", logged, "after")
+        return {"before": before, "after": after}
+
+    @tide.workflow("leaf")
+    async def leaf(run: Run, input: dict[str, Any]) -> dict[str, Any]:
+        async def leaf_step() -> int:
+            await log.record(run.id, "leaf")
+            await anyio.sleep(float(input.get("nap", 0)))
+            return PID
+
+        pid = await run.step("leaf", leaf_step)
+        n = int(input["n"])
+        return {"n": n, "square": n * n, "pid": pid}
+
+    @tide.workflow("family")
+    async def family(run: Run, input: dict[str, Any]) -> dict[str, Any]:
+        nap = float(input.get("nap", 0))
+        one = await run.child("leaf", input={"n": input["one"], "nap": nap}, name="one")
+        many = await run.fanout("many", [("leaf", {"n": n, "nap": nap}) for n in input["many"]])
+        return {"one": one, "many": many}
 
     @tide.workflow("chaos")
     async def chaos(run: Run, input: dict[str, Any]) -> list[int]:

@@ -11,7 +11,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -97,6 +97,25 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
     event_type: str = ""
 
 
+class QueueControl(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    concurrency: int | None = None
+    rate_per_minute: float | None = None
+    paused: bool = False
+
+    @property
+    def controlled(self) -> bool:
+        return self.paused or self.concurrency is not None or self.rate_per_minute is not None
+
+
+class ControlledClaim(msgspec.Struct, frozen=True, kw_only=True):
+    """What a claim from a controlled queue got, and when to try again if it was
+    held back by the queue's rate (``retry_in_s``)."""
+
+    runs: list[ClaimedRun]
+    retry_in_s: float | None = None
+
+
 class GateResolution(msgspec.Struct, frozen=True, kw_only=True):
     """What ``Store.resolve_gate`` found: ``resolved``, ``expired`` (found past its
     time, and closed as expired), ``closed`` (decided before: ``status``),
@@ -140,6 +159,13 @@ class NewRun(msgspec.Struct, frozen=True, kw_only=True):
     run_at: datetime | None
     delay_s: float
     deadline_at: datetime | None
+
+
+class ScheduledRun(NewRun, frozen=True, kw_only=True):
+    """The run of one schedule tick."""
+
+    schedule: str
+    fire_time: datetime
 
 
 _batch_encoder = msgspec.json.Encoder()
@@ -664,6 +690,189 @@ class Store:
         with _translate("check for cancelled runs"):
             return [row[0] for row in await self._pool.fetch(Q["cancelled_among"], list(run_ids))]
 
+    # -- queue controls ---------------------------------------------------------------
+
+    async def claim_controlled(
+        self, *, worker_id: str, queue: str, limit: int, lease_s: float
+    ) -> ControlledClaim:
+        """Claim from a paused, capped or rate-limited queue, exactly within its
+        controls: the queue's row stays locked while this counts its running runs (a
+        fresh snapshot, after the lock), refills its token bucket and claims."""
+        with _translate("claim (controlled queue)"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                ctl = await conn.fetchrow(Q["lock_queue"], queue)
+                if ctl is None:  # the controls were deleted meanwhile: nothing limits it
+                    rows = await conn.fetch(Q["claim_controlled"], worker_id, queue, lease_s, limit)
+                    return ControlledClaim(runs=[_claimed(r) for r in rows])
+                if ctl["paused"]:
+                    return ControlledClaim(runs=[])
+                allowed = limit
+                if ctl["concurrency"] is not None:
+                    running = await conn.fetchval(Q["count_running"], queue)
+                    allowed = min(allowed, ctl["concurrency"] - running)
+                rate = ctl["rate_per_minute"]
+                tokens = 0.0
+                if rate is not None:
+                    capacity = max(1.0, rate / 60.0)
+                    tokens = ctl["tokens"]
+                    if ctl["refilled_at"] is None:
+                        tokens = capacity
+                    else:
+                        elapsed = (ctl["now"] - ctl["refilled_at"]).total_seconds()
+                        tokens = min(capacity, tokens + max(0.0, elapsed) * rate / 60.0)
+                    allowed = min(allowed, int(tokens + 1e-9))
+                rows = []
+                if allowed > 0:
+                    rows = await conn.fetch(
+                        Q["claim_controlled"], worker_id, queue, lease_s, allowed
+                    )
+                retry_in = None
+                if rate is not None:
+                    tokens -= len(rows)
+                    await conn.execute(Q["spend_tokens"], queue, tokens, ctl["now"])
+                    if tokens < 1.0:
+                        retry_in = (1.0 - tokens) * 60.0 / rate
+        return ControlledClaim(runs=[_claimed(r) for r in rows], retry_in_s=retry_in)
+
+    async def configure_queue(
+        self,
+        *,
+        name: str,
+        concurrency: int | None,
+        rate_per_minute: float | None,
+        paused: bool | None,
+        set_concurrency: bool,
+        set_rate: bool,
+        set_paused: bool,
+    ) -> QueueControl:
+        with _translate("configure queue"):
+            row = await self._pool.fetchrow(
+                Q["configure_queue"],
+                name,
+                set_concurrency,
+                set_rate,
+                set_paused,
+                concurrency,
+                rate_per_minute,
+                paused,
+            )
+        return _queue_control(row)
+
+    async def queue_controls(self, names: Sequence[str] | None = None) -> list[QueueControl]:
+        with _translate("read queue controls"):
+            if names is None:
+                rows = await self._pool.fetch(Q["all_queue_controls"])
+            else:
+                rows = await self._pool.fetch(Q["queue_controls"], list(names))
+        return [_queue_control(r) for r in rows]
+
+    async def queue_counts(self) -> dict[str, dict[str, int]]:
+        with _translate("count runs by queue"):
+            rows = await self._pool.fetch(Q["queue_counts"])
+        counts: dict[str, dict[str, int]] = {}
+        for row in rows:
+            counts.setdefault(row["queue"], {})[row["status"]] = row["n"]
+        return counts
+
+    # -- schedules --------------------------------------------------------------------
+
+    async def db_now(self) -> datetime:
+        with _translate("read the database clock"):
+            now: datetime = await self._pool.fetchval(Q["db_now"])
+        return now
+
+    async def upsert_schedule(self, **fields: Any) -> asyncpg.Record:
+        with _translate("set schedule"):
+            row: asyncpg.Record = await self._pool.fetchrow(
+                Q["upsert_schedule"],
+                fields["name"],
+                fields["workflow"],
+                fields["input"],
+                fields["queue"],
+                fields["priority"],
+                fields["cron"],
+                fields["every_s"],
+                fields["timezone"],
+                fields["enabled"],
+                fields["catchup"],
+                fields["catchup_limit"],
+                fields["overlap"],
+                fields["anchor_at"],
+                fields["next_fire_at"],
+                fields["source"],
+            )
+        return row
+
+    async def get_schedule(self, name: str) -> asyncpg.Record | None:
+        with _translate("get schedule"):
+            row: asyncpg.Record | None = await self._pool.fetchrow(Q["get_schedule"], name)
+        return row
+
+    async def list_schedules(self) -> list[asyncpg.Record]:
+        with _translate("list schedules"):
+            return list(await self._pool.fetch(Q["list_schedules"]))
+
+    async def delete_schedule(self, name: str) -> bool:
+        with _translate("delete schedule"):
+            return await self._pool.fetchval(Q["delete_schedule"], name) is not None
+
+    async def delete_code_schedules(
+        self, *, workflows: Sequence[str], keep: Sequence[str]
+    ) -> list[str]:
+        with _translate("sync code schedules"):
+            rows = await self._pool.fetch(Q["delete_code_schedules"], list(workflows), list(keep))
+        return [r[0] for r in rows]
+
+    async def pause_schedule(self, name: str) -> asyncpg.Record | None:
+        with _translate("pause schedule"):
+            row: asyncpg.Record | None = await self._pool.fetchrow(Q["pause_schedule"], name)
+        return row
+
+    async def resume_schedule(
+        self, name: str, *, next_fire_at: datetime, anchor_at: datetime
+    ) -> asyncpg.Record | None:
+        with _translate("resume schedule"):
+            row: asyncpg.Record | None = await self._pool.fetchrow(
+                Q["resume_schedule"], name, next_fire_at, anchor_at
+            )
+        return row
+
+    async def due_schedules(self, *, limit: int) -> list[str]:
+        with _translate("find due schedules"):
+            return [r[0] for r in await self._pool.fetch(Q["due_schedules"], limit)]
+
+    async def fire_schedule(
+        self,
+        name: str,
+        plan: Callable[[asyncpg.Record, bool], tuple[list[ScheduledRun], datetime]],
+    ) -> list[tuple[UUID, str]] | None:
+        """Fire schedule ``name`` if it is still due, in one transaction: ``plan(row,
+        has_active_run)`` returns the runs of the ticks to enqueue and the next fire
+        time; the runs are inserted (a tick already enqueued is skipped by its unique
+        key) and the schedule advanced together, or neither. Returns the (id, queue)
+        of the runs created; None when the schedule was not due (or locked)."""
+        with _translate(f"fire schedule {name!r}"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(Q["lock_due_schedule"], name)
+                if row is None:
+                    return None
+                active = bool(await conn.fetchval(Q["schedule_active"], name))
+                runs, next_fire_at = plan(row, active)
+                created: list[asyncpg.Record] = []
+                if runs:
+                    created = list(
+                        await conn.fetch(Q["insert_scheduled_runs"], _batch_encoder.encode(runs))
+                    )
+                last = created[-1] if created else None
+                await conn.execute(
+                    Q["advance_schedule"],
+                    name,
+                    next_fire_at,
+                    None if last is None else last["fire_time"],
+                    None if last is None else last["id"],
+                )
+        return [(r["id"], r["queue"]) for r in created]
+
     async def overdue_runs(self, *, limit: int) -> list[UUID]:
         with _translate("find runs past their deadline"):
             return [row[0] for row in await self._pool.fetch(Q["overdue_runs"], limit)]
@@ -948,6 +1157,15 @@ class Store:
         with _translate("run status"):
             status: str | None = await self._pool.fetchval(Q["run_exists"], run_id)
         return status
+
+
+def _queue_control(row: asyncpg.Record) -> QueueControl:
+    return QueueControl(
+        name=row["name"],
+        concurrency=row["concurrency"],
+        rate_per_minute=row["rate_per_minute"],
+        paused=row["paused"],
+    )
 
 
 class SessionLock:

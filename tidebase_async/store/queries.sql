@@ -77,7 +77,47 @@ claimed AS (
 SELECT claimed.*, tidebase.now() AS db_now FROM claimed;
 
 -- name: claim_runs_one
--- Lease up to $4 due runs of queue $2 to worker $1 for $3 seconds.
+-- Lease up to $4 due runs of queue $2 to worker $1 for $3 seconds: higher priority
+-- first, FIFO within a priority. Not from a controlled queue (paused, capped or rate
+-- limited: see claim_controlled), as the queues table says in this statement's snapshot.
+WITH picked AS (
+  SELECT id FROM tidebase.runs
+  WHERE status = 'queued' AND queue = $2 AND run_at <= tidebase.now()
+    AND NOT EXISTS (SELECT 1 FROM tidebase.queues q WHERE q.name = $2 AND /* include _controlled */)
+  ORDER BY priority DESC, run_at, id
+  LIMIT $4
+  FOR UPDATE SKIP LOCKED
+), /* include _lease_picked */
+
+-- name: claim_runs_many
+-- As claim_runs_one, over several queues ($2 is an array), fairly: each queue's runs
+-- are ranked in claim order, and the batch takes every queue's first, then every
+-- queue's second, ... so a queue with a backlog cannot starve the others.
+WITH open_queues AS (
+  SELECT u.name FROM unnest($2::text[]) AS u(name)
+  WHERE NOT EXISTS (SELECT 1 FROM tidebase.queues q
+                    WHERE q.name = u.name AND /* include _controlled */)
+), candidates AS (
+  SELECT c.id, c.priority, c.run_at, c.rank
+  FROM open_queues AS oq,
+       LATERAL (
+         SELECT l.id, l.priority, l.run_at, row_number() OVER () AS rank
+         FROM (SELECT id, priority, run_at FROM tidebase.runs
+               WHERE status = 'queued' AND queue = oq.name AND run_at <= tidebase.now()
+               ORDER BY priority DESC, run_at, id
+               LIMIT $4
+               FOR UPDATE SKIP LOCKED) AS l
+       ) AS c
+), picked AS (
+  SELECT id FROM candidates ORDER BY rank, priority DESC, run_at, id LIMIT $4
+), /* include _lease_picked */
+
+-- name: _controlled
+(q.paused OR q.concurrency IS NOT NULL OR q.rate_per_minute IS NOT NULL)
+
+-- name: claim_controlled
+-- The claim of a controlled queue, inside the transaction of Store.claim_controlled
+-- that holds the queue's row lock and computed the allowance $4.
 WITH picked AS (
   SELECT id FROM tidebase.runs
   WHERE status = 'queued' AND queue = $2 AND run_at <= tidebase.now()
@@ -86,15 +126,43 @@ WITH picked AS (
   FOR UPDATE SKIP LOCKED
 ), /* include _lease_picked */
 
--- name: claim_runs_many
--- As claim_runs_one, over several queues ($2 is an array).
-WITH picked AS (
-  SELECT id FROM tidebase.runs
-  WHERE status = 'queued' AND queue = ANY($2::text[]) AND run_at <= tidebase.now()
-  ORDER BY priority DESC, run_at, id
-  LIMIT $4
-  FOR UPDATE SKIP LOCKED
-), /* include _lease_picked */
+-- name: lock_queue
+-- The queue's controls, its row locked for the rest of the transaction: claimers of a
+-- controlled queue take turns, and each counts the running runs afresh (a statement
+-- of its own, so it sees every claim committed before the lock was granted).
+SELECT concurrency, rate_per_minute, paused, tokens, refilled_at, tidebase.now() AS now
+FROM tidebase.queues WHERE name = $1 FOR UPDATE;
+
+-- name: count_running
+SELECT count(*) FROM tidebase.runs WHERE status = 'running' AND queue = $1;
+
+-- name: spend_tokens
+UPDATE tidebase.queues SET tokens = $2, refilled_at = $3 WHERE name = $1;
+
+-- name: configure_queue
+-- Set the controls flagged in $2..$4 (a NULL value clears one); tell the workers.
+WITH q AS (
+  INSERT INTO tidebase.queues AS q (name, concurrency, rate_per_minute, paused, tokens,
+                                    refilled_at, updated_at)
+  VALUES ($1, $5, $6, COALESCE($7, false), 0, NULL, tidebase.now())
+  ON CONFLICT (name) DO UPDATE SET
+    concurrency = CASE WHEN $2 THEN EXCLUDED.concurrency ELSE q.concurrency END,
+    rate_per_minute = CASE WHEN $3 THEN EXCLUDED.rate_per_minute ELSE q.rate_per_minute END,
+    paused = CASE WHEN $4 THEN EXCLUDED.paused ELSE q.paused END,
+    updated_at = tidebase.now()
+  RETURNING name, concurrency, rate_per_minute, paused
+)
+SELECT q.*, pg_notify('tidebase_queues', q.name) IS NULL AS sent FROM q;
+
+-- name: queue_controls
+SELECT name, concurrency, rate_per_minute, paused FROM tidebase.queues
+WHERE name = ANY($1::text[]);
+
+-- name: all_queue_controls
+SELECT name, concurrency, rate_per_minute, paused FROM tidebase.queues ORDER BY name;
+
+-- name: queue_counts
+SELECT queue, status, count(*) AS n FROM tidebase.runs GROUP BY queue, status;
 
 -- name: start_inline_run
 -- Create a run that this process executes in place, already leased to $2.
@@ -661,3 +729,105 @@ FROM unnest($1::text[]) AS q(queue),
 
 -- name: run_exists
 SELECT status FROM tidebase.runs WHERE id = $1;
+
+-- name: db_now
+SELECT tidebase.now();
+
+-- name: upsert_schedule
+-- Create or replace schedule $1. next_fire_at and anchor_at ($13, $14) are kept when
+-- the timing (cron, every, timezone) is unchanged and the schedule stays enabled, so
+-- re-registering it (every worker start does) neither skips nor repeats a tick.
+INSERT INTO tidebase.schedules AS s
+  (name, workflow, input, queue, priority, cron, every_s, timezone, enabled, catchup,
+   catchup_limit, overlap, anchor_at, next_fire_at, source, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+        tidebase.now(), tidebase.now())
+ON CONFLICT (name) DO UPDATE SET
+  workflow = EXCLUDED.workflow, input = EXCLUDED.input, queue = EXCLUDED.queue,
+  priority = EXCLUDED.priority, cron = EXCLUDED.cron, every_s = EXCLUDED.every_s,
+  timezone = EXCLUDED.timezone, enabled = EXCLUDED.enabled, catchup = EXCLUDED.catchup,
+  catchup_limit = EXCLUDED.catchup_limit, overlap = EXCLUDED.overlap,
+  source = EXCLUDED.source, updated_at = tidebase.now(),
+  anchor_at = CASE WHEN s.enabled AND (s.cron, s.every_s, s.timezone)
+                        IS NOT DISTINCT FROM (EXCLUDED.cron, EXCLUDED.every_s, EXCLUDED.timezone)
+                   THEN s.anchor_at ELSE EXCLUDED.anchor_at END,
+  next_fire_at = CASE WHEN s.enabled AND (s.cron, s.every_s, s.timezone)
+                           IS NOT DISTINCT FROM (EXCLUDED.cron, EXCLUDED.every_s, EXCLUDED.timezone)
+                      THEN s.next_fire_at ELSE EXCLUDED.next_fire_at END
+RETURNING *;
+
+-- name: get_schedule
+SELECT * FROM tidebase.schedules WHERE name = $1;
+
+-- name: list_schedules
+SELECT * FROM tidebase.schedules ORDER BY name;
+
+-- name: delete_schedule
+DELETE FROM tidebase.schedules WHERE name = $1 RETURNING name;
+
+-- name: delete_code_schedules
+-- Schedules registered from code for these workflows ($1) that the code no longer
+-- declares ($2: the names it does).
+DELETE FROM tidebase.schedules
+WHERE source = 'code' AND workflow = ANY($1::text[]) AND NOT (name = ANY($2::text[]))
+RETURNING name;
+
+-- name: pause_schedule
+UPDATE tidebase.schedules SET enabled = false, updated_at = tidebase.now()
+WHERE name = $1 RETURNING *;
+
+-- name: resume_schedule
+-- Ticks missed while paused are not caught up: the next one is computed from now ($2).
+UPDATE tidebase.schedules
+SET enabled = true, next_fire_at = CASE WHEN enabled THEN next_fire_at ELSE $2 END,
+    anchor_at = CASE WHEN enabled THEN anchor_at ELSE $3 END, updated_at = tidebase.now()
+WHERE name = $1 RETURNING *;
+
+-- name: due_schedules
+-- Schedules with a due tick, oldest first. One whose overlap policy is 'queue' and
+-- whose previous run is still active waits, without holding up the others.
+SELECT s.name FROM tidebase.schedules s
+WHERE s.enabled AND s.next_fire_at <= tidebase.now()
+  AND NOT (s.overlap = 'queue'
+           AND EXISTS (SELECT 1 FROM tidebase.runs r
+                       WHERE r.schedule = s.name
+                         AND r.status IN ('queued', 'running', 'waiting')))
+ORDER BY s.next_fire_at
+LIMIT $1;
+
+-- name: lock_due_schedule
+-- Inside the firing transaction: the schedule, locked, if still due.
+SELECT *, tidebase.now() AS now FROM tidebase.schedules
+WHERE name = $1 AND enabled AND next_fire_at <= tidebase.now()
+FOR UPDATE SKIP LOCKED;
+
+-- name: schedule_active
+SELECT EXISTS (SELECT 1 FROM tidebase.runs
+               WHERE schedule = $1 AND status IN ('queued', 'running', 'waiting'));
+
+-- name: insert_scheduled_runs
+-- The runs of due ticks ($1: JSON array). The (schedule, fire_time) key makes a tick
+-- that was enqueued already (by another ticker) a no-op.
+WITH ins AS (
+  INSERT INTO tidebase.runs
+    (id, workflow, queue, status, input, priority, metadata, max_attempts, run_at,
+     schedule, fire_time, created_at, updated_at, event_seq)
+  SELECT u.id, u.workflow, u.queue, 'queued', u.input, u.priority, u.metadata,
+         u.max_attempts, tidebase.now(), u.schedule, u.fire_time, tidebase.now(),
+         tidebase.now(), 1
+  FROM jsonb_to_recordset($1::jsonb)
+       AS u(id uuid, workflow text, queue text, input jsonb, priority int4,
+            metadata jsonb, max_attempts int4, schedule text, fire_time timestamptz)
+  ON CONFLICT (schedule, fire_time) WHERE schedule IS NOT NULL DO NOTHING
+  RETURNING id, queue, fire_time
+), ev AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, 1, 'run.created', tidebase.now(), NULL FROM ins
+)
+SELECT id, queue, fire_time FROM ins ORDER BY fire_time;
+
+-- name: advance_schedule
+UPDATE tidebase.schedules
+SET next_fire_at = $2, last_fire_at = COALESCE($3, last_fire_at),
+    last_run_id = COALESCE($4, last_run_id), updated_at = tidebase.now()
+WHERE name = $1;
