@@ -1,8 +1,8 @@
 """Claim latency with a small and a big queue: does a claim cost O(1) in the queue size?
 
 For each size, in a fresh database: insert that many due queued runs with one
-``INSERT ... SELECT generate_series`` (the columns ``enqueue_runs`` fills, ids time
-ordered like uuid7; no ``run.created`` events, which the claim does not read), then
+``INSERT ... SELECT generate_series`` (the rows ``enqueue_runs`` writes, ids time
+ordered like uuid7; event_seq 1, the derived ``run.created``), then
 time ``Store.claim(limit=16)`` called back to back on the library's own pool (the
 prepared statement and plan cache a worker has). The first claims are discarded
 (statement preparation). Each claim takes 16 runs off the queue, as a worker's would;
@@ -94,7 +94,7 @@ SELECT (lpad(to_hex(b.ms + g.i / 1000), 12, '0') || '7' || lpad(to_hex(g.i % 409
         || '8' || lpad(to_hex(g.i), 15, '0'))::uuid,
        '{WORKFLOW}', '{QUEUE}', 'queued', 'null'::jsonb, 0, 3,
        b.t + g.i * interval '1 microsecond', b.t + g.i * interval '1 microsecond',
-       b.t + g.i * interval '1 microsecond', 0
+       b.t + g.i * interval '1 microsecond', 1
 FROM b, generate_series(1, $1) AS g(i)
 """
 

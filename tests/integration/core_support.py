@@ -17,6 +17,7 @@ import anyio
 import asyncpg
 
 from tidebase_async import Retry, Tidebase, Worker
+from tidebase_async.store.sql import Q
 
 #: Run-level and step-level retries that do not slow the tests down.
 FAST = Retry(backoff=0.01, max_backoff=0.05)
@@ -91,9 +92,9 @@ async def status_of(db: asyncpg.Connection, run_id: UUID) -> str:
 
 
 async def event_types(db: asyncpg.Connection, run_id: UUID) -> list[str]:
-    rows = await db.fetch(
-        "SELECT seq, type FROM tidebase.events WHERE run_id = $1 ORDER BY seq", run_id
-    )
+    """The run's event types as readers see them (list_events: seq 1, run.created, is
+    derived from the run row), checked gap-free from 1."""
+    rows = await db.fetch(Q["list_events"], run_id, 0, 100_000)
     assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1)), "event seq has gaps"
     return [r["type"] for r in rows]
 

@@ -23,6 +23,8 @@ from uuid import UUID
 import anyio
 import asyncpg
 
+from tidebase_async.store.sql import Q
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 T = TypeVar("T")
@@ -115,10 +117,8 @@ async def run_output(db: asyncpg.Connection, run_id: UUID) -> Any:
 
 
 async def event_types(db: asyncpg.Connection, run_id: UUID) -> list[tuple[str, Any]]:
-    rows = await db.fetch(
-        "SELECT type, data::text AS data FROM tidebase.events WHERE run_id = $1 ORDER BY seq",
-        run_id,
-    )
+    """(type, data) of the run's events as readers see them (list_events)."""
+    rows = await db.fetch(Q["list_events"], run_id, 0, 100_000)
     return [(r["type"], None if r["data"] is None else json.loads(r["data"])) for r in rows]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import anyio
 import asyncpg
@@ -50,10 +51,70 @@ async def test_a_multi_step_run_records_gap_free_events_in_order(
     assert events[4].data == {"half": True}
     assert all(isinstance(e, Event) for e in events)
     assert [e.at for e in events] == sorted(e.at for e in events)
+    # Every event but run.created is stored; that one is derived from the run row.
     rows = await db.fetch(
-        "SELECT seq, type FROM tidebase.events WHERE run_id = $1 ORDER BY seq", handle.id
+        "SELECT seq, type, at FROM tidebase.events WHERE run_id = $1 ORDER BY seq", handle.id
     )
-    assert [(r["seq"], r["type"]) for r in rows] == [(e.seq, e.type) for e in events]
+    assert [(r["seq"], r["type"], r["at"]) for r in rows] == [
+        (e.seq, e.type, e.at) for e in events[1:]
+    ]
+    assert events[0].at == await db.fetchval(
+        "SELECT created_at FROM tidebase.runs WHERE id = $1", handle.id
+    )
+    assert events[0].data is None
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["derived", "stored-by-older-release"])
+async def test_run_created_is_listed_once_whether_derived_or_stored(
+    tide: Tidebase, db: asyncpg.Connection, stored: bool
+) -> None:
+    register_multi_step(tide)
+    handle = await tide.enqueue("multi")
+    created_at = await db.fetchval("SELECT created_at FROM tidebase.runs WHERE id = $1", handle.id)
+    expected_at = created_at
+    if stored:
+        # Releases before the derived run.created stored it as the row at seq 1; a run
+        # enqueued by one of them keeps it, and that row is listed instead.
+        expected_at = created_at - timedelta(milliseconds=1)
+        await db.execute(
+            "INSERT INTO tidebase.events (run_id, seq, type, at, data)"
+            " VALUES ($1, 1, 'run.created', $2, NULL)",
+            handle.id,
+            expected_at,
+        )
+    async with working(tide):
+        await tide.runs.wait(handle.id, timeout=10)
+
+    events = [e async for e in tide.runs.events(handle.id)]
+    assert [e.seq for e in events] == list(range(1, len(MULTI_STEP_TYPES) + 1))
+    assert [e.type for e in events] == MULTI_STEP_TYPES
+    assert (events[0].at, events[0].data) == (expected_at, None)
+    # Paged reads never repeat or skip seq 1, whatever the page size.
+    for limit in (1, 2, 3, 500):
+        seqs: list[int] = []
+        while page := await tide.store.list_events(
+            handle.id, after=seqs[-1] if seqs else 0, limit=limit
+        ):
+            assert len(page) <= limit
+            seqs += [r["seq"] for r in page]
+        assert seqs == [e.seq for e in events], limit
+
+
+async def test_an_inline_run_lists_run_created_then_run_claimed(tide: Tidebase) -> None:
+    @tide.workflow("inline")
+    async def inline(run: Run) -> int:
+        return 1
+
+    assert await tide.run("inline") == 1
+    run_id = (await tide.runs.list(workflow="inline")).items[0].id
+    events = [e async for e in tide.runs.events(run_id)]
+    assert [(e.seq, e.type) for e in events] == [
+        (1, "run.created"),
+        (2, "run.claimed"),
+        (3, "run.completed"),
+    ]
+    assert events[1].data == {"worker": events[1].data["worker"], "attempt": 1, "inline": True}
+    assert events[0].at == events[1].at
 
 
 async def test_events_streams_history_then_live_until_the_run_ends(tide: Tidebase) -> None:

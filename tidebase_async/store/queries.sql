@@ -3,7 +3,9 @@
 -- is fenced on (id, lease_owner, attempt) AND status = 'running', so a worker whose lease
 -- was taken over (a zombie) changes nothing. Appending an event always goes through an
 -- UPDATE of the run row that bumps runs.event_seq, which serialises appenders on the row
--- lock and keeps events.seq gap-free.
+-- lock and keeps events.seq gap-free. Seq 1 (run.created) is the one event not stored:
+-- every run is created with event_seq >= 1 and list_events derives seq 1 from the run
+-- row (its created_at), which saves enqueue an insert per run.
 
 -- name: schema_version
 SELECT max(version) FROM tidebase.schema_migrations;
@@ -16,6 +18,7 @@ SELECT max(version) FROM tidebase.schema_migrations;
 -- tells a fresh insert from the conflict path.
 -- The caller removes duplicate dedupe keys within the batch first (DO UPDATE may not
 -- touch one row twice in a statement).
+-- Event seq 1 (run.created) is not written: list_events derives it from the run row.
 -- The workers' wake-up is sent in the same transaction, once per queue: it arrives the
 -- moment the runs are visible. (This is the one write that notifies in-transaction: a
 -- notifying commit holds a cluster-wide lock while it flushes WAL, which enqueue can
@@ -37,9 +40,6 @@ WITH ins AS (
     DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key
   RETURNING r.id, (r.xmax = 0) AS inserted, r.queue, r.dedupe_key,
             r.run_at <= tidebase.now() AS due
-), ev AS (
-  INSERT INTO tidebase.events (run_id, seq, type, at, data)
-  SELECT id, 1, 'run.created', tidebase.now(), NULL FROM ins WHERE inserted
 ), wake AS (
   SELECT count(pg_notify('tidebase_wake', q.queue)) AS sent
   FROM (SELECT DISTINCT queue FROM ins WHERE inserted) AS q
@@ -167,7 +167,8 @@ SELECT queue, status, count(*) AS n FROM tidebase.runs GROUP BY queue, status;
 -- name: start_inline_run
 -- Create a run that this process executes in place, already leased to $2.
 -- No row when a run with id $1 exists already (a concurrent tide.run with the same
--- run_id won): the caller then waits for that run instead.
+-- run_id won): the caller then waits for that run instead. Its events: seq 1
+-- (run.created) is derived by list_events, seq 2 (run.claimed) is stored here.
 WITH ins AS (
   INSERT INTO tidebase.runs
     (id, workflow, queue, status, input, priority, metadata, max_attempts, run_at,
@@ -181,11 +182,9 @@ WITH ins AS (
             deadline_at, step_count, event_seq, created_at, wake_seq
 ), ev AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
-  SELECT id, s.seq, s.type, tidebase.now(), s.data
-  FROM ins, (VALUES (1, 'run.created', NULL::jsonb),
-                    (2, 'run.claimed', jsonb_build_object('worker', $2::text,
-                                                          'attempt', 1, 'inline', true)))
-            AS s(seq, type, data)
+  SELECT id, 2, 'run.claimed', tidebase.now(),
+         jsonb_build_object('worker', $2::text, 'attempt', 1, 'inline', true)
+  FROM ins
 )
 SELECT ins.*, tidebase.now() AS db_now FROM ins;
 
@@ -716,8 +715,17 @@ ORDER BY created_at DESC, id DESC
 LIMIT $6;
 
 -- name: list_events
-SELECT seq, type, at, data FROM tidebase.events
-WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3;
+-- Up to $3 events of run $1 with seq > $2, in order. Seq 1 (run.created, at the run's
+-- created_at, no data) is derived from the run row; runs enqueued by releases that
+-- stored it have that row, which is then returned instead, never both.
+(SELECT 1 AS seq, 'run.created' AS type, r.created_at AS at, NULL::jsonb AS data
+ FROM tidebase.runs r
+ WHERE r.id = $1 AND $2::int4 < 1 AND r.event_seq >= 1
+   AND NOT EXISTS (SELECT FROM tidebase.events e WHERE e.run_id = $1 AND e.seq = 1))
+UNION ALL
+(SELECT seq, type, at, data FROM tidebase.events
+ WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3)
+ORDER BY seq LIMIT $3;
 
 -- name: next_due
 -- When the earliest queued run of these queues becomes claimable.
