@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -23,9 +22,12 @@ from tidebase_async.models import (
     Retry,
     RunHandle,
     RunSpec,
+    Schedule,
 )
+from tidebase_async.queues import Queues
 from tidebase_async.replay import Execution, as_seconds
 from tidebase_async.runs import Runs, as_uuid
+from tidebase_async.schedules import Schedules, schedule_of
 from tidebase_async.store import ClaimedRun, NewRun, StepRecord, Store
 from tidebase_async.store.listener import Listener
 from tidebase_async.wakeup import CANCEL_CHANNEL, EVENTS_CHANNEL, WAKE_CHANNEL, Notifier
@@ -38,6 +40,7 @@ from tidebase_async.workflows import (
     check_name,
     is_utf8,
     make_workflow,
+    uuid7,
 )
 from tidebase_async.writes import RunWrites
 
@@ -50,17 +53,6 @@ F = TypeVar("F", bound=WorkflowFn)
 
 DEFAULT_RETENTION = timedelta(days=7)
 _INT32 = 2**31 - 1
-
-
-def uuid7() -> UUID:
-    """A time-ordered UUID (RFC 9562 version 7): new runs land at the right edge of
-    the primary key index instead of at random pages."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80 | rand & ((1 << 80) - 1)
-    value = (value & ~(0xF << 76)) | (0x7 << 76)
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)
-    return UUID(int=value)
 
 
 def _aware(value: datetime | None, what: str) -> datetime | None:
@@ -136,6 +128,8 @@ class Tidebase:
             )
         self.runs = Runs(self)
         self.gates = Gates(self)
+        self.schedules = Schedules(self)
+        self.queues = Queues(self)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -231,18 +225,26 @@ class Tidebase:
         queue: str = DEFAULT_QUEUE,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         retry: Retry | None = None,
+        schedule: str | float | timedelta | Schedule | None = None,
     ) -> Callable[[F], F]:
         """Register an async function ``fn(run, input)`` as workflow ``name``.
 
         ``max_attempts`` bounds how often a run is attempted (failures and crashed
-        workers both count); ``retry`` sets the backoff between attempts.
+        workers both count); ``retry`` sets the backoff between attempts. ``schedule``
+        (a cron string, an interval, or a ``Schedule``) declares a schedule named after
+        the workflow, which workers create or update when they start (see
+        ``tide.schedules``).
 
         Raises:
             ConfigurationError: bad name, not an async function, or a name registered twice.
+            InvalidSchedule: a bad ``schedule``.
         """
+        spec = schedule_of(schedule, workflow=name)
 
         def register(fn: F) -> F:
-            wf = make_workflow(name, fn, queue=queue, max_attempts=max_attempts, retry=retry)
+            wf = make_workflow(
+                name, fn, queue=queue, max_attempts=max_attempts, retry=retry, schedule=spec
+            )
             if name in self._workflows and self._workflows[name].fn is not fn:
                 raise errors.ConfigurationError(f"workflow {name!r} is registered twice")
             self._workflows[name] = wf
@@ -514,14 +516,19 @@ class Tidebase:
             return await self.runs.wait(rid)
 
     async def _status_after_waiting(self, run_id: UUID) -> str | None:
-        """The run's status once it is no longer waiting (LISTEN, polling each second)."""
+        """The run's status once it is no longer waiting (LISTEN, polling each second).
+        A timer of the run (a sleep, a gate's expiry) is fired here when due, so an
+        inline run needs no worker to wake it."""
         with self.runs.watch(run_id) as changed:
             while True:
                 changed.clear()
-                status = await self.store.run_status(run_id)
+                status, wake_in = await self.store.waiting_state(run_id)
                 if status != "waiting":
                     return status
-                await changed.wait_for(1.0)
+                if wake_in is not None and wake_in <= 0:
+                    await self.store.wake_if_due(run_id)
+                    continue
+                await changed.wait_for(1.0 if wake_in is None else min(1.0, wake_in))
 
     async def _execute_inline(
         self, worker_id: str, claimed: ClaimedRun, history: list[StepRecord], lease_s: float

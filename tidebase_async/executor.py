@@ -32,6 +32,9 @@ _PERMANENT: tuple[type[BaseException], ...] = (
     errors.SerializationError,
     errors.NonDeterminismError,
     errors.ConfigurationError,
+    # The child stays failed: another attempt of the parent would fail the same way.
+    # runs.retry(parent) retries its failed children too.
+    errors.ChildFailed,
 )
 _UNKNOWN_WORKFLOW_RETRY = Retry(backoff=1.0, max_backoff=60.0)
 _PASS_THROUGH: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, GeneratorExit)

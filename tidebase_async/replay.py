@@ -46,15 +46,32 @@ T = TypeVar("T")
 _NO_RETRY = Retry(attempts=1)
 #: A sleep this short waits in place: parking and waking the run costs more.
 _SLEEP_IN_PLACE_S = 0.05
+#: Sleeps and gate timeouts beyond this are refused (a datetime ends at year 9999).
+_MAX_WAIT_S = 100 * 366 * 24 * 3600.0
 _CHILD_NAMESPACE = _uuid.UUID("0b7c6f0e-5d1a-4c39-9a57-2f1c3e8d9b41")
 
 #: How long a fenced write keeps retrying across a lost connection.
 WRITE_RETRY_S = 300.0
 
 
-def _child_id(parent: UUID, full_name: str, index: int) -> UUID:
-    """Children are created once: their ids derive from the parent and the name."""
-    return _uuid.uuid5(_CHILD_NAMESPACE, f"{parent}/{full_name}/{index}")
+def check_history_name(kind: str, name: object) -> str:
+    """A step, sleep, gate, child or fanout name: ``#`` and a leading ``~`` are
+    reserved (ordinals and built-in steps), so a user's name can never equal the name
+    an ordinal gives another entry ("ok#2")."""
+    check_name(kind, name)
+    assert isinstance(name, str)
+    if "#" in name or name.startswith("~"):
+        raise errors.ConfigurationError(
+            f"{kind} name {name!r} may not contain '#' or start with '~' "
+            "(reserved for ordinals and built-in steps)"
+        )
+    return name
+
+
+def _child_id(parent: UUID, kind: str, full_name: str, index: int) -> UUID:
+    """Children are created once: their ids derive from the parent, the kind and the
+    name of the entry that starts them, and their index in it."""
+    return _uuid.uuid5(_CHILD_NAMESPACE, f"{parent}/{kind}/{full_name}/{index}")
 
 
 def _child_failed(info: Any) -> errors.ChildFailed:
@@ -452,12 +469,7 @@ class Run:
             StepFailed: on replay, for a recorded failure the workflow caught and went
                 past (the original exception object cannot be stored).
         """
-        check_name("step", name)
-        if "#" in name or name.startswith("~"):
-            raise errors.ConfigurationError(
-                f"step name {name!r} may not contain '#' or start with '~' "
-                "(reserved for ordinals and built-in steps)"
-            )
+        check_history_name("step", name)
         return await self._step(name, fn, args, kwargs, retry=retry, timeout=timeout)
 
     async def _step(
@@ -611,14 +623,18 @@ class Run:
         restart of every worker in between changes nothing. Names follow the ordinal
         rule of steps (``cool-down``, ``cool-down#2``, ...).
         """
-        check_name("sleep", name)
+        check_history_name("sleep", name)
         seconds = as_seconds(duration, what=f"sleep {name!r} duration")
         assert seconds is not None
+        if seconds > _MAX_WAIT_S:
+            raise errors.ConfigurationError(
+                f"sleep {name!r}: duration {duration!r} is longer than 100 years"
+            )
         await self._sleep(name, lambda now: now + timedelta(seconds=seconds))
 
     async def sleep_until(self, name: str, when: datetime) -> None:
         """Wait until ``when`` (timezone-aware) durably; see ``sleep``."""
-        check_name("sleep", name)
+        check_history_name("sleep", name)
         if not isinstance(when, datetime) or when.tzinfo is None or when.utcoffset() is None:
             raise errors.ConfigurationError(
                 f"sleep_until {name!r}: when must be a timezone-aware datetime, got {when!r}"
@@ -677,7 +693,7 @@ class Run:
             SerializationError: ``data`` is not JSON-encodable.
         """
         ex = self._ex
-        check_name("gate", name)
+        check_history_name("gate", name)
         if prompt is not None and (not isinstance(prompt, str) or not is_utf8(prompt)):
             raise errors.ConfigurationError(
                 f"gate {name!r}: prompt must be a str, got {prompt!r:.60}"
@@ -685,6 +701,10 @@ class Run:
         if prompt is not None and "\x00" in prompt:
             raise errors.ConfigurationError(f"gate {name!r}: prompt may not contain NUL")
         timeout_s = as_seconds(timeout, what=f"gate {name!r} timeout")
+        if timeout_s is not None and timeout_s > _MAX_WAIT_S:
+            raise errors.ConfigurationError(
+                f"gate {name!r}: timeout {timeout!r} is longer than 100 years"
+            )
         data_bytes = (
             None
             if data is None
@@ -792,7 +812,13 @@ class Run:
             ChildFailed: for the first child, in order, that failed or was cancelled
                 (after all of them finished).
         """
-        specs = list(children)
+        try:
+            specs = list(children)
+        except TypeError:
+            raise errors.ConfigurationError(
+                f"fanout {name!r}: children must be an iterable of (workflow, input) tuples, "
+                f"got {type(children).__name__}"
+            ) from None
         for spec in specs:
             if not isinstance(spec, tuple) or len(spec) != 2:
                 raise errors.ConfigurationError(
@@ -804,7 +830,7 @@ class Run:
         self, kind: str, name: str, specs: list[tuple[str, Any]], queue: str | None
     ) -> list[Any]:
         ex = self._ex
-        check_name(kind, name)
+        check_history_name(kind, name)
         if queue is not None:
             check_name("queue", queue)
         new_runs = [
@@ -824,7 +850,7 @@ class Run:
             raise _child_failed(codec.decode(record.error or b"{}", where=where))
         # Ids depend on the full name (with its ordinal): fixed across replays.
         new_runs = [
-            msgspec.structs.replace(r, id=_child_id(ex.run_id, full_name, i))
+            msgspec.structs.replace(r, id=_child_id(ex.run_id, kind, full_name, i))
             for i, r in enumerate(new_runs)
         ]
         started_at = ex.now()

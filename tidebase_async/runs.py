@@ -316,7 +316,8 @@ class Runs:
 
     async def retry(self, run_id: UUID | str) -> None:
         """Put a failed run back in its queue with a fresh budget of attempts; it
-        resumes after its last completed step.
+        resumes after its last completed step. Its failed child runs are retried with
+        it (they would fail it again).
 
         Raises:
             RunNotFound: no run has this id.
@@ -329,11 +330,11 @@ class Runs:
             raise errors.RunNotFound(f"no run with id {rid}")
         wf = self._tide.workflows.get(row["workflow"])
         budget = wf.max_attempts if wf else DEFAULT_RETRY_BUDGET
-        queue = await store.retry_run(run_id=rid, budget=budget)
+        queue, child_queues = await store.retry_run(run_id=rid, budget=budget)
         if queue is None:
             status = await store.run_status(rid)
             raise errors.ConflictError(f"only failed runs can be retried; run {rid} is {status}")
-        self._tide.notifier.queues_changed(queue)
+        self._tide.notifier.queues_changed(queue, *child_queues)
         self._tide.notifier.runs_changed(rid)
 
 

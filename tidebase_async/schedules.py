@@ -17,6 +17,7 @@ paused does not catch up the ticks of its pause.
 
 from __future__ import annotations
 
+import builtins
 import collections
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -147,11 +148,17 @@ class Schedules:
             ("catchup_limit", catchup_limit, 1, 100_000),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise errors.InvalidSchedule(f"{what} must be an int in {low}..{high}, got {value!r}")
+                raise errors.InvalidSchedule(
+                    f"{what} must be an int in {low}..{high}, got {value!r}"
+                )
         try:
-            data = codec.encode(input, where="schedule input", max_size=self._tide.max_payload_bytes)
+            data = codec.encode(
+                input, where="schedule input", max_size=self._tide.max_payload_bytes
+            )
             wf = self._tide.workflows.get(workflow)
-            codec.decode(data, tp=wf.input_type if wf else Any, where=f"input of workflow {workflow!r}")
+            codec.decode(
+                data, tp=wf.input_type if wf else Any, where=f"input of workflow {workflow!r}"
+            )
         except errors.SerializationError as exc:
             raise errors.InvalidSchedule(f"schedule {name!r}: {exc}") from exc
         return {
@@ -174,7 +181,7 @@ class Schedules:
             raise errors.NotFoundError(f"no schedule named {name!r}")
         return _info(row)
 
-    async def list(self) -> list[ScheduleInfo]:
+    async def list(self) -> builtins.list[ScheduleInfo]:
         return [_info(r) for r in await self._tide.store.list_schedules()]
 
     async def delete(self, name: str) -> None:
@@ -227,22 +234,22 @@ class Schedules:
                 overlap=spec.overlap,
                 source="code",
             )
-        await self._tide.store.delete_code_schedules(
-            workflows=list(workflows), keep=list(declared)
-        )
+        await self._tide.store.delete_code_schedules(workflows=list(workflows), keep=list(declared))
 
-    async def fire_due(self, *, limit: int = 100) -> list[tuple[UUID, str]]:
+    async def fire_due(self, *, limit: int = 100) -> builtins.list[tuple[UUID, str]]:
         """Enqueue the runs of every due tick (the reconciler calls this). Returns the
         (id, queue) of the runs created."""
         store = self._tide.store
-        created: list[tuple[UUID, str]] = []
+        created: builtins.list[tuple[UUID, str]] = []
         for name in await store.due_schedules(limit=limit):
             fired = await store.fire_schedule(name, self._plan)
             if fired:
                 created.extend(fired)
         return created
 
-    def _plan(self, row: asyncpg.Record, active: bool) -> tuple[list[ScheduledRun], datetime]:
+    def _plan(
+        self, row: asyncpg.Record, active: bool
+    ) -> tuple[builtins.list[ScheduledRun], datetime]:
         """The runs of the due ticks of ``row`` (a locked, due schedule) and its next fire
         time, per its catchup and overlap policies."""
         timing = _timing(row)
@@ -329,7 +336,7 @@ def _latest_ticks(
         latest = latest_fire(timing, now, anchor=anchor)
         if latest is None:
             return []
-        ticks = []
+        ticks: list[datetime] = []
         tick = latest
         while tick >= due_from and len(ticks) < limit:
             ticks.append(tick)

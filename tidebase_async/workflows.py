@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import inspect
+import os
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from uuid import UUID
 
 import msgspec
 
 from tidebase_async import codec, errors
-from tidebase_async.models import Retry
+from tidebase_async.models import Retry, Schedule
 
 # ``fn(run)`` or ``fn(run, input)``: both are valid (checked by make_workflow), so the
 # static type must accept either arity.
 WorkflowFn = Callable[..., Awaitable[Any]]
 
 MAX_NAME_LENGTH = 200
+
+
+def uuid7() -> UUID:
+    """A time-ordered UUID (RFC 9562 version 7): new runs land at the right edge of
+    the primary key index instead of at random pages."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | rand & ((1 << 80) - 1)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)
+    return UUID(int=value)
 
 
 DEFAULT_QUEUE = "default"
@@ -81,6 +95,7 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
     input_type: Any
     output_type: Any
     takes_input: bool
+    schedule: Schedule | None = None
 
 
 def backoff_delay(policy: Retry, attempt: int) -> float:
@@ -103,6 +118,7 @@ def make_workflow(
     queue: str,
     max_attempts: int,
     retry: Retry | None,
+    schedule: Schedule | None = None,
 ) -> Workflow:
     check_name("workflow", name)
     check_name("queue", queue)
@@ -138,4 +154,5 @@ def make_workflow(
         input_type=input_type,
         output_type=output_type,
         takes_input=len(positional) == 2,
+        schedule=schedule,
     )

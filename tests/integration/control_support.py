@@ -9,6 +9,7 @@ from uuid import UUID
 import asyncpg
 
 from tests.integration.core_support import eventually, status_of
+from tidebase_async.store.sql import Q
 
 
 async def wait_status(
@@ -59,11 +60,10 @@ async def history(db: asyncpg.Connection, run_id: UUID) -> list[tuple[str, str, 
 
 
 async def events(db: asyncpg.Connection, run_id: UUID) -> list[tuple[str, Any]]:
-    """(type, data) of the run's events in order."""
-    rows = await db.fetch(
-        "SELECT type, data::text AS data FROM tidebase.events WHERE run_id = $1 ORDER BY seq",
-        run_id,
-    )
+    """(type, data) of the run's events as readers see them (``list_events``: seq 1,
+    ``run.created``, is derived from the run row), checked gap-free from 1."""
+    rows = await db.fetch(Q["list_events"], run_id, 0, 100_000)
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1)), "event seq has gaps"
     return [(r["type"], None if r["data"] is None else json.loads(r["data"])) for r in rows]
 
 

@@ -1,9 +1,5 @@
-"""Review of workflow control (issue 5): defects found in gates, sleeps, children,
-cancellation and deadlines, each pinned by a test that fails today.
-
-Every test is ``xfail(strict=True)``: it passes (and the marker must go) once the defect
-is fixed.
-"""
+"""Regression tests for defects a review of workflow control (issue 5) found in gates,
+sleeps, children, cancellation and deadlines; each failed before its fix."""
 
 from __future__ import annotations
 
@@ -17,7 +13,7 @@ import msgspec
 import pytest
 
 from tests.integration.core_support import eventually, status_of, working
-from tidebase_async import ConfigurationError, Run, Tidebase
+from tidebase_async import ConfigurationError, Run, RunFailed, Tidebase
 from tidebase_async.store import ClaimedRun, NewRun
 
 
@@ -45,51 +41,24 @@ async def _lock_waiters(db: asyncpg.Connection, n: int) -> None:
 # -- 1. gates and children: a user name containing '#' collides with an ordinal --------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: gate names may contain '#', so a user gate 'ok#2' and the second "
-    "gate 'ok' (ordinal name 'ok#2') are the same gates row: the third gate passes "
-    "with the second gate's decision, without anyone deciding it",
-)
-async def test_gate_name_with_hash_collides_with_ordinal(tide: Tidebase) -> None:
-    @tide.workflow("three-gates")
-    async def three_gates(run: Run) -> list[str | None]:
-        first = await run.gate("ok")
-        second = await run.gate("ok#2")
-        third = await run.gate("ok")  # a new gate: nobody decided it yet
-        return [first.actor, second.actor, third.actor]
+async def test_a_wait_name_with_a_hash_is_refused(tide: Tidebase) -> None:
+    """'ok#2' is the name the ordinal rule gives the second gate 'ok': a user's own
+    'ok#2' would be the same gate, decided by someone else. Such names are refused."""
+
+    @tide.workflow("hash-gate")
+    async def hash_gate(run: Run) -> str:
+        await run.gate("ok#2")
+        return "passed"
 
     async with working(tide, concurrency=1, maintenance_interval=0.2):
-        h = await tide.enqueue("three-gates")
-
-        async def pending(name: str) -> bool:
-            return [g.name for g in await tide.gates.list(run_id=h.id)] == [name]
-
-        await eventually(lambda: pending("ok"), what="gate 'ok' pending")
-        await tide.gates.resolve(h.id, "ok", approved=True, actor="alice")
-        await eventually(lambda: pending("ok#2"), what="gate 'ok#2' pending")
-        await tide.gates.resolve(h.id, "ok#2", approved=True, actor="bob")
-
-        async def settled() -> bool:
-            status = await tide.store.run_status(h.id)
-            return status == "completed" or (
-                status == "waiting" and bool(await tide.gates.list(run_id=h.id))
-            )
-
-        await eventually(settled, what="the run waits again or completes")
-        # Expected: the third gate is pending and the run waits for it.
-        assert await tide.store.run_status(h.id) == "waiting", (
-            f"the third gate was never decided, yet the run returned "
-            f"{await tide.runs.wait(h.id, timeout=1)!r}"
-        )
+        h = await tide.enqueue("hash-gate")
+        with pytest.raises(RunFailed) as failed:
+            await tide.runs.wait(h.id, timeout=10)
+    assert failed.value.error["type"] == "ConfigurationError"
+    assert "may not contain '#'" in failed.value.error["message"]
+    assert await tide.gates.list(run_id=h.id, status=None) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: child ids derive from (parent, full name, index) without the kind, so "
-    "run.child('leaf') and run.fanout('leaf', ...) share the first child: the fanout's "
-    "first output is the earlier child's output and its own child is never created",
-)
 async def test_child_and_fanout_of_same_name_share_a_child(tide: Tidebase) -> None:
     @tide.workflow("leaf")
     async def leaf(run: Run, n: int) -> int:
@@ -111,13 +80,6 @@ async def test_child_and_fanout_of_same_name_share_a_child(tide: Tidebase) -> No
 # -- 2. deadlock between a gate's expiry (worker) and its resolution (client) ---------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: expire_gate locks the gate row and then the run row (its UPDATE of "
-    "runs), resolve_gate locks the run row and then the gate row: when a gate is "
-    "resolved as the worker replays to it after its timeout, Postgres detects a "
-    "deadlock and fails one side with a StoreError that nobody retries",
-)
 async def test_expire_gate_and_resolve_gate_deadlock(
     tide: Tidebase, db: asyncpg.Connection, dsn: str
 ) -> None:
@@ -173,13 +135,6 @@ async def test_expire_gate_and_resolve_gate_deadlock(
 # -- 3. a cancel racing with the creation of children leaves the children running -----
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cancel_runs collects the run tree with its statement snapshot, then "
-    "waits for the parent's row lock held by start_children; the children that "
-    "transaction commits are not in the tree, so the parent is cancelled and its new "
-    "children stay queued (and run, or wait on gates, forever orphaned)",
-)
 async def test_cancel_racing_start_children_orphans_children(
     tide: Tidebase, db: asyncpg.Connection, dsn: str
 ) -> None:
@@ -238,12 +193,6 @@ async def test_cancel_racing_start_children_orphans_children(
 # -- 4. inline runs: nothing wakes a durable sleep or a gate timeout -------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: tide.run() parks a sleeping run as 'waiting' and then only polls its "
-    "status; only a worker's maintenance loop runs wake_due, so without a worker the "
-    "inline call waits forever for a 0.3 s sleep (same for a gate timeout)",
-)
 async def test_inline_run_with_sleep_and_no_worker_finishes(tide: Tidebase) -> None:
     @tide.workflow("inline-nap")
     async def inline_nap(run: Run) -> str:
@@ -262,12 +211,6 @@ async def test_inline_run_with_sleep_and_no_worker_finishes(tide: Tidebase) -> N
 # -- 5. bad input: a sleep too long for a datetime is an OverflowError ----------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: run.sleep checks only for NaN and negatives: an infinite or huge "
-    "duration raises OverflowError from datetime arithmetic (a generic exception, "
-    "retried as a transient failure) instead of a clear ConfigurationError",
-)
 async def test_sleep_with_an_infinite_duration_is_a_configuration_error(
     tide: Tidebase,
 ) -> None:
@@ -289,11 +232,6 @@ async def test_sleep_with_an_infinite_duration_is_a_configuration_error(
     assert seen == ["ConfigurationError", "ConfigurationError"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: run.fanout calls list(children) unguarded: a non-iterable (None, an "
-    "int) raises TypeError instead of a clear ConfigurationError",
-)
 async def test_fanout_of_a_non_iterable_is_a_configuration_error(tide: Tidebase) -> None:
     seen: list[str] = []
 

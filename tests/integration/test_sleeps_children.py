@@ -308,12 +308,6 @@ async def test_an_uncaught_child_failure_fails_the_parent(
     assert "KeyError" in error["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a child name may contain '#': an explicit 'c#2' and the automatic "
-    "ordinal of a later child 'c' derive the same child id, so the later child is "
-    "never created and returns the other child's output",
-)
 async def test_a_child_named_like_an_ordinal_gets_a_run_of_its_own(
     tide: Tidebase, db: asyncpg.Connection
 ) -> None:
@@ -341,12 +335,6 @@ async def test_a_child_named_like_an_ordinal_gets_a_run_of_its_own(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: run.child(name='x') and run.fanout('x', ...) in one run derive the same "
-    "child id for index 0 (ordinals are counted per kind, ids are not keyed by kind), "
-    "so the fan-out's first child is never created and returns the other child's output",
-)
 async def test_a_child_and_a_fanout_of_the_same_name_do_not_share_a_run(
     tide: Tidebase, db: asyncpg.Connection
 ) -> None:

@@ -591,10 +591,12 @@ class Store:
         event_data: bytes,
     ) -> tuple[str, str]:
         """Fail or requeue the run; return (new status, queue)."""
-        with _translate("failing run"):
-            row = await self._pool.fetchrow(
-                Q["fail_run"], run_id, worker_id, attempt, error, retry_in_s, event_data
-            )
+        # A run's terminal status wakes its parent (trigger), locking the parent after
+        # the run: a cancellation locking both in id order can meet it in a deadlock.
+        rows = await self._fetch_retrying_deadlocks(
+            "failing run", Q["fail_run"], run_id, worker_id, attempt, error, retry_in_s, event_data
+        )
+        row = rows[0] if rows else None
         if row is None:
             raise errors.LeaseLost(f"run {run_id} is no longer leased to this worker")
         return row["status"], row["queue"]
@@ -618,8 +620,9 @@ class Store:
         return 0.0 if value is None else float(value)
 
     async def requeue_expired(self, *, limit: int) -> list[tuple[UUID, str, str]]:
-        with _translate("requeue expired leases"):
-            rows = await self._pool.fetch(Q["requeue_expired"], limit)
+        rows = await self._fetch_retrying_deadlocks(
+            "requeue expired leases", Q["requeue_expired"], limit
+        )
         return [(row["id"], row["queue"], row["status"]) for row in rows]
 
     async def next_due_in(self, queues: Sequence[str]) -> float | None:
@@ -678,13 +681,29 @@ class Store:
     ) -> list[tuple[UUID, str, str]]:
         """Cancel active runs and their active descendants; return (id, queue, status
         before) of every run cancelled. Workers holding one are notified in the same
-        transaction."""
-        return [
-            (row[0], row[1], row[2])
-            for row in await self._fetch_retrying_deadlocks(
-                "cancel", Q["cancel_runs"], list(run_ids), reason, actor
+        transaction.
+
+        The statement finds descendants in its snapshot, taken before it waited for the
+        row locks: a parent that was starting children meanwhile (holding its row) has
+        committed them by then, unseen. Once the parent is cancelled no child can be
+        started any more, so passes with fresh snapshots over the children of what was
+        cancelled catch every one.
+        """
+        cancelled: list[tuple[UUID, str, str]] = []
+        roots, why = list(run_ids), reason
+        while roots:
+            rows = await self._fetch_retrying_deadlocks(
+                "cancel", Q["cancel_runs"], roots, why, actor
             )
-        ]
+            cancelled.extend((row[0], row[1], row[2]) for row in rows)
+            if not rows:
+                break
+            with _translate("cancel"):
+                roots = [
+                    r[0] for r in await self._pool.fetch(Q["active_children"], [r[0] for r in rows])
+                ]
+            why = "parent cancelled"
+        return cancelled
 
     async def cancelled_among(self, run_ids: Sequence[UUID]) -> list[UUID]:
         with _translate("check for cancelled runs"):
@@ -951,9 +970,24 @@ class Store:
         return gate
 
     async def expire_gate(self, *, run_id: UUID, worker_id: str, attempt: int, name: str) -> bool:
+        """Expire the claim's run's due gate (unless a resolution won); run row first,
+        then gate, as resolutions lock them."""
         with _translate("expire gate"):
-            count = await self._pool.fetchval(Q["expire_gate"], run_id, worker_id, attempt, name)
+            async with self._pool.acquire() as conn, conn.transaction():
+                if await conn.fetchval(Q["lock_claim"], run_id, worker_id, attempt) is None:
+                    raise errors.LeaseLost(f"run {run_id} is no longer leased to this worker")
+                count = await conn.fetchval(Q["expire_gate"], run_id, name)
         return bool(count)
+
+    async def wake_if_due(self, run_id: UUID) -> bool:
+        with _translate("wake run"):
+            return await self._pool.fetchval(Q["wake_if_due"], run_id) is not None
+
+    async def waiting_state(self, run_id: UUID) -> tuple[str | None, float | None]:
+        """(status, seconds until its timer) of a run."""
+        with _translate("run status"):
+            row = await self._pool.fetchrow(Q["waiting_state"], run_id)
+        return (None, None) if row is None else (row["status"], row["wake_in"])
 
     async def get_gate(self, run_id: UUID, name: str) -> asyncpg.Record | None:
         with _translate("get gate"):
@@ -1091,15 +1125,16 @@ class Store:
                 rows = {r["id"]: r for r in await conn.fetch(Q["children_status"], ids)}
         return [rows[i] for i in ids], [r["queue"] for r in created]
 
-    async def retry_run(self, *, run_id: UUID, budget: int) -> str | None:
-        """Requeue a failed run; None when it is not failed.
+    async def retry_run(self, *, run_id: UUID, budget: int) -> tuple[str | None, list[str]]:
+        """Requeue a failed run and its failed children; return the run's queue (None
+        when it is not failed) and the children's queues.
 
         Raises:
             ConflictError: an active run holds the same dedupe key.
         """
         try:
             with _translate("retry"):
-                queue: str | None = await self._pool.fetchval(Q["retry_run"], run_id, budget)
+                rows = await self._pool.fetch(Q["retry_run"], run_id, budget)
         except errors.StoreError as exc:
             if isinstance(exc.__cause__, asyncpg.exceptions.UniqueViolationError):
                 raise errors.ConflictError(
@@ -1107,7 +1142,8 @@ class Store:
                     "in its queue; wait for or cancel that run first"
                 ) from exc
             raise
-        return queue
+        root = next((r["queue"] for r in rows if r["root"]), None)
+        return root, [r["queue"] for r in rows if not r["root"]]
 
     async def get_run(self, run_id: UUID) -> asyncpg.Record | None:
         with _translate("get run"):

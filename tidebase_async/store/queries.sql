@@ -583,15 +583,14 @@ SELECT run_id, name, status, prompt, data, channels, decision, actor, payload, c
 FROM tidebase.gates WHERE run_id = $1 AND name = $2;
 
 -- name: expire_gate
--- The gate's time ran out: expire it, unless a resolution won the race. Only the
--- worker holding the claim ($1, $2, $3) does this, as its run reaches the gate.
+-- The gate's time ran out: expire it, unless a resolution won the race. Run inside the
+-- transaction of Store.expire_gate, which locked the run row of the claim first (the
+-- order resolutions take too: run, then gate).
 WITH g AS (
   UPDATE tidebase.gates
   SET status = 'expired', decision = 'expired', resolved_at = tidebase.now(),
       token_hash = NULL
-  WHERE run_id = $1 AND name = $4 AND status = 'pending' AND expires_at <= tidebase.now()
-    AND EXISTS (SELECT 1 FROM tidebase.runs
-                WHERE id = $1 AND lease_owner = $2 AND attempt = $3 AND status = 'running')
+  WHERE run_id = $1 AND name = $2 AND status = 'pending' AND expires_at <= tidebase.now()
   RETURNING run_id
 ), r AS (
   UPDATE tidebase.runs r SET event_seq = r.event_seq + 1, updated_at = tidebase.now()
@@ -599,10 +598,26 @@ WITH g AS (
   RETURNING r.id, r.event_seq
 ), e AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
-  SELECT id, event_seq, 'gate.expired', tidebase.now(), jsonb_build_object('name', $4::text)
+  SELECT id, event_seq, 'gate.expired', tidebase.now(), jsonb_build_object('name', $2::text)
   FROM r
 )
 SELECT count(*) FROM g;
+
+-- name: wake_if_due
+-- An inline run (tide.run) waiting in its caller: back to queued once its timer is due.
+UPDATE tidebase.runs
+SET status = 'queued', run_at = tidebase.now(), wake_at = NULL, wake_seq = wake_seq + 1,
+    updated_at = tidebase.now()
+WHERE id = $1 AND status = 'waiting' AND wake_at <= tidebase.now()
+RETURNING id;
+
+-- name: waiting_state
+SELECT status, EXTRACT(EPOCH FROM wake_at - tidebase.now())::float8 AS wake_in
+FROM tidebase.runs WHERE id = $1;
+
+-- name: active_children
+SELECT id FROM tidebase.runs
+WHERE parent_id = ANY($1::uuid[]) AND status IN ('queued', 'running', 'waiting');
 
 -- name: lock_run
 -- For the rest of the transaction: the run's status and queue, its row locked.
@@ -652,9 +667,6 @@ WITH ins AS (
             metadata jsonb, parent_id uuid, max_attempts int4, deadline_at timestamptz)
   ON CONFLICT (id) DO NOTHING
   RETURNING id, queue
-), ev AS (
-  INSERT INTO tidebase.events (run_id, seq, type, at, data)
-  SELECT id, 1, 'run.created', tidebase.now(), NULL FROM ins
 )
 SELECT id, queue FROM ins;
 
@@ -671,11 +683,24 @@ WITH r AS (
       finished_at = NULL, updated_at = tidebase.now(), event_seq = event_seq + 1
   WHERE id = $1 AND status = 'failed'
   RETURNING id, event_seq, queue
+), kids AS (
+  -- Its failed children too: a parent that failed with ChildFailed would fail again.
+  UPDATE tidebase.runs c
+  SET status = 'queued', max_attempts = c.attempt - c.released + $2,
+      run_at = tidebase.now(), finished_at = NULL, updated_at = tidebase.now(),
+      event_seq = c.event_seq + 1
+  FROM r WHERE c.parent_id = r.id AND c.status = 'failed'
+  RETURNING c.id, c.event_seq, c.queue
 ), e AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, event_seq, 'run.retried', tidebase.now(), NULL FROM r
+  UNION ALL
+  SELECT id, event_seq, 'run.retried', tidebase.now(), '{"reason": "parent retried"}'::jsonb
+  FROM kids
 )
-SELECT queue FROM r;
+SELECT queue, true AS root FROM r
+UNION ALL
+SELECT queue, false FROM kids;
 
 -- name: get_run
 SELECT id, workflow, queue, status, input, output, error, state, attempt, max_attempts,
@@ -828,9 +853,6 @@ WITH ins AS (
             metadata jsonb, max_attempts int4, schedule text, fire_time timestamptz)
   ON CONFLICT (schedule, fire_time) WHERE schedule IS NOT NULL DO NOTHING
   RETURNING id, queue, fire_time
-), ev AS (
-  INSERT INTO tidebase.events (run_id, seq, type, at, data)
-  SELECT id, 1, 'run.created', tidebase.now(), NULL FROM ins
 )
 SELECT id, queue, fire_time FROM ins ORDER BY fire_time;
 

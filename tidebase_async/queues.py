@@ -1,0 +1,131 @@
+"""``tide.queues``: pause a queue, cap its concurrency across all workers, limit its rate.
+
+The controls live in the database and are enforced there: a worker claims from a
+controlled queue inside a transaction that holds the queue's row lock, counts the
+queue's running runs with a fresh snapshot and refills its token bucket, so the cap
+holds exactly whatever the number of workers. Uncontrolled queues take the fast path;
+the claim statement itself skips queues that are controlled in its snapshot.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Final
+
+from tidebase_async import errors
+from tidebase_async.models import QueueInfo
+from tidebase_async.store import QueueControl
+from tidebase_async.workflows import check_name
+
+if TYPE_CHECKING:
+    from tidebase_async.client import Tidebase
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+#: "Leave this control as it is" (``None`` clears a control).
+UNSET: Final = _Unset()
+
+
+class Queues:
+    """``tide.queues``."""
+
+    def __init__(self, tide: Tidebase) -> None:
+        self._tide = tide
+
+    async def configure(
+        self,
+        name: str,
+        *,
+        concurrency: int | _Unset | None = UNSET,
+        rate_per_minute: float | _Unset | None = UNSET,
+        paused: bool | _Unset = UNSET,
+    ) -> QueueInfo:
+        """Set the controls given (``None`` clears one; omitted ones stay as they are).
+
+        - ``concurrency``: at most this many of the queue's runs are running at once,
+          across all workers (waiting runs do not count).
+        - ``rate_per_minute``: claims from the queue are limited to this rate on average,
+          in bursts of at most one second's worth (at least one run).
+        - ``paused``: no run of the queue is claimed; runs already running go on.
+
+        Workers hear of a change through NOTIFY (and poll as the floor).
+
+        Raises:
+            ConfigurationError: a bad name or value; nothing is stored.
+        """
+        check_name("queue", name)
+        if (
+            not isinstance(concurrency, _Unset)
+            and concurrency is not None
+            and (
+                isinstance(concurrency, bool)
+                or not isinstance(concurrency, int)
+                or not 1 <= concurrency <= 1_000_000
+            )
+        ):
+            raise errors.ConfigurationError(
+                f"concurrency must be an int in 1..1000000 or None, got {concurrency!r}"
+            )
+        if (
+            not isinstance(rate_per_minute, _Unset)
+            and rate_per_minute is not None
+            and (
+                isinstance(rate_per_minute, bool)
+                or not isinstance(rate_per_minute, int | float)
+                or not math.isfinite(rate_per_minute)
+                or not 0 < rate_per_minute <= 1e9
+            )
+        ):
+            raise errors.ConfigurationError(
+                f"rate_per_minute must be a number > 0 or None, got {rate_per_minute!r}"
+            )
+        if not isinstance(paused, _Unset) and not isinstance(paused, bool):
+            raise errors.ConfigurationError(f"paused must be True or False, got {paused!r}")
+        control = await self._tide.store.configure_queue(
+            name=name,
+            concurrency=None if isinstance(concurrency, _Unset) else concurrency,
+            rate_per_minute=(
+                None
+                if isinstance(rate_per_minute, _Unset) or rate_per_minute is None
+                else float(rate_per_minute)
+            ),
+            paused=None if isinstance(paused, _Unset) else paused,
+            set_concurrency=not isinstance(concurrency, _Unset),
+            set_rate=not isinstance(rate_per_minute, _Unset),
+            set_paused=not isinstance(paused, _Unset),
+        )
+        counts = (await self._tide.store.queue_counts()).get(name, {})
+        return _info(control, counts)
+
+    async def list(self) -> list[QueueInfo]:
+        """Every queue that has runs or controls, with its runs counted by status."""
+        store = self._tide.store
+        controls = {c.name: c for c in await store.queue_controls()}
+        counts = await store.queue_counts()
+        names = sorted(set(controls) | set(counts))
+        return [
+            _info(controls.get(name) or QueueControl(name=name), counts.get(name, {}))
+            for name in names
+        ]
+
+    async def get(self, name: str) -> QueueInfo:
+        """One queue (a queue nobody configured has no controls and maybe no runs)."""
+        check_name("queue", name)
+        store = self._tide.store
+        found = await store.queue_controls([name])
+        counts = (await store.queue_counts()).get(name, {})
+        return _info(found[0] if found else QueueControl(name=name), counts)
+
+
+def _info(control: QueueControl, counts: dict[str, int]) -> QueueInfo:
+    return QueueInfo(
+        name=control.name,
+        concurrency=control.concurrency,
+        rate_per_minute=control.rate_per_minute,
+        paused=control.paused,
+        counts=dict(counts),
+    )
