@@ -37,18 +37,24 @@ from tidebase_async.models import (
     GateDecision,
     GateInfo,
     Page,
+    QueueInfo,
     Retry,
     RunHandle,
     RunInfo,
     RunSpec,
     RunSummary,
+    Schedule,
+    ScheduleInfo,
     StepInfo,
 )
+from tidebase_async.queues import UNSET, Queues
 from tidebase_async.replay import Run, RunState
 from tidebase_async.runs import Runs
+from tidebase_async.schedules import Schedules
 from tidebase_async.worker import Worker
 
 __all__ = [
+    "UNSET",
     "ChildFailed",
     "ConfigurationError",
     "ConflictError",
@@ -68,6 +74,8 @@ __all__ = [
     "NotFoundError",
     "Page",
     "PayloadTooLarge",
+    "QueueInfo",
+    "Queues",
     "Retry",
     "Run",
     "RunCancelled",
@@ -79,6 +87,9 @@ __all__ = [
     "RunState",
     "RunSummary",
     "Runs",
+    "Schedule",
+    "ScheduleInfo",
+    "Schedules",
     "SchemaVersionError",
     "SerializationError",
     "SignatureError",

@@ -30,7 +30,13 @@ from tidebase_async.runs import Runs, as_uuid
 from tidebase_async.schedules import Schedules, schedule_of
 from tidebase_async.store import ClaimedRun, NewRun, StepRecord, Store
 from tidebase_async.store.listener import Listener
-from tidebase_async.wakeup import CANCEL_CHANNEL, EVENTS_CHANNEL, WAKE_CHANNEL, Notifier
+from tidebase_async.wakeup import (
+    CANCEL_CHANNEL,
+    EVENTS_CHANNEL,
+    QUEUES_CHANNEL,
+    WAKE_CHANNEL,
+    Notifier,
+)
 from tidebase_async.worker import Worker, new_worker_id
 from tidebase_async.workflows import (
     DEFAULT_MAX_ATTEMPTS,
@@ -156,7 +162,9 @@ class Tidebase:
             await store.migrate()
             self._store = store
             self._notifier = Notifier(store)
-            self._listener = Listener(self._dsn, [WAKE_CHANNEL, EVENTS_CHANNEL, CANCEL_CHANNEL])
+            self._listener = Listener(
+                self._dsn, [WAKE_CHANNEL, EVENTS_CHANNEL, CANCEL_CHANNEL, QUEUES_CHANNEL]
+            )
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             await tg.start(self._listener.run)
@@ -673,7 +681,10 @@ class Tidebase:
             max_payload=self.max_payload_bytes,
             handle_signals=handle_signals,
             retention_s=self.retention_s,
+            fire_schedules=self.schedules.fire_due,
         )
+        # Schedules declared in code exist (and match the code) before anything fires.
+        await self.schedules.sync_code(self._workflows)
         if worker_ready is not None:
             worker_ready(worker)
         await worker.run(started=started)

@@ -15,6 +15,8 @@ WAKE_CHANNEL = "tidebase_wake"
 EVENTS_CHANNEL = "tidebase_events"
 # Ids of runs cancelled while running, sent in the cancelling transaction.
 CANCEL_CHANNEL = "tidebase_cancel"
+# Names of queues whose controls changed (tide.queues.configure).
+QUEUES_CHANNEL = "tidebase_queues"
 
 # pg_notify payloads must stay under 8000 bytes; a UUID and a comma take 37.
 _IDS_PER_NOTIFICATION = 200

@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 from uuid import UUID
 
@@ -25,9 +25,9 @@ import msgspec
 from tidebase_async import errors
 from tidebase_async.executor import ExecutionResult, execute
 from tidebase_async.replay import Execution, error_info
-from tidebase_async.store import ClaimedRun, SessionLock, Store
+from tidebase_async.store import ClaimedRun, QueueControl, SessionLock, Store
 from tidebase_async.store.listener import Listener
-from tidebase_async.wakeup import CANCEL_CHANNEL, WAKE_CHANNEL, Notifier, Signal
+from tidebase_async.wakeup import CANCEL_CHANNEL, QUEUES_CHANNEL, WAKE_CHANNEL, Notifier, Signal
 from tidebase_async.workflows import Workflow
 from tidebase_async.writes import RunWrites
 
@@ -67,6 +67,7 @@ class WorkerStats:
         self.woken = 0
         self.timers_fired = 0
         self.deadlines_fired = 0
+        self.scheduled = 0
 
 
 class Worker:
@@ -96,6 +97,7 @@ class Worker:
         max_payload: int,
         handle_signals: bool,
         retention_s: float | None = None,
+        fire_schedules: Callable[[], Awaitable[list[tuple[UUID, str]]]] | None = None,
     ) -> None:
         if concurrency < 1:
             raise errors.ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
@@ -132,6 +134,14 @@ class Worker:
         self._idle = Signal()
         self._idle.set()
         self._heartbeat_now = Signal()
+        self._fire_schedules = fire_schedules
+        # Controls of this worker's controlled queues (paused, capped, rate limited);
+        # refreshed on NOTIFY and every poll interval. The database enforces them
+        # whatever this cache says; it only picks the claim path.
+        self._controls: dict[str, QueueControl] = {}
+        self._controls_stale = True
+        self._controls_read_at = 0.0
+        self._rotation = 0
 
     def stop(self) -> None:
         """Begin a graceful drain (what SIGTERM does)."""
@@ -150,6 +160,7 @@ class Worker:
         if self._listener is not None:
             unsubscribe.append(self._listener.subscribe(WAKE_CHANNEL, self._on_wake))
             unsubscribe.append(self._listener.subscribe(CANCEL_CHANNEL, self._on_cancel))
+            unsubscribe.append(self._listener.subscribe(QUEUES_CHANNEL, self._on_queue_config))
             unsubscribe.append(self._listener.on_connect(self._wake.set))
             # Notifications may have been missed while the listener was away: a
             # heartbeat finds runs cancelled meanwhile (they are no longer held).
@@ -187,6 +198,73 @@ class Worker:
     def _on_wake(self, payload: str) -> None:
         if payload in self._queues:
             self._wake.set()
+
+    def _on_queue_config(self, payload: str) -> None:
+        if payload in self._queues:
+            self._controls_stale = True
+            self._wake.set()
+
+    async def _refresh_controls(self) -> None:
+        controls = await self._store.queue_controls(self._queues)
+        self._controls = {c.name: c for c in controls if c.controlled}
+        self._controls_stale = False
+        self._controls_read_at = anyio.current_time()
+
+    async def _claim(self, free: int) -> tuple[list[ClaimedRun], float | None]:
+        """Claim up to ``free`` runs across this worker's queues: uncontrolled ones in
+        one fair statement, controlled ones each in its own transaction. A first pass
+        gives each controlled queue a share (the uncontrolled ones together get theirs),
+        a second pass hands what is left to queues that filled their share. Returns the
+        runs and, when a rate limit held a queue back, when to try it again."""
+        if self._controls_stale or anyio.current_time() - self._controls_read_at > self._poll_s:
+            await self._refresh_controls()
+        fast = [q for q in self._queues if q not in self._controls]
+        controlled = [q for q, c in self._controls.items() if not c.paused]
+        if controlled:
+            self._rotation = (self._rotation + 1) % len(controlled)
+            controlled = controlled[self._rotation :] + controlled[: self._rotation]
+        groups = len(controlled) + (1 if fast else 0)
+        if groups == 0:
+            return [], None
+        share = max(1, free // groups)
+        claimed: list[ClaimedRun] = []
+        retry_in: float | None = None
+        full: list[str | None] = []  # None stands for the uncontrolled queues
+
+        async def claim_controlled(queue: str, limit: int) -> int:
+            nonlocal retry_in
+            got = await self._store.claim_controlled(
+                worker_id=self.id, queue=queue, limit=limit, lease_s=self._lease_s
+            )
+            claimed.extend(got.runs)
+            if got.retry_in_s is not None:
+                retry_in = got.retry_in_s if retry_in is None else min(retry_in, got.retry_in_s)
+            return len(got.runs)
+
+        async def claim_fast(limit: int) -> int:
+            got = await self._store.claim(
+                worker_id=self.id, queues=fast, limit=limit, lease_s=self._lease_s
+            )
+            claimed.extend(got)
+            return len(got)
+
+        for queue in controlled:
+            limit = min(share, free - len(claimed))
+            if limit > 0 and await claim_controlled(queue, limit) == limit:
+                full.append(queue)
+        if fast:
+            limit = free - len(claimed) if not controlled else min(share, free - len(claimed))
+            if limit > 0 and await claim_fast(limit) == limit:
+                full.append(None)
+        for group in full:
+            limit = free - len(claimed)
+            if limit <= 0:
+                break
+            if group is None:
+                await claim_fast(limit)
+            else:
+                await claim_controlled(group, limit)
+        return claimed, retry_in
 
     def _on_cancel(self, payload: str) -> None:
         """Runs cancelled while executing: stop them here at once. Their status is
@@ -242,9 +320,7 @@ class Worker:
             # must cause another claim, not be lost.
             self._wake.clear()
             try:
-                claimed = await self._store.claim(
-                    worker_id=self.id, queues=self._queues, limit=free, lease_s=self._lease_s
-                )
+                claimed, retry_in = await self._claim(free)
                 history = await self._load_history(claimed)
             except errors.StoreError as exc:
                 logger.warning("claim failed (%s); retrying in %.2fs", exc, delay)
@@ -259,7 +335,7 @@ class Worker:
                 self._notifier.runs_changed(*(c.id for c in claimed))
             if len(claimed) == free:
                 continue  # there may be more; the free-capacity check throttles
-            wait_s = self._poll_s
+            wait_s = self._poll_s if retry_in is None else min(self._poll_s, retry_in)
             try:
                 due_in = await self._store.next_due_in(self._queues)
             except errors.StoreError:
@@ -347,6 +423,9 @@ class Worker:
                 self._count(result)
             self._inflight.pop(run.id, None)
             self._capacity.set()
+            if run.queue in self._controls:
+                # A slot of a capped queue may have freed: wake its other claimers.
+                self._notifier.queues_changed(run.queue)
             if not self._inflight:
                 self._idle.set()
             if result is not None and result.outcome in ("retrying", "woken"):
@@ -507,15 +586,16 @@ class Worker:
         """The maintenance interval, or less when a waiting run's timer is due sooner:
         durable sleeps and gate expiries fire on time, not on the next tick."""
         wait_s = self._maintenance_s
-        next_wake = await self._store.next_wake_in()
-        if next_wake is not None:
-            wait_s = min(wait_s, max(next_wake, 0.0) + 0.001)
+        for upcoming in (await self._store.next_wake_in(), await self._store.next_tick_in()):
+            if upcoming is not None:
+                wait_s = min(wait_s, max(upcoming, 0.0) + 0.001)
         return wait_s
 
     async def _maintenance_tick(self) -> None:
         await self._requeue_expired()
         await self._wake_due()
         await self._cancel_overdue()
+        await self._fire_due_schedules()
         await self._prune()
         self.stats.maintenance_ticks += 1
         if self._self_vacuum and self._pruned_since_vacuum:
@@ -538,6 +618,17 @@ class Worker:
             self._pruned_since_vacuum |= pruned > 0
             if pruned < _SWEEP_LIMIT:
                 return
+
+    async def _fire_due_schedules(self) -> None:
+        if self._fire_schedules is None:
+            return
+        created = await self._fire_schedules()
+        if created:
+            self.stats.scheduled += len(created)
+            self._notifier.queues_changed(*{q for _, q in created})
+            self._notifier.runs_changed(*(r for r, _ in created))
+            if any(q in self._queues for _, q in created):
+                self._wake.set()
 
     async def _wake_due(self) -> None:
         """Waiting runs whose timer is due (sleep over, gate expired) go back to their

@@ -331,6 +331,7 @@ async def test_resolve_token_is_single_use_and_stored_hashed(
         assert info.status == "rejected"
         stored = await gate_row(db, handle.id, "approve")
         assert stored is not None and stored["token_hash"] is None
+        out = await tide.runs.wait(handle.id, timeout=10)
         # Used: a second resolve with it is refused and changes nothing.
         before = await snapshot(db)
         with pytest.raises(GateAlreadyResolved) as exc:
@@ -341,7 +342,6 @@ async def test_resolve_token_is_single_use_and_stored_hashed(
             await tide.gates.token(handle.id, "approve")
         with pytest.raises(GateNotFound):
             await tide.gates.token(handle.id, "nope")
-        out = await tide.runs.wait(handle.id, timeout=10)
     assert (out["decision"], out["actor"]) == ("rejected", "reviewer")
 
 
@@ -449,15 +449,14 @@ async def test_a_gate_named_like_an_ordinal_does_not_alias_a_later_gate(
 
     async with working(tide, concurrency=1):
         handle = await tide.enqueue("aliased")
-        await wait_status(db, handle.id, "waiting")
-        await tide.gates.resolve(handle.id, "approve#2", approved=True, actor="explicit")
-        while len(await gate_names(db, handle.id)) < 2:
-            await anyio.sleep(0.02)
-        await tide.gates.resolve(handle.id, "approve", approved=True, actor="first")
-        status = await wait_status(db, handle.id, "waiting", "completed", "failed")
+        status = await wait_status(db, handle.id, "waiting", "failed")
         if status == "waiting":
-            await anyio.sleep(0.3)
-            status = await wait_status(db, handle.id, "waiting", "completed", "failed")
+            await tide.gates.resolve(handle.id, "approve#2", approved=True, actor="explicit")
+            while len(await gate_names(db, handle.id)) < 2:
+                await anyio.sleep(0.02)
+            # The run is queued again from this commit on: the next 'waiting' is new.
+            await tide.gates.resolve(handle.id, "approve", approved=True, actor="first")
+            await wait_status(db, handle.id, "waiting", "completed", "failed")
     # Either the name is refused like a step name with '#' (ConfigurationError), or the
     # third gate waits for a decision of its own. Passing it with the first gate's
     # decision, which nobody gave for it, is wrong.

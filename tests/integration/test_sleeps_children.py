@@ -13,7 +13,6 @@ from typing import Any
 
 import anyio
 import asyncpg
-import pytest
 
 from tests.integration import procs
 from tests.integration.control_support import events, history, subsequence, wait_status

@@ -856,6 +856,12 @@ class Store:
             )
         return row
 
+    async def next_tick_in(self) -> float | None:
+        """Seconds until the next tick of an enabled schedule (<= 0: due)."""
+        with _translate("next schedule tick"):
+            value = await self._pool.fetchval(Q["next_tick"])
+        return None if value is None else float(value)
+
     async def due_schedules(self, *, limit: int) -> list[str]:
         with _translate("find due schedules"):
             return [r[0] for r in await self._pool.fetch(Q["due_schedules"], limit)]

@@ -816,6 +816,11 @@ SET enabled = true, next_fire_at = CASE WHEN enabled THEN next_fire_at ELSE $2 E
     anchor_at = CASE WHEN enabled THEN anchor_at ELSE $3 END, updated_at = tidebase.now()
 WHERE name = $1 RETURNING *;
 
+-- name: next_tick
+-- Seconds until the next tick of an enabled schedule.
+SELECT EXTRACT(EPOCH FROM min(next_fire_at) - tidebase.now())::float8
+FROM tidebase.schedules WHERE enabled;
+
 -- name: due_schedules
 -- Schedules with a due tick, oldest first. One whose overlap policy is 'queue' and
 -- whose previous run is still active waits, without holding up the others.
