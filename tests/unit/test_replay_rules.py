@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from tidebase_async import ConfigurationError, Run, Tidebase
-from tidebase_async.client import uuid7
 from tidebase_async.replay import as_seconds, error_info, merge_patch
-from tidebase_async.workflows import MAX_NAME_LENGTH, check_name
+from tidebase_async.workflows import MAX_NAME_LENGTH, check_name, uuid7
 
 # RFC 7396, appendix A.
 RFC_7396_CASES: list[tuple[Any, Any, Any]] = [
