@@ -51,7 +51,10 @@ from tidebase_async.workflows import (
 from tidebase_async.writes import RunWrites
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from tidebase_async.embedded import EmbeddedPostgres
+    from tidebase_async.web.adapters import Endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -623,6 +626,37 @@ class Tidebase:
                 if unsubscribe is not None:
                     unsubscribe()
         return outcome
+
+    # -- web --------------------------------------------------------------------------
+
+    def webhook(self, *, execute: bool = False) -> Endpoint:
+        """The inbound webhook endpoint: an aiohttp handler and an ASGI app at once
+        (``app.router.add_post("/tidebase", tide.webhook())``,
+        ``Route("/tidebase", tide.webhook(), methods=["POST"])``). See ``web.webhook``."""
+        from tidebase_async.web.adapters import Endpoint
+        from tidebase_async.web.webhook import WebhookHandler
+
+        handler = WebhookHandler(self, execute=execute)
+        return Endpoint(handler.handle, max_body=self._max_body(), mounted=False)
+
+    def asgi_app(self) -> Endpoint:
+        """The HTTP API as an ASGI app (``Mount("/tidebase", app=tide.asgi_app())``).
+        See ``web.api`` for the routes."""
+        from tidebase_async.web.adapters import Endpoint
+        from tidebase_async.web.api import Api
+
+        return Endpoint(Api(self).handle, max_body=self._max_body(), mounted=True)
+
+    def http_app(self) -> web.Application:
+        """The HTTP API as an aiohttp sub-application
+        (``app.add_subapp("/tidebase/", tide.http_app())``)."""
+        from tidebase_async.web.adapters import aiohttp_app
+
+        return aiohttp_app(self.asgi_app())
+
+    def _max_body(self) -> int:
+        # An enqueue body carries an input of up to max_payload_bytes, plus the rest.
+        return self.max_payload_bytes + 64 * 1024
 
     # -- workers ----------------------------------------------------------------------
 

@@ -1,0 +1,118 @@
+"""Smoke tests of the web layer (aiohttp server on 127.0.0.1 and raw ASGI)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import anyio
+from aiohttp import web
+
+from tests.integration.core_support import working
+from tidebase_async import Run, Tidebase
+from tidebase_async.web import sign
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def test_http_api_enqueue_get_resolve_and_events(tide: Tidebase) -> None:
+    @tide.workflow("ask")
+    async def ask(run: Run, n: int) -> str:
+        d = await run.gate("ok")
+        return f"{n}:{d.decision}"
+
+    app = web.Application()
+    app.add_subapp("/tidebase/", tide.http_app())
+    runner, base = await _serve(app)
+    try:
+        async with aiohttp.ClientSession() as http, working(tide):
+            r = await http.post(f"{base}/tidebase/runs", json={"workflow": "ask", "input": 3})
+            assert r.status == 201, await r.text()
+            rid = (await r.json())["id"]
+            r = await http.post(f"{base}/tidebase/runs", json={"workflow": "ask", "nope": 1})
+            assert r.status == 400
+            assert (await r.json())["error"]["code"] == "bad_request"
+            for _ in range(200):
+                info = await (await http.get(f"{base}/tidebase/runs/{rid}")).json()
+                if info["status"] == "waiting":
+                    break
+                await anyio.sleep(0.05)
+            gates = await (await http.get(f"{base}/tidebase/gates")).json()
+            assert [g["name"] for g in gates["items"]] == ["ok"]
+            r = await http.post(
+                f"{base}/tidebase/runs/{rid}/gates/ok/resolve", json={"approved": True}
+            )
+            assert r.status == 200, await r.text()
+            r = await http.post(
+                f"{base}/tidebase/runs/{rid}/gates/ok/resolve", json={"approved": True}
+            )
+            assert r.status == 409
+            assert await tide.runs.wait(rid, timeout=10) == "3:approved"
+            r = await http.get(f"{base}/tidebase/runs/{rid}/events")
+            text = await r.text()
+            assert r.headers["Content-Type"] == "text/event-stream"
+            assert "event: run.completed" in text
+            r = await http.get(f"{base}/tidebase/runs/{rid}/events", headers={"Last-Event-ID": "3"})
+            ids = [
+                int(line[4:]) for line in (await r.text()).splitlines() if line.startswith("id: ")
+            ]
+            assert ids[0] == 4 and ids == list(range(4, 4 + len(ids)))
+            assert (await http.get(f"{base}/tidebase/openapi.json")).status == 200
+            assert (await http.get(f"{base}/tidebase/runs/not-a-uuid")).status == 400
+            assert (await http.delete(f"{base}/tidebase/runs")).status == 405
+    finally:
+        await runner.cleanup()
+
+
+async def test_webhook_signatures(dsn: str) -> None:
+    from tests.conftest import opened
+
+    async with opened(Tidebase(dsn, webhook_secret="s3cret")) as tide:
+
+        @tide.workflow("w")
+        async def w(run: Run) -> int:
+            return 1
+
+        handle = await tide.enqueue("w")
+        endpoint = tide.webhook()
+        body = json.dumps(
+            {"type": "run.resume", "run_id": str(handle.id), "workflow": "w"}
+        ).encode()
+
+        async def call(headers: dict[str, str], payload: bytes = body) -> tuple[int, Any]:
+            sent: list[dict[str, Any]] = []
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": payload, "more_body": False}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            scope = {
+                "type": "http",
+                "method": "POST",
+                "path": "/hook",
+                "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+                "query_string": b"",
+            }
+            await endpoint(scope, receive, send)
+            return sent[0]["status"], json.loads(sent[1]["body"])
+
+        assert (await call({}))[0] == 401
+        assert (await call({"Tidebase-Signature": sign("wrong", body)}))[0] == 401
+        stale = sign("s3cret", body, timestamp=1)
+        assert (await call({"Tidebase-Signature": stale}))[0] == 401
+        status, answer = await call({"Tidebase-Signature": sign(["old", "s3cret"], body)})
+        assert (status, answer["status"]) == (202, "queued")
+        tampered = body.replace(b"run.resume", b"run.resumf")
+        assert (await call({"Tidebase-Signature": sign("s3cret", body)}, tampered))[0] == 401
+        other = json.dumps({"type": "x"}).encode()
+        assert (await call({"Tidebase-Signature": sign("s3cret", other)}, other))[0] == 400

@@ -1,0 +1,8 @@
+"""The web layer: signed webhooks and the HTTP API, framework-neutral, with aiohttp and
+ASGI adapters (``tide.webhook()``, ``tide.http_app()``, ``tide.asgi_app()``)."""
+
+from __future__ import annotations
+
+from tidebase_async.web.signing import DELIVERY_HEADER, SIGNATURE_HEADER, sign, verify
+
+__all__ = ["DELIVERY_HEADER", "SIGNATURE_HEADER", "sign", "verify"]

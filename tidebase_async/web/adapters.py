@@ -1,0 +1,177 @@
+"""aiohttp and ASGI adapters for the framework-neutral handlers.
+
+An ``Endpoint`` is at once an aiohttp handler (``handler(request)``) and an ASGI
+application (``app(scope, receive, send)``), so ``tide.webhook()`` mounts unchanged in
+aiohttp, Starlette and FastAPI. aiohttp is a dependency; nothing here imports a
+framework that is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from tidebase_async.web.core import HttpRequest, HttpResponse, error_response
+
+Handle = Callable[[HttpRequest], Awaitable[HttpResponse]]
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Endpoint:
+    """``handle`` behind aiohttp and ASGI. ``mounted``: the request path below the
+    mount point is the route (a sub-application); else the whole path is ignored
+    (a single route such as the webhook)."""
+
+    def __init__(self, handle: Handle, *, max_body: int, mounted: bool) -> None:
+        self._handle = handle
+        self._max_body = max_body
+        self._mounted = mounted
+        # aiohttp accepts coroutine functions as handlers without a deprecation
+        # warning; an instance with an async __call__ is one in all but name (the
+        # marker asyncio.iscoroutinefunction looks for before Python 3.14).
+        self._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
+
+    async def __call__(self, *args: Any) -> Any:
+        if len(args) == 3:
+            return await self.asgi(args[0], args[1], args[2])
+        if len(args) == 1 and isinstance(args[0], web.BaseRequest):
+            return await self.aiohttp(args[0])
+        raise TypeError("call with an aiohttp request, or as an ASGI app (scope, receive, send)")
+
+    # -- aiohttp ----------------------------------------------------------------------
+
+    async def aiohttp(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = "/"
+        if self._mounted:
+            tail = request.match_info.get("tail", "") if isinstance(request, web.Request) else ""
+            path = "/" + tail
+        if request.content_length is not None and request.content_length > self._max_body:
+            return _aiohttp_response(_too_large(self._max_body))
+        body = await request.content.read(self._max_body + 1)
+        if len(body) > self._max_body:
+            return _aiohttp_response(_too_large(self._max_body))
+        req = HttpRequest(
+            method=request.method,
+            path=path,
+            query={k: v for k, v in reversed(list(request.query.items()))},
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=body,
+        )
+        resp = await self._handle(req)
+        if resp.stream is None:
+            return _aiohttp_response(resp)
+        stream = web.StreamResponse(status=resp.status, headers=resp.headers)
+        await stream.prepare(request)
+        try:
+            async for chunk in resp.stream:
+                await stream.write(chunk)
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        finally:
+            await resp.stream.aclose()  # type: ignore[attr-defined]
+        with contextlib.suppress(ConnectionResetError):
+            await stream.write_eof()
+        return stream
+
+    # -- ASGI -------------------------------------------------------------------------
+
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        try:
+            body = await _read_body(receive, self._max_body)
+        except BodyTooLarge:
+            await _asgi_send(send, _too_large(self._max_body))
+            return
+        path = "/"
+        if self._mounted:
+            path = scope.get("path", "/")
+            root = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            path = path or "/"
+        raw_query = scope.get("query_string", b"").decode("latin-1")
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
+        }
+        req = HttpRequest(
+            method=scope.get("method", "GET"),
+            path=path,
+            query={k: v for k, v in reversed(parse_qsl(raw_query, keep_blank_values=True))},
+            headers=headers,
+            body=body,
+        )
+        await _asgi_send(send, await self._handle(req))
+
+
+def _too_large(limit: int) -> HttpResponse:
+    return error_response(413, "payload_too_large", f"the body is larger than {limit} bytes")
+
+
+def _aiohttp_response(resp: HttpResponse) -> web.Response:
+    return web.Response(status=resp.status, headers=resp.headers, body=resp.body)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _asgi_send(send: Send, resp: HttpResponse) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": resp.status,
+            "headers": [
+                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers
+            ],
+        }
+    )
+    if resp.stream is None:
+        await send({"type": "http.response.body", "body": resp.body})
+        return
+    try:
+        async for chunk in resp.stream:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    finally:
+        await resp.stream.aclose()  # type: ignore[attr-defined]
+    with contextlib.suppress(OSError):
+        await send({"type": "http.response.body", "body": b""})
+
+
+def aiohttp_app(endpoint: Endpoint) -> web.Application:
+    """An aiohttp sub-application routing every path to ``endpoint``."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", endpoint)
+    return app

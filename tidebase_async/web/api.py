@@ -1,0 +1,307 @@
+"""The HTTP API behind ``tide.http_app()`` and ``tide.asgi_app()`` (framework-neutral).
+
+Routes (relative to where the app is mounted; JSON in and out):
+
+    GET  /health                              no auth
+    GET  /openapi.json
+    GET  /runs?status=&workflow=&queue=&limit=&cursor=
+    POST /runs                                enqueue; 201 {"id", "deduplicated"}
+    GET  /runs/{id}
+    POST /runs/{id}/cancel                    {"reason", "actor"} (optional)
+    POST /runs/{id}/retry
+    GET  /runs/{id}/events                    server-sent events; Last-Event-ID resumes
+    GET  /gates?status=&run_id=&limit=&cursor=
+    POST /runs/{id}/gates/{name}/resolve      {"approved", "actor", "payload", "token"}
+
+With an API key configured (``Tidebase(api_key=...)`` or ``TIDEBASE_API_KEY``) every route
+but ``/health`` needs ``Authorization: Bearer <key>`` (compared in constant time); a gate
+resolution that carries a token needs no key: the token is the credential. Errors are
+``{"error": {"code", "message"}}`` with 400, 401, 404, 405, 409, 413 or 503.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+from uuid import UUID
+
+import msgspec
+
+from tidebase_async import errors
+from tidebase_async.models import TERMINAL_STATUSES
+from tidebase_async.runs import as_uuid
+from tidebase_async.web.core import (
+    HttpError,
+    HttpRequest,
+    HttpResponse,
+    decode_json_body,
+    error_for,
+    json_response,
+)
+from tidebase_async.web.openapi import openapi_document
+
+if TYPE_CHECKING:
+    from tidebase_async.client import Tidebase
+
+_KEEPALIVE_S = 15.0
+_TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
+
+
+class EnqueueBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    workflow: str
+    input: Any = None
+    queue: str | None = None
+    dedupe_key: str | None = None
+    priority: int = 0
+    delay: float | None = None
+    run_at: datetime | None = None
+    max_attempts: int | None = None
+    deadline: datetime | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class CancelBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    reason: str | None = None
+    actor: str | None = None
+
+
+class ResolveBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    approved: bool
+    actor: str | None = None
+    payload: Any = None
+    token: str | None = None
+
+
+Handler = Callable[[HttpRequest, list[str]], Awaitable[HttpResponse]]
+
+
+class Api:
+    """Dispatches an ``HttpRequest`` to its route; never raises (errors become JSON)."""
+
+    def __init__(self, tide: Tidebase) -> None:
+        self._tide = tide
+        self._routes: list[tuple[str, re.Pattern[str], Handler, bool]] = [
+            # (method, path, handler, needs the API key)
+            ("GET", re.compile(r"/health"), self._health, False),
+            ("GET", re.compile(r"/openapi\.json"), self._openapi, True),
+            ("GET", re.compile(r"/runs"), self._list_runs, True),
+            ("POST", re.compile(r"/runs"), self._enqueue, True),
+            ("GET", re.compile(r"/runs/([^/]+)"), self._get_run, True),
+            ("POST", re.compile(r"/runs/([^/]+)/cancel"), self._cancel, True),
+            ("POST", re.compile(r"/runs/([^/]+)/retry"), self._retry, True),
+            ("GET", re.compile(r"/runs/([^/]+)/events"), self._events, True),
+            ("GET", re.compile(r"/gates"), self._list_gates, True),
+            # The key is checked inside: a token stands in for it.
+            ("POST", re.compile(r"/runs/([^/]+)/gates/([^/]+)/resolve"), self._resolve, False),
+        ]
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        try:
+            path = request.path.rstrip("/") or "/"
+            allowed: list[str] = []
+            for method, pattern, handler, needs_key in self._routes:
+                match = pattern.fullmatch(path)
+                if match is None:
+                    continue
+                if method != request.method:
+                    allowed.append(method)
+                    continue
+                if needs_key:
+                    self._authorize(request)
+                params = [unquote(p, errors="strict") for p in match.groups()]
+                return await handler(request, params)
+            if allowed:
+                raise HttpError(405, "method_not_allowed", f"use {', '.join(allowed)} on {path}")
+            raise HttpError(404, "not_found", f"no route {request.method} {path}")
+        except UnicodeDecodeError:
+            return error_for(HttpError(400, "bad_request", "the path is not valid UTF-8"))
+        except Exception as exc:
+            return error_for(exc)
+
+    def _authorize(self, request: HttpRequest) -> None:
+        key = self._tide.api_key
+        if not key:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode("utf-8", "replace"), key.encode("utf-8")
+        ):
+            raise HttpError(
+                401, "unauthorized", "a valid 'Authorization: Bearer <api key>' is required"
+            )
+
+    # -- routes -----------------------------------------------------------------------
+
+    async def _health(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        await self._tide.store.db_now()
+        return json_response(200, {"ok": True})
+
+    async def _openapi(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        return json_response(200, openapi_document())
+
+    async def _list_runs(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        q = request.query
+        page = await self._tide.runs.list(
+            status=q.get("status") or None,
+            workflow=q.get("workflow") or None,
+            queue=q.get("queue") or None,
+            limit=_int_param(q, "limit", 50),
+            cursor=q.get("cursor") or None,
+        )
+        return json_response(200, page)
+
+    async def _enqueue(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        body = _decode(request, EnqueueBody)
+        handle = await self._tide.enqueue(
+            body.workflow,
+            input=body.input,
+            queue=body.queue,
+            dedupe_key=body.dedupe_key,
+            priority=body.priority,
+            delay=body.delay,
+            run_at=body.run_at,
+            max_attempts=body.max_attempts,
+            deadline=body.deadline,
+            metadata=body.metadata,
+        )
+        status = 200 if handle.deduplicated else 201
+        return json_response(status, {"id": handle.id, "deduplicated": handle.deduplicated})
+
+    async def _get_run(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        return json_response(200, await self._tide.runs.get(_run_id(params[0])))
+
+    async def _cancel(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        rid = _run_id(params[0])
+        body = _decode(request, CancelBody, required=False) or CancelBody()
+        await self._tide.runs.cancel(rid, reason=body.reason, actor=body.actor)
+        return json_response(200, {"id": rid, "status": "cancelled"})
+
+    async def _retry(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        rid = _run_id(params[0])
+        await self._tide.runs.retry(rid)
+        return json_response(200, {"id": rid, "status": "queued"})
+
+    async def _list_gates(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        q = request.query
+        status: str | None = q.get("status", "pending")
+        if status in ("", "all"):
+            status = None
+        run_id = q.get("run_id")
+        gates = await self._tide.gates.list(
+            status=status,
+            run_id=_run_id(run_id) if run_id else None,
+            limit=_int_param(q, "limit", 50),
+            cursor=q.get("cursor") or None,
+        )
+        next_cursor = self._tide.gates.cursor_of(gates[-1]) if gates else None
+        return json_response(200, {"items": gates, "next_cursor": next_cursor})
+
+    async def _resolve(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        rid = _run_id(params[0])
+        body = _decode(request, ResolveBody)
+        if body.token is None:
+            self._authorize(request)
+        gate = await self._tide.gates.resolve(
+            rid,
+            params[1],
+            approved=body.approved,
+            actor=body.actor,
+            payload=body.payload,
+            token=body.token,
+        )
+        return json_response(200, gate)
+
+    async def _events(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        rid = _run_id(params[0])
+        after_text = request.headers.get("last-event-id") or request.query.get("after") or "0"
+        if not after_text.isascii() or not after_text.isdigit() or len(after_text) > 10:
+            raise HttpError(
+                400,
+                "bad_request",
+                f"Last-Event-ID/after must be an event seq, got {after_text!r:.40}",
+            )
+        after = int(after_text)
+        if await self._tide.store.run_status(rid) is None:
+            raise errors.RunNotFound(f"no run with id {rid}")
+        return HttpResponse(
+            status=200,
+            headers=[
+                ("Content-Type", "text/event-stream"),
+                ("Cache-Control", "no-store"),
+                ("X-Accel-Buffering", "no"),
+            ],
+            stream=self._event_stream(rid, after),
+        )
+
+    async def _event_stream(self, run_id: UUID, after: int) -> AsyncIterator[bytes]:
+        """Events with seq > ``after``, then live (LISTEN, polling each second as the
+        floor), each with its seq as the SSE id; a comment every 15 s keeps proxies
+        from closing an idle stream. Ends after the run's terminal event."""
+        store = self._tide.store
+        last = after
+        idle = 0.0
+        with self._tide.runs.watch(run_id) as changed:
+            while True:
+                changed.clear()
+                rows = await store.list_events(run_id, after=last, limit=500)
+                for r in rows:
+                    last = r["seq"]
+                    data = b"null" if r["data"] is None else bytes(r["data"])
+                    yield (
+                        f"id: {r['seq']}\nevent: {r['type']}\ndata: ".encode()
+                        + _one_line(data)
+                        + b"\n\n"
+                    )
+                if len(rows) == 500:
+                    continue
+                if rows:
+                    idle = 0.0
+                if (rows and rows[-1]["type"] in _TERMINAL_EVENTS) or not rows:
+                    status = await store.run_status(run_id)
+                    if status in TERMINAL_STATUSES or status is None:
+                        tail = await store.list_events(run_id, after=last, limit=1)
+                        if not tail:
+                            return
+                        continue
+                if await changed.wait_for(1.0):
+                    continue
+                idle += 1.0
+                if idle >= _KEEPALIVE_S:
+                    idle = 0.0
+                    yield b": keepalive\n\n"
+
+
+def _one_line(data: bytes) -> bytes:
+    """Event data on one SSE line: compact JSON has no raw newlines, but be sure."""
+    return data.replace(b"\r", b"").replace(b"\n", b" ")
+
+
+def _decode(request: HttpRequest, tp: Any, *, required: bool = True) -> Any:
+    decode_json_body(request, required=required)  # 400 for missing or malformed JSON
+    if not request.body.strip():
+        return None
+    try:
+        return msgspec.json.decode(request.body, type=tp)
+    except msgspec.ValidationError as exc:
+        raise HttpError(400, "bad_request", f"invalid body: {exc}") from None
+
+
+def _run_id(text: str) -> UUID:
+    try:
+        return as_uuid(text)
+    except errors.TidebaseError as exc:
+        raise HttpError(400, "bad_request", str(exc)) from None
+
+
+def _int_param(query: dict[str, str], name: str, default: int) -> int:
+    text = query.get(name)
+    if text is None or text == "":
+        return default
+    if not text.isascii() or not text.lstrip("-").isdigit() or len(text) > 9:
+        raise HttpError(400, "bad_request", f"{name} must be an integer, got {text!r:.40}")
+    return int(text)

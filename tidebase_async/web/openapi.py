@@ -1,0 +1,281 @@
+"""The OpenAPI 3.1 document of the HTTP API (served at ``/openapi.json``).
+
+Schemas of the read models come from msgspec, so they match what the API returns.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import msgspec
+
+from tidebase_async.models import GateInfo, Page, RunInfo
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Bad request",
+        401: "Missing or wrong API key or token",
+        404: "Not found",
+        405: "Method not allowed",
+        409: "Conflict with the run's or gate's state",
+        413: "Body too large",
+        503: "Database unavailable",
+    }
+    return {str(c): {"description": text[c], **_json(_ERROR)} for c in codes}
+
+
+def query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+_RUN_ID = {
+    "name": "run_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    (run_info, page, gate_info), components = msgspec.json.schema_components(
+        [RunInfo, Page, GateInfo], ref_template="#/components/schemas/{name}"
+    )
+    components["Error"] = {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            }
+        },
+    }
+    components["EnqueueRequest"] = {
+        "type": "object",
+        "required": ["workflow"],
+        "additionalProperties": False,
+        "properties": {
+            "workflow": {"type": "string"},
+            "input": {},
+            "queue": {"type": ["string", "null"]},
+            "dedupe_key": {"type": ["string", "null"]},
+            "priority": {"type": "integer"},
+            "delay": {"type": ["number", "null"], "minimum": 0},
+            "run_at": {"type": ["string", "null"], "format": "date-time"},
+            "max_attempts": {"type": ["integer", "null"], "minimum": 1},
+            "deadline": {"type": ["string", "null"], "format": "date-time"},
+            "metadata": {"type": ["object", "null"]},
+        },
+    }
+    components["ResolveRequest"] = {
+        "type": "object",
+        "required": ["approved"],
+        "additionalProperties": False,
+        "properties": {
+            "approved": {"type": "boolean"},
+            "actor": {"type": ["string", "null"]},
+            "payload": {},
+            "token": {"type": ["string", "null"]},
+        },
+    }
+    components["CancelRequest"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "reason": {"type": ["string", "null"]},
+            "actor": {"type": ["string", "null"]},
+        },
+    }
+    gate_page = {
+        "type": "object",
+        "properties": {
+            "items": {"type": "array", "items": gate_info},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    }
+    id_status = {
+        "type": "object",
+        "properties": {"id": {"type": "string", "format": "uuid"}, "status": {"type": "string"}},
+    }
+    string = {"type": "string"}
+    paths: dict[str, Any] = {
+        "/health": {
+            "get": {
+                "summary": "Liveness and database reachability (no auth)",
+                "security": [],
+                "responses": {
+                    "200": {"description": "OK", **_json({"type": "object"})},
+                    **_errors(503),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "OK"}, **_errors(401)},
+            }
+        },
+        "/runs": {
+            "get": {
+                "summary": "List runs, newest first",
+                "parameters": [
+                    query(
+                        "status",
+                        {
+                            "type": "string",
+                            "enum": [
+                                "queued",
+                                "running",
+                                "waiting",
+                                "completed",
+                                "failed",
+                                "cancelled",
+                            ],
+                        },
+                    ),
+                    query("workflow", string),
+                    query("queue", string),
+                    query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                    query("cursor", string),
+                ],
+                "responses": {"200": {"description": "A page", **_json(page)}, **_errors(400, 401)},
+            },
+            "post": {
+                "summary": "Enqueue a run",
+                "requestBody": {
+                    "required": True,
+                    **_json({"$ref": "#/components/schemas/EnqueueRequest"}),
+                },
+                "responses": {
+                    "201": {"description": "Created", **_json({"type": "object"})},
+                    "200": {
+                        "description": "An active run had this dedupe key",
+                        **_json({"type": "object"}),
+                    },
+                    **_errors(400, 401, 413),
+                },
+            },
+        },
+        "/runs/{run_id}": {
+            "get": {
+                "summary": "A run with its steps, gates and children",
+                "parameters": [_RUN_ID],
+                "responses": {
+                    "200": {"description": "The run", **_json(run_info)},
+                    **_errors(400, 401, 404),
+                },
+            }
+        },
+        "/runs/{run_id}/cancel": {
+            "post": {
+                "summary": "Cancel a run and its children",
+                "parameters": [_RUN_ID],
+                "requestBody": {
+                    "required": False,
+                    **_json({"$ref": "#/components/schemas/CancelRequest"}),
+                },
+                "responses": {
+                    "200": {"description": "Cancelled", **_json(id_status)},
+                    **_errors(400, 401, 404, 409),
+                },
+            }
+        },
+        "/runs/{run_id}/retry": {
+            "post": {
+                "summary": "Retry a failed run",
+                "parameters": [_RUN_ID],
+                "responses": {
+                    "200": {"description": "Queued", **_json(id_status)},
+                    **_errors(400, 401, 404, 409),
+                },
+            }
+        },
+        "/runs/{run_id}/events": {
+            "get": {
+                "summary": "The run's events as server-sent events; Last-Event-ID resumes",
+                "parameters": [
+                    _RUN_ID,
+                    query("after", {"type": "integer", "minimum": 0}),
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "integer"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "An event stream",
+                        "content": {"text/event-stream": {"schema": string}},
+                    },
+                    **_errors(400, 401, 404),
+                },
+            }
+        },
+        "/gates": {
+            "get": {
+                "summary": "List gates (pending by default; status=all for every one)",
+                "parameters": [
+                    query(
+                        "status",
+                        {
+                            "type": "string",
+                            "enum": [
+                                "pending",
+                                "approved",
+                                "rejected",
+                                "expired",
+                                "cancelled",
+                                "all",
+                            ],
+                        },
+                    ),
+                    query("run_id", {"type": "string", "format": "uuid"}),
+                    query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                    query("cursor", string),
+                ],
+                "responses": {
+                    "200": {"description": "Gates", **_json(gate_page)},
+                    **_errors(400, 401),
+                },
+            }
+        },
+        "/runs/{run_id}/gates/{name}/resolve": {
+            "post": {
+                "summary": "Approve or reject a pending gate, once (a token replaces the API key)",
+                "security": [{"bearer": []}, {}],
+                "parameters": [
+                    _RUN_ID,
+                    {"name": "name", "in": "path", "required": True, "schema": string},
+                ],
+                "requestBody": {
+                    "required": True,
+                    **_json({"$ref": "#/components/schemas/ResolveRequest"}),
+                },
+                "responses": {
+                    "200": {"description": "The decided gate", **_json(gate_info)},
+                    **_errors(400, 401, 404, 409),
+                },
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "tidebase-async", "version": "1"},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
