@@ -24,8 +24,9 @@ from tidebase_async.models import (
     RunSpec,
     Schedule,
 )
+from tidebase_async.outbox import Deliverer
 from tidebase_async.queues import Queues
-from tidebase_async.replay import Execution, as_seconds
+from tidebase_async.replay import Execution, as_seconds, check_channels
 from tidebase_async.runs import Runs, as_uuid
 from tidebase_async.schedules import Schedules, schedule_of
 from tidebase_async.store import ClaimedRun, NewRun, StepRecord, Store
@@ -338,7 +339,19 @@ class Tidebase:
             run_at=run_at,
             delay_s=delay_s,
             deadline_at=deadline,
+            channels=self._channels(spec.webhooks),
         )
+
+    def _channels(self, webhooks: list[str] | None) -> list[str] | None:
+        if webhooks is None:
+            return None
+        urls = check_channels(webhooks, where="webhooks")
+        if not self.webhook_secret:
+            raise errors.ConfigurationError(
+                "webhooks need a webhook secret to sign their deliveries: "
+                "Tidebase(webhook_secret=...) or TIDEBASE_WEBHOOK_SECRET"
+            )
+        return urls
 
     async def enqueue(
         self,
@@ -353,8 +366,12 @@ class Tidebase:
         max_attempts: int | None = None,
         deadline: datetime | None = None,
         metadata: dict[str, Any] | None = None,
+        webhooks: list[str] | None = None,
     ) -> RunHandle:
         """Create a queued run and return at once.
+
+        ``webhooks``: URLs that receive a signed ``run.completed``, ``run.failed`` or
+        ``run.cancelled`` delivery when the run ends (see the outbox in the README).
 
         With ``dedupe_key``, at most one active (queued, running, waiting) run per
         (queue, key) exists: a duplicate returns the existing run with
@@ -382,6 +399,7 @@ class Tidebase:
             max_attempts=max_attempts,
             deadline=deadline,
             metadata=metadata,
+            webhooks=webhooks,
         )
         new = self._new_run(spec)
         row = await self.store.enqueue(new)
@@ -455,13 +473,19 @@ class Tidebase:
         run_id: UUID | str | None = None,
         metadata: dict[str, Any] | None = None,
         lease: float = 30.0,
+        recovery_webhook: str | None = None,
+        webhooks: list[str] | None = None,
     ) -> Any:
         """Execute a run of ``workflow`` here, now, without a queue, and return its output.
 
         The run is durable like any other: it holds a lease that this process
         heartbeats, and if the process dies the lease expires and a worker of the
-        workflow's queue resumes it from its checkpoints. With ``run_id`` of an existing
-        run, resumes it (or returns its output when it already completed).
+        workflow's queue resumes it from its checkpoints. With ``recovery_webhook``, the
+        reconciler also POSTs a signed ``run.resume`` there (the URL where this app
+        mounts ``tide.webhook()``), so the app resumes the run even with no worker:
+        deliveries are retried with backoff and, when they are spent, the run fails
+        with ``RecoveryFailed``. With ``run_id`` of an existing run, resumes it (or
+        returns its output when it already completed).
 
         Raises:
             WorkflowNotFound: ``workflow`` is not registered in this process.
@@ -480,7 +504,14 @@ class Tidebase:
         rid = as_uuid(run_id) if run_id is not None else uuid7()
         existing = await store.run_status(rid)
         if existing is None:
-            spec = RunSpec(workflow=workflow, input=input, metadata=metadata)
+            if recovery_webhook is not None:
+                check_channels([recovery_webhook], where="recovery_webhook")
+                if not self.webhook_secret:
+                    raise errors.ConfigurationError(
+                        "recovery_webhook needs a webhook secret to sign its deliveries: "
+                        "Tidebase(webhook_secret=...) or TIDEBASE_WEBHOOK_SECRET"
+                    )
+            spec = RunSpec(workflow=workflow, input=input, metadata=metadata, webhooks=webhooks)
             new = self._new_run(spec)
             claimed = await store.start_inline(
                 run_id=rid,
@@ -491,6 +522,8 @@ class Tidebase:
                 metadata=None if new.metadata is None else bytes(new.metadata),
                 max_attempts=new.max_attempts,
                 lease_s=lease_s,
+                channels=None if new.channels is None else msgspec.json.encode(new.channels),
+                recovery_webhook=recovery_webhook,
             )
             if claimed is not None:
                 self.notifier.runs_changed(rid)
@@ -619,6 +652,7 @@ class Tidebase:
                     lease_s=lease_s,
                     ex_holder=executions,
                     on_queue=self.notifier.queues_changed,
+                    public_url=self.public_url,
                 )
                 outcome = result.outcome
             finally:
@@ -716,6 +750,8 @@ class Tidebase:
             handle_signals=handle_signals,
             retention_s=self.retention_s,
             fire_schedules=self.schedules.fire_due,
+            deliverer=Deliverer(self.store, secret=self.webhook_secret),
+            public_url=self.public_url,
         )
         # Schedules declared in code exist (and match the code) before anything fires.
         await self.schedules.sync_code(self._workflows)

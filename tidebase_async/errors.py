@@ -22,6 +22,7 @@ Everything the library raises on purpose subclasses :class:`TidebaseError`::
       SignatureError        webhook signature bad or stale
         GateTokenInvalid    a gate resolve token that is wrong, used or never issued
       ChildFailed           a child run failed or was cancelled; holds its error
+      RecoveryFailed        an inline run's recovery webhook could not be delivered
       RunFailed             workflow raised; holds the recorded error
       RunCancelled
       StepTimeout           a step ran past its ``timeout``
@@ -149,6 +150,11 @@ class ChildFailed(TidebaseError):
         kind = self.error.get("type", "Error")
         message = self.error.get("message", "")
         super().__init__(f"child run {child_id} ({workflow}) {status}: {kind}: {message}")
+
+
+class RecoveryFailed(TidebaseError):
+    """The recovery webhook of an inline run could not be delivered (recorded as the
+    run's error type when its deliveries are spent)."""
 
 
 class StepTimeout(TidebaseError):

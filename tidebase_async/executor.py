@@ -65,6 +65,7 @@ async def execute(
     lease_s: float,
     ex_holder: dict[UUID, Execution] | None = None,
     on_queue: Callable[[str], None] | None = None,
+    public_url: str | None = None,
 ) -> ExecutionResult:
     """Run the workflow of ``claimed`` from the top (replaying its history) and write
     the outcome: completed, failed, or requeued for a retry with backoff.
@@ -82,6 +83,7 @@ async def execute(
         lease_s=lease_s,
         workflows=workflows,
         on_queue=on_queue,
+        public_url=public_url,
     )
     if ex_holder is not None:
         ex_holder[claimed.id] = ex

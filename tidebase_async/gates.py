@@ -14,16 +14,14 @@ consumed by the decision (or replaced by the next ``token()``).
 from __future__ import annotations
 
 import base64
-import hashlib
-import secrets
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 from uuid import UUID
 
 import asyncpg
 
 from tidebase_async import codec, errors
+from tidebase_async.gate_tokens import hash_token, new_token, resolve_url
 from tidebase_async.models import GateInfo
 from tidebase_async.runs import as_uuid
 from tidebase_async.workflows import check_name, is_utf8
@@ -33,10 +31,6 @@ if TYPE_CHECKING:
 
 GATE_STATUSES = ("pending", "approved", "rejected", "expired", "cancelled")
 _MAX_TOKEN_LENGTH = 200
-
-
-def hash_token(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8")).digest()
 
 
 class Gates:
@@ -186,7 +180,7 @@ class Gates:
         """
         rid = as_uuid(run_id)
         check_name("gate", name)
-        token = secrets.token_urlsafe(32)
+        token = new_token()
         if await self._tide.store.set_gate_token(
             run_id=rid, name=name, token_hash=hash_token(token)
         ):
@@ -215,10 +209,7 @@ class Gates:
     def resolve_url(self, run_id: UUID, name: str) -> str | None:
         """Where an outside reviewer resolves the gate (the HTTP API's route under
         ``Tidebase(public_url=...)``); None without a public URL."""
-        base = self._tide.public_url
-        if not base:
-            return None
-        return f"{base.rstrip('/')}/runs/{run_id}/gates/{quote(name, safe='')}/resolve"
+        return resolve_url(self._tide.public_url, run_id, name)
 
 
 def _check_text(what: str, value: object) -> None:

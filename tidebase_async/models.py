@@ -57,6 +57,22 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
     max_attempts: int | None = None
     deadline: datetime | None = None
     metadata: dict[str, Any] | None = None
+    webhooks: list[str] | None = None
+
+
+class DeliveryInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """An outbound webhook delivery of a run (never its payload, which may hold a
+    gate's resolve token)."""
+
+    id: UUID
+    url: str
+    event: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int = 0
+    last_status: int | None = None
+    last_error: str | None = None
+    created_at: datetime | None = None
+    delivered_at: datetime | None = None
 
 
 class StepInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -151,6 +167,7 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     cancel_reason: str | None = None
     inline: bool = False
     wake_at: datetime | None = None
+    deliveries: list[DeliveryInfo] = msgspec.field(default_factory=list)
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):

@@ -27,6 +27,7 @@ import anyio
 import msgspec
 
 from tidebase_async import codec, errors
+from tidebase_async.gate_tokens import hash_token, new_token, resolve_url
 from tidebase_async.models import TERMINAL_STATUSES, GateDecision, Retry
 from tidebase_async.store import Checkpoint, ClaimedRun, NewRun, StepRecord, Store
 from tidebase_async.workflows import (
@@ -195,8 +196,10 @@ class Execution:
         lease_s: float = 30.0,
         workflows: Mapping[str, Workflow] | None = None,
         on_queue: Callable[[str], None] | None = None,
+        public_url: str | None = None,
     ) -> None:
         self.store = store
+        self.public_url = public_url
         self.workflows: Mapping[str, Workflow] = workflows or {}
         self.on_queue = on_queue
         self.writes = writes
@@ -716,6 +719,24 @@ class Run:
             else msgspec.json.encode(check_channels(channels, where=f"gate {name!r}"))
         )
         position, full_name, record = self._reserve("gate", name)
+        token_hash: bytes | None = None
+        delivery: bytes | None = None
+        if channels and (record is None or record.status != "completed"):
+            # Used only if the gate is new: its reviewers get a one-time token in the
+            # signed gate.created delivery; the database keeps its hash.
+            token = new_token()
+            token_hash = hash_token(token)
+            delivery = msgspec.json.encode(
+                {
+                    "type": "gate.created",
+                    "run_id": str(ex.run_id),
+                    "name": full_name,
+                    "prompt": prompt,
+                    "data": msgspec.Raw(data_bytes) if data_bytes is not None else None,
+                    "resolve_url": resolve_url(ex.public_url, ex.run_id, full_name),
+                    "resolve_token": token,
+                }
+            )
         if record is not None and record.status == "completed":
             ex.replayed_steps += 1
             decided: GateDecision = codec.decode(
@@ -734,6 +755,8 @@ class Run:
                 data=data_bytes,
                 channels=channels_bytes,
                 timeout_s=timeout_s,
+                token_hash=token_hash,
+                delivery=delivery,
             ),
         )
         ex.on_event(ex.run_id)

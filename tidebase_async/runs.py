@@ -14,6 +14,7 @@ from tidebase_async import codec, errors
 from tidebase_async.models import (
     RUN_STATUSES,
     TERMINAL_STATUSES,
+    DeliveryInfo,
     Event,
     Page,
     RunInfo,
@@ -61,6 +62,7 @@ class Runs:
         steps = await store.get_steps(rid)
         children = await store.get_children(rid)
         gates = await store.get_run_gates(rid)
+        deliveries = await store.get_deliveries(rid)
         return RunInfo(
             id=row["id"],
             workflow=row["workflow"],
@@ -108,6 +110,7 @@ class Runs:
             cancel_reason=row["cancel_reason"],
             inline=row["inline"],
             wake_at=row["wake_at"],
+            deliveries=[DeliveryInfo(**dict(d)) for d in deliveries],
         )
 
     async def list(

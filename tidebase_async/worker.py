@@ -32,6 +32,7 @@ from tidebase_async.workflows import Workflow
 from tidebase_async.writes import RunWrites
 
 if TYPE_CHECKING:
+    from tidebase_async.outbox import Deliverer
     from tidebase_async.store import StepRecord
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ class Worker:
         handle_signals: bool,
         retention_s: float | None = None,
         fire_schedules: Callable[[], Awaitable[list[tuple[UUID, str]]]] | None = None,
+        deliverer: Deliverer | None = None,
+        public_url: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise errors.ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
@@ -135,6 +138,8 @@ class Worker:
         self._idle.set()
         self._heartbeat_now = Signal()
         self._fire_schedules = fire_schedules
+        self._deliverer = deliverer
+        self._public_url = public_url
         # Controls of this worker's controlled queues (paused, capped, rate limited);
         # refreshed on NOTIFY and every poll interval. The database enforces them
         # whatever this cache says; it only picks the claim path.
@@ -191,6 +196,8 @@ class Worker:
         finally:
             for remove in unsubscribe:
                 remove()
+            if self._deliverer is not None:
+                await self._deliverer.close()
             logger.info("worker %s stopped", self.id)
 
     # -- claiming ---------------------------------------------------------------------
@@ -403,6 +410,7 @@ class Worker:
                 lease_s=self._lease_s,
                 ex_holder=self._executions,
                 on_queue=self._notifier.queues_changed,
+                public_url=self._public_url,
             )
         except errors.StoreError as exc:
             # The outcome could not be written (connection lost): try to hand the run
@@ -586,7 +594,11 @@ class Worker:
         """The maintenance interval, or less when a waiting run's timer is due sooner:
         durable sleeps and gate expiries fire on time, not on the next tick."""
         wait_s = self._maintenance_s
-        for upcoming in (await self._store.next_wake_in(), await self._store.next_tick_in()):
+        for upcoming in (
+            await self._store.next_wake_in(),
+            await self._store.next_tick_in(),
+            await self._store.next_delivery_in() if self._deliverer else None,
+        ):
             if upcoming is not None:
                 wait_s = min(wait_s, max(upcoming, 0.0) + 0.001)
         return wait_s
@@ -596,6 +608,7 @@ class Worker:
         await self._wake_due()
         await self._cancel_overdue()
         await self._fire_due_schedules()
+        await self._deliver_outbox()
         await self._prune()
         self.stats.maintenance_ticks += 1
         if self._self_vacuum and self._pruned_since_vacuum:
@@ -617,6 +630,14 @@ class Worker:
             self.stats.pruned += pruned
             self._pruned_since_vacuum |= pruned > 0
             if pruned < _SWEEP_LIMIT:
+                return
+
+    async def _deliver_outbox(self) -> None:
+        """Send due webhook deliveries, a bounded number of batches per tick."""
+        if self._deliverer is None:
+            return
+        for _ in range(4):
+            if await self._deliverer.deliver_due() == 0:
                 return
 
     async def _fire_due_schedules(self) -> None:

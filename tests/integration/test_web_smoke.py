@@ -7,10 +7,11 @@ from typing import Any
 
 import aiohttp
 import anyio
+import pytest
 from aiohttp import web
 
 from tests.integration.core_support import working
-from tidebase_async import Run, Tidebase
+from tidebase_async import GateTokenInvalid, Run, Tidebase
 from tidebase_async.web import sign
 
 
@@ -116,3 +117,71 @@ async def test_webhook_signatures(dsn: str) -> None:
         assert (await call({"Tidebase-Signature": sign("s3cret", body)}, tampered))[0] == 401
         other = json.dumps({"type": "x"}).encode()
         assert (await call({"Tidebase-Signature": sign("s3cret", other)}, other))[0] == 400
+
+
+async def test_deliveries_retry_and_gate_tokens(dsn: str) -> None:
+    from tests.conftest import opened
+    from tidebase_async.web import verify
+
+    received: list[dict[str, Any]] = []
+    failures = [2]
+
+    async def receiver(request: web.Request) -> web.Response:
+        body = await request.read()
+        verify(request.headers.get("Tidebase-Signature"), body, "s3cret")
+        if failures[0] > 0:
+            failures[0] -= 1
+            return web.Response(status=500)
+        received.append({"id": request.headers["Tidebase-Delivery"], **json.loads(body)})
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", receiver)
+    runner, base = await _serve(app)
+    try:
+        async with opened(Tidebase(dsn, webhook_secret="s3cret", public_url="http://x")) as tide:
+
+            @tide.workflow("gated")
+            async def gated(run: Run) -> str:
+                d = await run.gate("ok", channels=[f"{base}/hook"])
+                return d.decision
+
+            import tidebase_async.outbox as outbox
+
+            original = outbox.backoff_s
+            outbox.backoff_s = lambda attempts: 0.05
+            try:
+                h = await tide.enqueue("gated", webhooks=[f"{base}/hook"])
+                async with working(tide, maintenance_interval=0.1):
+                    for _ in range(200):
+                        if received:
+                            break
+                        await anyio.sleep(0.05)
+                    created = received[0]
+                    assert created["type"] == "gate.created"
+                    assert created["resolve_url"].startswith("http://x/runs/")
+                    token = created["resolve_token"]
+                    with pytest.raises(GateTokenInvalid):
+                        await tide.gates.resolve(h.id, "ok", approved=True, token="nope")
+                    await tide.gates.resolve(h.id, "ok", approved=True, token=token)
+                    assert await tide.runs.wait(h.id, timeout=10) == "approved"
+                    for _ in range(200):
+                        if {r["type"] for r in received} >= {"gate.resolved", "run.completed"}:
+                            break
+                        await anyio.sleep(0.05)
+                info = await tide.runs.get(h.id)
+            finally:
+                outbox.backoff_s = original
+            assert sorted(d.event for d in info.deliveries) == [
+                "gate.created",
+                "gate.resolved",
+                "run.completed",
+            ]
+            assert all(d.status == "delivered" for d in info.deliveries)
+            assert max(d.attempts for d in info.deliveries) == 3
+            stored = await tide.store.get_deliveries(h.id)
+            assert stored and "resolve_token" not in json.dumps(
+                [dict(r) for r in stored], default=str
+            )
+    finally:
+        await runner.cleanup()

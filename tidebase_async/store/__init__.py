@@ -159,6 +159,7 @@ class NewRun(msgspec.Struct, frozen=True, kw_only=True):
     run_at: datetime | None
     delay_s: float
     deadline_at: datetime | None
+    channels: list[str] | None = None
 
 
 class ScheduledRun(NewRun, frozen=True, kw_only=True):
@@ -483,6 +484,8 @@ class Store:
         metadata: bytes | None,
         max_attempts: int,
         lease_s: float,
+        channels: bytes | None = None,
+        recovery_webhook: str | None = None,
     ) -> ClaimedRun | None:
         """Insert a run leased to ``worker_id``; None when ``run_id`` exists already."""
         with _translate("start inline run"):
@@ -496,6 +499,8 @@ class Store:
                 metadata,
                 max_attempts,
                 lease_s,
+                channels,
+                recovery_webhook,
             )
         return None if row is None else _claimed(row)
 
@@ -619,9 +624,11 @@ class Store:
             value = await self._pool.fetchval(Q["seconds_until_due"], run_id)
         return 0.0 if value is None else float(value)
 
-    async def requeue_expired(self, *, limit: int) -> list[tuple[UUID, str, str]]:
+    async def requeue_expired(
+        self, *, limit: int, recovery_attempts: int = 8
+    ) -> list[tuple[UUID, str, str]]:
         rows = await self._fetch_retrying_deadlocks(
-            "requeue expired leases", Q["requeue_expired"], limit
+            "requeue expired leases", Q["requeue_expired"], limit, recovery_attempts
         )
         return [(row["id"], row["queue"], row["status"]) for row in rows]
 
@@ -708,6 +715,40 @@ class Store:
     async def cancelled_among(self, run_ids: Sequence[UUID]) -> list[UUID]:
         with _translate("check for cancelled runs"):
             return [row[0] for row in await self._pool.fetch(Q["cancelled_among"], list(run_ids))]
+
+    # -- outbox -----------------------------------------------------------------------
+
+    async def take_deliveries(self, *, limit: int, lease_s: float) -> list[asyncpg.Record]:
+        with _translate("take deliveries"):
+            return list(await self._pool.fetch(Q["take_deliveries"], limit, lease_s))
+
+    async def delivery_done(
+        self,
+        delivery_id: UUID,
+        *,
+        delivered: bool,
+        http_status: int | None,
+        error: str | None,
+        retry_in_s: float,
+    ) -> asyncpg.Record | None:
+        with _translate("record delivery"):
+            row: asyncpg.Record | None = await self._pool.fetchrow(
+                Q["delivery_done"], delivery_id, delivered, http_status, error, retry_in_s
+            )
+        return row
+
+    async def fail_unrecovered(self, run_id: UUID, error: bytes) -> bool:
+        with _translate("fail unrecovered run"):
+            return await self._pool.fetchval(Q["fail_unrecovered"], run_id, error) is not None
+
+    async def next_delivery_in(self) -> float | None:
+        with _translate("next delivery"):
+            value = await self._pool.fetchval(Q["next_delivery"])
+        return None if value is None else float(value)
+
+    async def get_deliveries(self, run_id: UUID) -> list[asyncpg.Record]:
+        with _translate("get deliveries"):
+            return list(await self._pool.fetch(Q["get_deliveries"], run_id))
 
     # -- queue controls ---------------------------------------------------------------
 
@@ -955,8 +996,11 @@ class Store:
         data: bytes | None,
         channels: bytes | None,
         timeout_s: float | None,
+        token_hash: bytes | None = None,
+        delivery: bytes | None = None,
     ) -> asyncpg.Record:
-        """Create the gate once (fenced) and return it as stored now."""
+        """Create the gate once (fenced) and return it as stored now. A new gate with
+        channels gets ``token_hash`` and one ``delivery`` (JSON payload) per channel."""
         with _translate("open gate"):
             async with self._pool.acquire() as conn:
                 row = await conn.fetchrow(
@@ -969,6 +1013,8 @@ class Store:
                     data,
                     channels,
                     timeout_s,
+                    token_hash,
+                    delivery,
                 )
                 if not row["fenced"]:
                     raise errors.LeaseLost(f"run {run_id} is no longer leased to this worker")
@@ -1062,6 +1108,21 @@ class Store:
                     "gate.expired" if decided == "expired" else "gate.resolved",
                     msgspec.json.encode(event),
                 )
+                if gate["channels"] is not None:
+                    await conn.execute(
+                        Q["gate_deliveries"],
+                        run_id,
+                        True,
+                        "gate.expired" if decided == "expired" else "gate.resolved",
+                        gate["channels"],
+                        msgspec.json.encode(
+                            {
+                                "type": "gate.expired" if decided == "expired" else "gate.resolved",
+                                "run_id": str(run_id),
+                                **event,
+                            }
+                        ),
+                    )
         woken = woke is not None and woke["before_status"] == "waiting"
         return GateResolution(
             outcome="expired" if decided == "expired" else "resolved",

@@ -26,15 +26,15 @@ SELECT max(version) FROM tidebase.schema_migrations;
 WITH ins AS (
   INSERT INTO tidebase.runs AS r
     (id, workflow, queue, status, input, priority, dedupe_key, metadata, parent_id,
-     max_attempts, run_at, deadline_at, created_at, updated_at, event_seq)
+     max_attempts, run_at, deadline_at, channels, created_at, updated_at, event_seq)
   SELECT u.id, u.workflow, u.queue, 'queued', u.input, u.priority, u.dedupe_key,
          u.metadata, u.parent_id, u.max_attempts,
          COALESCE(u.run_at, tidebase.now()) + make_interval(secs => u.delay_s),
-         u.deadline_at, tidebase.now(), tidebase.now(), 1
+         u.deadline_at, u.channels, tidebase.now(), tidebase.now(), 1
   FROM jsonb_to_recordset($1::jsonb)
        AS u(id uuid, workflow text, queue text, input jsonb, priority int4,
             dedupe_key text, metadata jsonb, parent_id uuid, max_attempts int4,
-            run_at timestamptz, delay_s float8, deadline_at timestamptz)
+            run_at timestamptz, delay_s float8, deadline_at timestamptz, channels jsonb)
   ON CONFLICT (queue, dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'waiting')
     DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key
@@ -173,10 +173,10 @@ WITH ins AS (
   INSERT INTO tidebase.runs
     (id, workflow, queue, status, input, priority, metadata, max_attempts, run_at,
      lease_owner, lease_expires_at, attempt, inline, created_at, started_at, updated_at,
-     event_seq)
+     event_seq, channels, recovery_webhook)
   VALUES ($1, $3, $4, 'running', $5, 0, $6, $7, tidebase.now(), $2,
           tidebase.now() + make_interval(secs => $8::float8), 1, true,
-          tidebase.now(), tidebase.now(), tidebase.now(), 2)
+          tidebase.now(), tidebase.now(), tidebase.now(), 2, $9, $10)
   ON CONFLICT (id) DO NOTHING
   RETURNING id, workflow, queue, input, state, attempt, released, max_attempts,
             deadline_at, step_count, event_seq, created_at, wake_seq
@@ -371,7 +371,17 @@ WITH expired AS (
       lease_owner = NULL, lease_expires_at = NULL, run_at = tidebase.now(),
       updated_at = tidebase.now(), event_seq = r.event_seq + 1
   FROM expired WHERE r.id = expired.id
-  RETURNING r.id, r.queue, r.status, r.attempt, r.event_seq, expired.old_owner
+  RETURNING r.id, r.queue, r.status, r.attempt, r.event_seq, expired.old_owner,
+            r.workflow, r.recovery_webhook
+), rec AS (
+  -- An inline run with a recovery webhook: ask its app to resume it ($2: attempts).
+  INSERT INTO tidebase.outbox
+    (id, run_id, url, event, payload, max_attempts, next_attempt_at, created_at)
+  SELECT gen_random_uuid(), id, recovery_webhook, 'run.resume',
+         jsonb_build_object('type', 'run.resume', 'run_id', id, 'workflow', workflow,
+                            'reason', 'lease_expired', 'attempt', attempt),
+         $2, tidebase.now(), tidebase.now()
+  FROM r WHERE status = 'queued' AND recovery_webhook IS NOT NULL
 ), e AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, event_seq, CASE WHEN status = 'failed' THEN 'run.failed' ELSE 'run.requeued' END,
@@ -551,16 +561,18 @@ RETURNING seq;
 
 -- name: open_gate
 -- Record gate $4 of the run of claim ($1, $2, $3) as pending, once: a gate that exists
--- already (an earlier attempt reached it) stays as it is. Returns whether the fence
--- held and whether the gate is new.
+-- already (an earlier attempt reached it) stays as it is. A new gate with channels
+-- ($7, a JSON array of URLs) gets the hash of a resolve token ($9) and, per channel, a
+-- gate.created delivery whose payload ($10, JSON) carries the token itself. Returns
+-- whether the fence held and whether the gate is new.
 WITH fence AS (
   SELECT id FROM tidebase.runs
   WHERE id = $1 AND lease_owner = $2 AND attempt = $3 AND status = 'running'
   FOR NO KEY UPDATE
 ), ins AS (
   INSERT INTO tidebase.gates
-    (run_id, name, status, prompt, data, channels, created_at, expires_at)
-  SELECT id, $4, 'pending', $5, $6, $7, tidebase.now(),
+    (run_id, name, status, prompt, data, channels, token_hash, created_at, expires_at)
+  SELECT id, $4, 'pending', $5, $6, $7, $9, tidebase.now(),
          tidebase.now() + make_interval(secs => $8::float8)
   FROM fence
   ON CONFLICT (run_id, name) DO NOTHING
@@ -574,6 +586,12 @@ WITH fence AS (
   SELECT id, event_seq, 'gate.created', tidebase.now(),
          jsonb_build_object('name', $4::text, 'prompt', $5::text, 'expires_at', expires_at)
   FROM r
+), d AS (
+  INSERT INTO tidebase.outbox (id, run_id, url, event, payload, next_attempt_at, created_at)
+  SELECT gen_random_uuid(), ins.run_id, c.url, 'gate.created',
+         $10::jsonb || jsonb_build_object('expires_at', ins.expires_at),
+         tidebase.now(), tidebase.now()
+  FROM ins, jsonb_array_elements_text(COALESCE($7::jsonb, '[]'::jsonb)) AS c(url)
 )
 SELECT (SELECT count(*) FROM fence) AS fenced, (SELECT count(*) FROM ins) AS created;
 
@@ -624,8 +642,15 @@ WHERE parent_id = ANY($1::uuid[]) AND status IN ('queued', 'running', 'waiting')
 SELECT status, queue FROM tidebase.runs WHERE id = $1 FOR NO KEY UPDATE;
 
 -- name: lock_gate
-SELECT status, token_hash, COALESCE(expires_at <= tidebase.now(), false) AS due
+SELECT status, token_hash, channels, COALESCE(expires_at <= tidebase.now(), false) AS due
 FROM tidebase.gates WHERE run_id = $1 AND name = $2 FOR UPDATE;
+
+-- name: gate_deliveries
+-- One delivery of event $3 (payload $5) per URL of $4 (a JSON array), for run $1.
+INSERT INTO tidebase.outbox (id, run_id, url, event, payload, next_attempt_at, created_at)
+SELECT gen_random_uuid(), $1, c.url, $3, $5::jsonb, tidebase.now(), tidebase.now()
+FROM jsonb_array_elements_text($4::jsonb) AS c(url)
+WHERE $2::boolean;
 
 -- name: close_gate
 -- Decide a pending gate: exactly once, as the condition on status makes every later
@@ -866,3 +891,58 @@ UPDATE tidebase.schedules
 SET next_fire_at = $2, last_fire_at = COALESCE($3, last_fire_at),
     last_run_id = COALESCE($4, last_run_id), updated_at = tidebase.now()
 WHERE name = $1;
+
+-- name: take_deliveries
+-- Take up to $1 due deliveries: their next attempt moves $2 seconds ahead (a lease
+-- longer than the send timeout) and their attempt is counted, in this short
+-- transaction; they are sent after it committed, with no lock held.
+WITH due AS (
+  SELECT id FROM tidebase.outbox
+  WHERE status = 'pending' AND next_attempt_at <= tidebase.now()
+  ORDER BY next_attempt_at
+  LIMIT $1
+  FOR UPDATE SKIP LOCKED
+)
+UPDATE tidebase.outbox o
+SET next_attempt_at = tidebase.now() + make_interval(secs => $2::float8),
+    attempts = o.attempts + 1
+FROM due WHERE o.id = due.id
+RETURNING o.id, o.run_id, o.url, o.event, o.payload, o.attempts, o.max_attempts;
+
+-- name: delivery_done
+-- The outcome of one send. $2: delivered, else retried after $5 seconds while
+-- attempts remain, else failed. A token in the payload goes once it is settled.
+UPDATE tidebase.outbox
+SET status = CASE WHEN $2 THEN 'delivered'
+                  WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
+    last_status = $3, last_error = $4,
+    next_attempt_at = CASE WHEN $2 OR attempts >= max_attempts THEN next_attempt_at
+                           ELSE tidebase.now() + make_interval(secs => $5::float8) END,
+    delivered_at = CASE WHEN $2 THEN tidebase.now() END,
+    payload = CASE WHEN $2 OR attempts >= max_attempts THEN payload - 'resolve_token'
+                   ELSE payload END
+WHERE id = $1 AND status = 'pending'
+RETURNING status, event, run_id;
+
+-- name: fail_unrecovered
+-- A recovery webhook that could not be delivered: the inline run it was to resume
+-- fails (if nobody resumed it meanwhile) instead of waiting forever.
+WITH r AS (
+  UPDATE tidebase.runs
+  SET status = 'failed', error = $2, finished_at = tidebase.now(),
+      updated_at = tidebase.now(), event_seq = event_seq + 1
+  WHERE id = $1 AND status = 'queued' AND inline
+  RETURNING id, event_seq
+), e AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, 'run.failed', tidebase.now(), $2 FROM r
+)
+SELECT id FROM r;
+
+-- name: next_delivery
+SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - tidebase.now())::float8
+FROM tidebase.outbox WHERE status = 'pending';
+
+-- name: get_deliveries
+SELECT id, url, event, status, attempts, last_status, last_error, created_at, delivered_at
+FROM tidebase.outbox WHERE run_id = $1 ORDER BY created_at, id;
