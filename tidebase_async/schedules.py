@@ -18,7 +18,6 @@ paused does not catch up the ticks of its pause.
 from __future__ import annotations
 
 import builtins
-import collections
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -30,7 +29,13 @@ import msgspec
 from tidebase_async import codec, errors
 from tidebase_async.models import Schedule, ScheduleInfo
 from tidebase_async.store import ScheduledRun
-from tidebase_async.timing import Timing, fire_times, latest_fire, next_fire, parse_timing
+from tidebase_async.timing import (
+    Timing,
+    latest_fire,
+    latest_fire_times,
+    next_fire,
+    parse_timing,
+)
 from tidebase_async.workflows import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE,
@@ -46,8 +51,6 @@ CATCHUP = ("latest", "all", "skip")
 OVERLAP = ("allow", "skip", "queue")
 #: With catchup "skip", a due tick older than this counts as missed.
 SKIP_GRACE_S = 60.0
-# Bounds the forward walk over missed cron ticks with catchup "all".
-_MAX_WALK = 100_000
 
 
 class Schedules:
@@ -97,7 +100,9 @@ class Schedules:
             source="api",
         )
 
-    async def _set(self, name: str, *, source: str, **options: Any) -> ScheduleInfo:
+    async def _set(
+        self, name: str, *, source: str, keep_enabled: bool = False, **options: Any
+    ) -> ScheduleInfo:
         fields = self._validate(name, **options)
         store = self._tide.store
         now = await store.db_now()
@@ -110,6 +115,7 @@ class Schedules:
             anchor_at=now,
             next_fire_at=next_fire(timing, now, anchor=now),
             source=source,
+            keep_enabled=keep_enabled,
         )
         return _info(row)
 
@@ -233,6 +239,8 @@ class Schedules:
                 catchup_limit=100,
                 overlap=spec.overlap,
                 source="code",
+                # A schedule someone paused stays paused when workers restart.
+                keep_enabled=True,
             )
         await self._tide.store.delete_code_schedules(workflows=list(workflows), keep=list(declared))
 
@@ -261,7 +269,16 @@ class Schedules:
         due_from: datetime = row["next_fire_at"]
         catchup = row["catchup"]
         if catchup == "all":
-            ticks = _latest_ticks(timing, due_from, now, anchor, row["catchup_limit"])
+            ticks = latest_fire_times(
+                timing, due_from, now, anchor=anchor, limit=row["catchup_limit"]
+            ) or [due_from]
+            if row["overlap"] == "skip" and len(ticks) > 1:
+                # Several runs at once would overlap each other: the latest only.
+                ticks = ticks[-1:]
+            elif row["overlap"] == "queue" and len(ticks) > 1:
+                # One at a time: the oldest now; the schedule stays due at the next
+                # missed tick, which fires once this run has finished.
+                return [self._run_of(row, ticks[0])], ticks[1]
         else:
             latest = latest_fire(timing, now, anchor=anchor) or due_from
             latest = max(latest, due_from)
@@ -326,27 +343,6 @@ def schedule_of(spec: object, *, workflow: str) -> Schedule | None:
     except (errors.InvalidSchedule, errors.SerializationError) as exc:
         raise errors.InvalidSchedule(f"workflow {workflow!r}: {exc}") from exc
     return spec
-
-
-def _latest_ticks(
-    timing: Timing, due_from: datetime, now: datetime, anchor: datetime, limit: int
-) -> list[datetime]:
-    """The latest ``limit`` ticks in ``[due_from, now]``, oldest first."""
-    if timing.every_s is not None:
-        latest = latest_fire(timing, now, anchor=anchor)
-        if latest is None:
-            return []
-        ticks: list[datetime] = []
-        tick = latest
-        while tick >= due_from and len(ticks) < limit:
-            ticks.append(tick)
-            tick = tick - timedelta(seconds=timing.every_s)
-        return ticks[::-1]
-    window: collections.deque[datetime] = collections.deque(maxlen=limit)
-    window.append(due_from)
-    walked = fire_times(timing, due_from, now, anchor=anchor, limit=_MAX_WALK)
-    window.extend(walked)
-    return list(window)
 
 
 def _timing(row: asyncpg.Record) -> Timing:

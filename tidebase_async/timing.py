@@ -122,15 +122,39 @@ def next_fire(timing: Timing, after: datetime, *, anchor: datetime) -> datetime:
         return fire.astimezone(UTC)
     assert timing.cron is not None
     zone = timing.zone
-    start = (after.astimezone(zone) - _MARGIN).replace(tzinfo=None)
+    shift = _shift_near(after, zone)
+    while True:
+        best, _wall = _next_with_shift(timing, after, zone, shift)
+        # A DST change near the answer (not only near ``after``) needs the wider search.
+        wider = _shift_near(best, zone)
+        if wider <= shift:
+            return best
+        shift = wider
+
+
+def _next_with_shift(
+    timing: Timing, after: datetime, zone: ZoneInfo, shift: timedelta
+) -> tuple[datetime, datetime]:
+    """Away from a DST change wall-clock order is instant order: the first tick after
+    ``after``'s wall time is the answer. Near one (``shift``: how far the offset moves),
+    start that much earlier and look that far past the first candidate: a time shifted
+    forward out of a gap can land after a later real time."""
+    assert timing.cron is not None
+    start = after.astimezone(zone).replace(tzinfo=None) - shift
     it = croniter(
         timing.cron, start, ret_type=datetime, second_at_beginning=_has_seconds(timing.cron)
     )
+    best: datetime | None = None
+    best_wall: datetime | None = None
     while True:
         wall: datetime = it.get_next(datetime)
+        if best is not None and best_wall is not None and wall > best_wall + shift:
+            return best, best_wall
         fire = _to_utc(wall, zone)
-        if fire > after:
-            return fire
+        if fire > after and (best is None or fire < best):
+            best, best_wall = fire, wall
+            if not shift:
+                return best, best_wall
 
 
 def latest_fire(timing: Timing, at_or_before: datetime, *, anchor: datetime) -> datetime | None:
@@ -141,27 +165,43 @@ def latest_fire(timing: Timing, at_or_before: datetime, *, anchor: datetime) -> 
             return None
         fire = anchor + timedelta(seconds=k * timing.every_s)
         if fire > at_or_before:  # float rounding
-            fire -= timedelta(seconds=timing.every_s)
-        return fire.astimezone(UTC) if fire > anchor else None
+            k -= 1
+            fire = anchor + timedelta(seconds=k * timing.every_s)
+        return fire.astimezone(UTC) if k >= 1 else None
     assert timing.cron is not None
     zone = timing.zone
-    start = (at_or_before.astimezone(zone) + _MARGIN).replace(tzinfo=None)
+    shift = _shift_near(at_or_before, zone)
+    while True:
+        best = _latest_with_shift(timing, at_or_before, anchor, zone, shift)
+        wider = timedelta(0) if best is None else _shift_near(best, zone)
+        if wider <= shift:
+            return best
+        shift = wider
+
+
+def _latest_with_shift(
+    timing: Timing, at_or_before: datetime, anchor: datetime, zone: ZoneInfo, shift: timedelta
+) -> datetime | None:
+    """As ``_next_with_shift``, backwards."""
+    assert timing.cron is not None
+    start = at_or_before.astimezone(zone).replace(tzinfo=None) + shift + timedelta(seconds=1)
+    floor = anchor.astimezone(zone).replace(tzinfo=None) - shift
     it = croniter(
         timing.cron, start, ret_type=datetime, second_at_beginning=_has_seconds(timing.cron)
     )
     best: datetime | None = None
-    # Mapped instants are not monotonic in a DST gap: look at a few candidates past the
-    # first one that qualifies and keep the latest.
-    seen_after_first = 0
-    while seen_after_first < 4:
+    best_wall: datetime | None = None
+    while True:
         wall: datetime = it.get_prev(datetime)
+        if best_wall is not None and wall < best_wall - shift:
+            return best
+        if best is None and wall < floor:
+            return None
         fire = _to_utc(wall, zone)
-        if fire <= anchor:
-            break
-        if fire <= at_or_before:
-            best = fire if best is None or fire > best else best
-            seen_after_first += 1
-    return best
+        if anchor < fire <= at_or_before and (best is None or fire > best):
+            best, best_wall = fire, wall
+            if not shift:
+                return best
 
 
 def fire_times(
@@ -177,6 +217,30 @@ def fire_times(
         found.append(fire)
         current = fire
     return found
+
+
+def latest_fire_times(
+    timing: Timing, since: datetime, until: datetime, *, anchor: datetime, limit: int
+) -> list[datetime]:
+    """The latest ``limit`` fire times in ``[since, until]``, oldest first: found walking
+    back from ``until``, so a long outage costs ``limit`` steps, not one per tick."""
+    found: list[datetime] = []
+    current = until
+    while len(found) < limit:
+        fire = latest_fire(timing, current, anchor=anchor)
+        if fire is None or fire < since:
+            break
+        found.append(fire)
+        current = fire - timedelta(microseconds=1)
+    return found[::-1]
+
+
+def _shift_near(at: datetime, zone: ZoneInfo) -> timedelta:
+    """How far the zone's UTC offset moves within ``_MARGIN`` of ``at`` (zero almost
+    always: away from a DST change)."""
+    before = (at - _MARGIN).astimezone(zone).utcoffset() or timedelta(0)
+    after = (at + _MARGIN).astimezone(zone).utcoffset() or timedelta(0)
+    return abs(after - before)
 
 
 def _has_seconds(cron: str) -> bool:

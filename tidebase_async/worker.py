@@ -147,6 +147,7 @@ class Worker:
         self._controls_stale = True
         self._controls_read_at = 0.0
         self._rotation = 0
+        self._fast_turn = 0
 
     def stop(self) -> None:
         """Begin a graceful drain (what SIGTERM does)."""
@@ -217,61 +218,69 @@ class Worker:
         self._controls_stale = False
         self._controls_read_at = anyio.current_time()
 
-    async def _claim(self, free: int) -> tuple[list[ClaimedRun], float | None]:
+    async def _claim(self, free: int) -> tuple[list[ClaimedRun], float | None, list[str]]:
         """Claim up to ``free`` runs across this worker's queues: uncontrolled ones in
-        one fair statement, controlled ones each in its own transaction. A first pass
-        gives each controlled queue a share (the uncontrolled ones together get theirs),
-        a second pass hands what is left to queues that filled their share. Returns the
-        runs and, when a rate limit held a queue back, when to try it again."""
+        one round-robin statement, controlled ones each in its own transaction. The
+        groups (each controlled queue; the uncontrolled ones together) take turns being
+        first from claim to claim; a first pass gives each a share, a second hands what
+        is left to groups that filled theirs. Returns the runs, when a rate limit wants
+        another try (seconds), and the queues whose controls held them back (they wake
+        the worker by NOTIFY or that retry time, not by the due time of their runs)."""
         if self._controls_stale or anyio.current_time() - self._controls_read_at > self._poll_s:
             await self._refresh_controls()
+        self._rotation += 1
         fast = [q for q in self._queues if q not in self._controls]
-        controlled = [q for q, c in self._controls.items() if not c.paused]
-        if controlled:
-            self._rotation = (self._rotation + 1) % len(controlled)
-            controlled = controlled[self._rotation :] + controlled[: self._rotation]
-        groups = len(controlled) + (1 if fast else 0)
-        if groups == 0:
-            return [], None
-        share = max(1, free // groups)
+        if len(fast) > 1:
+            # A turn of its own (advanced when this group claims): tied to the groups'
+            # turn, the two rotations could move in lockstep and always favour one queue.
+            turn = self._fast_turn % len(fast)
+            fast = fast[turn:] + fast[:turn]
+        held = [q for q, c in self._controls.items() if c.paused]
+        groups: list[str | None] = [q for q, c in self._controls.items() if not c.paused]
+        if fast:
+            groups.append(None)  # None stands for the uncontrolled queues
+        if not groups:
+            return [], None, held
+        turn = self._rotation % len(groups)
+        groups = groups[turn:] + groups[:turn]
+        share = max(1, free // len(groups))
         claimed: list[ClaimedRun] = []
         retry_in: float | None = None
-        full: list[str | None] = []  # None stands for the uncontrolled queues
 
-        async def claim_controlled(queue: str, limit: int) -> int:
+        async def claim(group: str | None, limit: int) -> bool:
+            """Claim up to ``limit`` from ``group``; True when it may have more."""
             nonlocal retry_in
-            got = await self._store.claim_controlled(
-                worker_id=self.id, queue=queue, limit=limit, lease_s=self._lease_s
+            if group is None:
+                got = await self._store.claim(
+                    worker_id=self.id, queues=fast, limit=limit, lease_s=self._lease_s
+                )
+                claimed.extend(got)
+                if got:
+                    self._fast_turn += 1
+                return len(got) == limit
+            result = await self._store.claim_controlled(
+                worker_id=self.id, queue=group, limit=limit, lease_s=self._lease_s
             )
-            claimed.extend(got.runs)
-            if got.retry_in_s is not None:
-                retry_in = got.retry_in_s if retry_in is None else min(retry_in, got.retry_in_s)
-            return len(got.runs)
+            claimed.extend(result.runs)
+            if result.retry_in_s is not None:
+                retry_in = (
+                    result.retry_in_s if retry_in is None else min(retry_in, result.retry_in_s)
+                )
+            if result.held:
+                held.append(group)
+            return len(result.runs) == limit and not result.held
 
-        async def claim_fast(limit: int) -> int:
-            got = await self._store.claim(
-                worker_id=self.id, queues=fast, limit=limit, lease_s=self._lease_s
-            )
-            claimed.extend(got)
-            return len(got)
-
-        for queue in controlled:
+        more: list[str | None] = []
+        for group in groups:
             limit = min(share, free - len(claimed))
-            if limit > 0 and await claim_controlled(queue, limit) == limit:
-                full.append(queue)
-        if fast:
-            limit = free - len(claimed) if not controlled else min(share, free - len(claimed))
-            if limit > 0 and await claim_fast(limit) == limit:
-                full.append(None)
-        for group in full:
+            if limit > 0 and await claim(group, limit):
+                more.append(group)
+        for group in more:
             limit = free - len(claimed)
             if limit <= 0:
                 break
-            if group is None:
-                await claim_fast(limit)
-            else:
-                await claim_controlled(group, limit)
-        return claimed, retry_in
+            await claim(group, limit)
+        return claimed, retry_in, held
 
     def _on_cancel(self, payload: str) -> None:
         """Runs cancelled while executing: stop them here at once. Their status is
@@ -327,7 +336,7 @@ class Worker:
             # must cause another claim, not be lost.
             self._wake.clear()
             try:
-                claimed, retry_in = await self._claim(free)
+                claimed, retry_in, held = await self._claim(free)
                 history = await self._load_history(claimed)
             except errors.StoreError as exc:
                 logger.warning("claim failed (%s); retrying in %.2fs", exc, delay)
@@ -340,11 +349,16 @@ class Worker:
             if claimed:
                 self.stats.claimed += len(claimed)
                 self._notifier.runs_changed(*(c.id for c in claimed))
-            if len(claimed) == free:
-                continue  # there may be more; the free-capacity check throttles
+            if claimed and (len(claimed) == free or len(self._queues) > 1):
+                # There may be more (a claim over several queues takes at most each
+                # queue's share); the free-capacity check throttles.
+                continue
             wait_s = self._poll_s if retry_in is None else min(self._poll_s, retry_in)
+            # Queues held back by their controls have due runs they may not take: their
+            # due time is no reason to wake (they wake us by NOTIFY or retry_in).
+            open_queues = [q for q in self._queues if q not in held]
             try:
-                due_in = await self._store.next_due_in(self._queues)
+                due_in = await self._store.next_due_in(open_queues) if open_queues else None
             except errors.StoreError:
                 due_in = None
             if due_in is not None:

@@ -109,10 +109,12 @@ class QueueControl(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ControlledClaim(msgspec.Struct, frozen=True, kw_only=True):
-    """What a claim from a controlled queue got, and when to try again if it was
-    held back by the queue's rate (``retry_in_s``)."""
+    """What a claim from a controlled queue got; ``held`` when its controls (pause,
+    cap, rate) allowed fewer runs than asked, and when to try again if its rate held
+    it back (``retry_in_s``)."""
 
     runs: list[ClaimedRun]
+    held: bool = False
     retry_in_s: float | None = None
 
 
@@ -461,8 +463,9 @@ class Store:
                     Q["claim_runs_one"], worker_id, queues[0], lease_s, limit
                 )
             else:
+                share = -(-limit // len(queues))
                 rows = await self._pool.fetch(
-                    Q["claim_runs_many"], worker_id, list(queues), lease_s, limit
+                    Q["claim_runs_many"], worker_id, list(queues), lease_s, limit, share
                 )
         return [_claimed(row) for row in rows]
 
@@ -765,7 +768,7 @@ class Store:
                     rows = await conn.fetch(Q["claim_controlled"], worker_id, queue, lease_s, limit)
                     return ControlledClaim(runs=[_claimed(r) for r in rows])
                 if ctl["paused"]:
-                    return ControlledClaim(runs=[])
+                    return ControlledClaim(runs=[], held=True)
                 allowed = limit
                 if ctl["concurrency"] is not None:
                     running = await conn.fetchval(Q["count_running"], queue)
@@ -775,11 +778,16 @@ class Store:
                 if rate is not None:
                     capacity = max(1.0, rate / 60.0)
                     tokens = ctl["tokens"]
+                    refilled_at = ctl["now"]
                     if ctl["refilled_at"] is None:
                         tokens = capacity
                     else:
-                        elapsed = (ctl["now"] - ctl["refilled_at"]).total_seconds()
-                        tokens = min(capacity, tokens + max(0.0, elapsed) * rate / 60.0)
+                        # now() is when this transaction began, maybe before an
+                        # earlier claimer (who refilled later) released the lock: the
+                        # refill time never goes back, so no interval counts twice.
+                        refilled_at = max(ctl["refilled_at"], ctl["now"])
+                        elapsed = (refilled_at - ctl["refilled_at"]).total_seconds()
+                        tokens = min(capacity, tokens + elapsed * rate / 60.0)
                     allowed = min(allowed, int(tokens + 1e-9))
                 rows = []
                 if allowed > 0:
@@ -789,10 +797,12 @@ class Store:
                 retry_in = None
                 if rate is not None:
                     tokens -= len(rows)
-                    await conn.execute(Q["spend_tokens"], queue, tokens, ctl["now"])
+                    await conn.execute(Q["spend_tokens"], queue, tokens, refilled_at)
                     if tokens < 1.0:
                         retry_in = (1.0 - tokens) * 60.0 / rate
-        return ControlledClaim(runs=[_claimed(r) for r in rows], retry_in_s=retry_in)
+        # Held back only when the controls, not a lack of due runs, cut the claim.
+        held = allowed < limit and len(rows) == max(allowed, 0)
+        return ControlledClaim(runs=[_claimed(r) for r in rows], held=held, retry_in_s=retry_in)
 
     async def configure_queue(
         self,
@@ -860,6 +870,7 @@ class Store:
                 fields["anchor_at"],
                 fields["next_fire_at"],
                 fields["source"],
+                fields.get("keep_enabled", False),
             )
         return row
 

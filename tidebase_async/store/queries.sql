@@ -91,25 +91,32 @@ WITH picked AS (
 
 -- name: claim_runs_many
 -- As claim_runs_one, over several queues ($2 is an array), fairly: each queue's runs
--- are ranked in claim order, and the batch takes every queue's first, then every
--- queue's second, ... so a queue with a backlog cannot starve the others.
+-- are ranked in claim order (priority, then FIFO), and the batch takes them round
+-- robin across the queues, so a queue with a backlog cannot starve the others. A queue
+-- gives at most its share ($5); a worker whose claim came back short claims again.
 WITH open_queues AS (
-  SELECT u.name FROM unnest($2::text[]) AS u(name)
+  SELECT u.name, u.ord FROM unnest($2::text[]) WITH ORDINALITY AS u(name, ord)
   WHERE NOT EXISTS (SELECT 1 FROM tidebase.queues q
                     WHERE q.name = u.name AND /* include _controlled */)
 ), candidates AS (
-  SELECT c.id, c.priority, c.run_at, c.rank
+  SELECT c.id, c.rank, oq.ord
   FROM open_queues AS oq,
        LATERAL (
-         SELECT l.id, l.priority, l.run_at, row_number() OVER () AS rank
+         SELECT l.id,
+                row_number() OVER (ORDER BY l.priority DESC, l.run_at, l.id) AS rank
          FROM (SELECT id, priority, run_at FROM tidebase.runs
                WHERE status = 'queued' AND queue = oq.name AND run_at <= tidebase.now()
                ORDER BY priority DESC, run_at, id
-               LIMIT $4
+               -- A fair share per queue ($5 = ceil($4 / queues)): rows locked here but
+               -- not leased would be skipped by other claimers until this commits.
+               LIMIT $5
                FOR UPDATE SKIP LOCKED) AS l
        ) AS c
 ), picked AS (
-  SELECT id FROM candidates ORDER BY rank, priority DESC, run_at, id LIMIT $4
+  -- Round robin: every queue's first, then every queue's second, ..., queues in the
+  -- order given (the worker rotates it from claim to claim, so a one-run claim takes
+  -- turns too).
+  SELECT id FROM candidates ORDER BY rank, ord LIMIT $4
 ), /* include _lease_picked */
 
 -- name: _controlled
@@ -794,7 +801,8 @@ SELECT tidebase.now();
 -- name: upsert_schedule
 -- Create or replace schedule $1. next_fire_at and anchor_at ($13, $14) are kept when
 -- the timing (cron, every, timezone) is unchanged and the schedule stays enabled, so
--- re-registering it (every worker start does) neither skips nor repeats a tick.
+-- re-registering it (every worker start does) neither skips nor repeats a tick. $16:
+-- an existing schedule keeps its enabled flag (code schedules: a pause survives).
 INSERT INTO tidebase.schedules AS s
   (name, workflow, input, queue, priority, cron, every_s, timezone, enabled, catchup,
    catchup_limit, overlap, anchor_at, next_fire_at, source, created_at, updated_at)
@@ -803,7 +811,9 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
 ON CONFLICT (name) DO UPDATE SET
   workflow = EXCLUDED.workflow, input = EXCLUDED.input, queue = EXCLUDED.queue,
   priority = EXCLUDED.priority, cron = EXCLUDED.cron, every_s = EXCLUDED.every_s,
-  timezone = EXCLUDED.timezone, enabled = EXCLUDED.enabled, catchup = EXCLUDED.catchup,
+  timezone = EXCLUDED.timezone,
+  enabled = CASE WHEN $16 THEN s.enabled ELSE EXCLUDED.enabled END,
+  catchup = EXCLUDED.catchup,
   catchup_limit = EXCLUDED.catchup_limit, overlap = EXCLUDED.overlap,
   source = EXCLUDED.source, updated_at = tidebase.now(),
   anchor_at = CASE WHEN s.enabled AND (s.cron, s.every_s, s.timezone)
@@ -842,9 +852,15 @@ SET enabled = true, next_fire_at = CASE WHEN enabled THEN next_fire_at ELSE $2 E
 WHERE name = $1 RETURNING *;
 
 -- name: next_tick
--- Seconds until the next tick of an enabled schedule.
-SELECT EXTRACT(EPOCH FROM min(next_fire_at) - tidebase.now())::float8
-FROM tidebase.schedules WHERE enabled;
+-- Seconds until the next tick of an enabled schedule (not counting one that waits for
+-- its previous run: see due_schedules).
+SELECT EXTRACT(EPOCH FROM min(s.next_fire_at) - tidebase.now())::float8
+FROM tidebase.schedules s
+WHERE s.enabled
+  AND NOT (s.overlap = 'queue'
+           AND EXISTS (SELECT 1 FROM tidebase.runs r
+                       WHERE r.schedule = s.name
+                         AND r.status IN ('queued', 'running', 'waiting')));
 
 -- name: due_schedules
 -- Schedules with a due tick, oldest first. One whose overlap policy is 'queue' and
