@@ -58,9 +58,13 @@ class Endpoint:
             path = "/" + tail
         if request.content_length is not None and request.content_length > self._max_body:
             return _aiohttp_response(_too_large(self._max_body))
-        body = await request.content.read(self._max_body + 1)
-        if len(body) > self._max_body:
-            return _aiohttp_response(_too_large(self._max_body))
+        # StreamReader.read(n) returns what has arrived, up to n: read to the end.
+        buffer = bytearray()
+        while chunk := await request.content.read(65536):
+            buffer += chunk
+            if len(buffer) > self._max_body:
+                return _aiohttp_response(_too_large(self._max_body))
+        body = bytes(buffer)
         req = HttpRequest(
             method=request.method,
             path=path,
