@@ -11,9 +11,10 @@ Scenarios:
 
 - idle: no runs (the baseline);
 - 128 in flight: 128 runs each blocked in a step (``anyio.sleep``);
-- 10,000 queued, not due: runs delayed by an hour, which the worker does not claim.
-  The ``waiting`` status (gates, durable sleeps) does not exist yet: waiting runs
-  arrive with the workflow-control issue, and this stands in for them;
+- 10,000 waiting: runs parked at a pending approval gate (status ``waiting``, no
+  lease; put there in SQL, as the gate would: the worker never touches a waiting run,
+  whatever parked it);
+- 10,000 queued, not due: runs delayed by an hour, which the worker does not claim;
 - 128 in flight + 10,000 queued behind: the worker is at capacity and claims no more.
 """
 
@@ -61,10 +62,12 @@ PARAMS: dict[Mode, Params] = {"quick": Params(), "full": Params()}
 
 class Scenario(msgspec.Struct, frozen=True, kw_only=True):
     name: str
-    # Runs blocked in their step, due runs queued behind them, runs not due yet.
+    # Runs blocked in their step, due runs queued behind them, runs not due yet, runs
+    # waiting at a gate.
     held: int = 0
     behind: int = 0
     not_due: int = 0
+    waiting: int = 0
     target: bool = True
 
 
@@ -83,11 +86,8 @@ def scenarios(params: Params) -> list[Scenario]:
     return [
         Scenario(name="idle worker, no runs", target=False),
         Scenario(name=f"{n} runs in flight (blocked in a step)", held=n),
-        Scenario(
-            name=f"{q:,} runs queued, not due (no 'waiting' status until the "
-            "workflow-control issue)",
-            not_due=q,
-        ),
+        Scenario(name=f"{q:,} runs waiting at a gate", waiting=q),
+        Scenario(name=f"{q:,} runs queued, not due", not_due=q),
         Scenario(name=f"{n} in flight + {q:,} queued behind", held=n, behind=q),
     ]
 
@@ -115,6 +115,22 @@ async def enqueue(tide: Tidebase, count: int, *, delay: float | None) -> None:
     for start in range(0, count, ENQUEUE_BATCH):
         size = min(ENQUEUE_BATCH, count - start)
         await tide.enqueue_many([RunSpec(workflow=WORKFLOW, delay=delay)] * size)
+
+
+async def park_at_gate(tide: Tidebase, count: int) -> None:
+    """``count`` runs waiting at a pending gate, as ``run.gate`` leaves them."""
+    if not count:
+        return
+    await enqueue(tide, count, delay=3600.0)
+    async with tide.store.connection() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO tidebase.gates (run_id, name, status, created_at) "
+            "SELECT id, 'approve', 'pending', now() FROM tidebase.runs WHERE status = 'queued'"
+        )
+        await conn.execute(
+            "UPDATE tidebase.runs SET status = 'waiting', released = released + 1 "
+            "WHERE status = 'queued'"
+        )
 
 
 async def read_line(stream: TextReceiveStream, buffer: list[str]) -> str:
@@ -145,6 +161,7 @@ async def stop(process: anyio.abc.Process) -> None:
 async def run_scenario(ctx: Context, scenario: Scenario) -> Result:
     async with fresh_tidebase(ctx, register) as tide:
         assert tide.dsn is not None
+        await park_at_gate(tide, scenario.waiting)  # first: it parks every queued run
         await enqueue(tide, scenario.held + scenario.behind, delay=None)
         await enqueue(tide, scenario.not_due, delay=3600.0)
         command = [
@@ -179,6 +196,7 @@ async def run_scenario(ctx: Context, scenario: Scenario) -> Result:
     expected = {
         "running": scenario.held,
         "queued": scenario.behind + scenario.not_due,
+        "waiting": scenario.waiting,
     }
     got = {k: counts.get(k, 0) for k in expected}
     if got != expected or ready.get("inflight") != scenario.held:
@@ -223,8 +241,7 @@ async def measure(ctx: Context) -> Measurement:
         "params": msgspec.to_builtins(params),
         "concurrency": CONCURRENCY,
         "worker": "python -m benchmarks.memory_worker (a separate process)",
-        "waiting": "the waiting status does not exist yet (workflow-control issue); "
-        "runs queued and not due stand in for waiting runs",
+        "waiting": "runs parked at a pending gate (status waiting, set in SQL)",
         "results": msgspec.to_builtins(results),
     }
     return Measurement(figures=_figures(results), details=details)
