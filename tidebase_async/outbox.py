@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-import aiohttp
 import anyio
 import asyncpg
 import msgspec
@@ -25,6 +24,9 @@ import msgspec
 from tidebase_async import errors
 from tidebase_async.store import Store
 from tidebase_async.web.signing import DELIVERY_HEADER, SIGNATURE_HEADER, sign
+
+if TYPE_CHECKING:
+    import aiohttp
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,9 @@ class Deliverer:
         if not rows:
             return 0
         if self._session is None:
+            # Imported on first use: a worker with nothing to deliver never pays for it.
+            import aiohttp
+
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self._timeout_s),
                 headers={"User-Agent": "tidebase-async"},
@@ -118,6 +123,8 @@ class Deliverer:
             SIGNATURE_HEADER: sign(self._secret, body),
             DELIVERY_HEADER: str(row["id"]),
         }
+        import aiohttp
+
         assert self._session is not None
         try:
             async with self._session.post(
