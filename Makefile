@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint fmt demo bench bench-full chaos pg clean
+.PHONY: install test lint fmt demo example-aiohttp example-starlette bench bench-full chaos pg clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
+
+EXAMPLES_STAMP := $(VENV)/.installed-examples
+
+$(EXAMPLES_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,examples]'
+	touch $(EXAMPLES_STAMP)
 
 install: $(STAMP)
 
@@ -37,6 +43,16 @@ fmt: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m examples.report.demo
+
+# The report workflow behind web routes, with a worker in the same process, on
+# http://127.0.0.1:$(EXAMPLE_PORT) (see examples/aiohttp_app/README.md). Ctrl-C stops it.
+EXAMPLE_PORT ?= 8000
+
+example-aiohttp: $(STAMP)
+	$(PY) -m examples.aiohttp_app --port $(EXAMPLE_PORT)
+
+example-starlette: $(EXAMPLES_STAMP)
+	$(PY) -m examples.starlette_app --port $(EXAMPLE_PORT)
 
 bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks

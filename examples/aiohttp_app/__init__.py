@@ -1,0 +1,1 @@
+"""The report workflow behind aiohttp routes; see README.md."""

@@ -1,0 +1,1 @@
+"""The report workflow behind Starlette (FastAPI-compatible) routes; see README.md."""
