@@ -266,6 +266,15 @@ class Execution:
         if self.suspension is not None:
             raise self.suspension
 
+    def fenced(
+        self, fn: Callable[..., Awaitable[T]], /, **kwargs: Any
+    ) -> Callable[[], Awaitable[T]]:
+        """``fn`` bound to this claim (``run_id``, ``worker_id``, ``attempt``): the
+        arguments of every fenced write of the store."""
+        return functools.partial(
+            fn, run_id=self.run_id, worker_id=self.worker_id, attempt=self.attempt, **kwargs
+        )
+
     async def write_value(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
         """``write`` (see there) of an idempotent operation, returning its result."""
         box: list[T] = []
@@ -362,11 +371,8 @@ class RunState:
             return
         await ex.write(
             "state update",
-            functools.partial(
+            ex.fenced(
                 ex.store.set_state,
-                run_id=ex.run_id,
-                worker_id=ex.worker_id,
-                attempt=ex.attempt,
                 state=data,
                 event_data=data if len(data) <= 4096 else b'{"truncated":true}',
             ),
@@ -745,11 +751,8 @@ class Run:
             return decided
         row = await ex.write_value(
             f"opening gate {full_name!r}",
-            functools.partial(
+            ex.fenced(
                 ex.store.open_gate,
-                run_id=ex.run_id,
-                worker_id=ex.worker_id,
-                attempt=ex.attempt,
                 name=full_name,
                 prompt=prompt,
                 data=data_bytes,
@@ -763,11 +766,8 @@ class Run:
         if row["status"] == "pending" and row["due"]:
             await ex.write_value(
                 f"expiring gate {full_name!r}",
-                functools.partial(
+                ex.fenced(
                     ex.store.expire_gate,
-                    run_id=ex.run_id,
-                    worker_id=ex.worker_id,
-                    attempt=ex.attempt,
                     name=full_name,
                 ),
             )
@@ -879,11 +879,8 @@ class Run:
         started_at = ex.now()
         rows, queues = await ex.write_value(
             f"starting the children of {where}",
-            functools.partial(
+            ex.fenced(
                 ex.store.start_children,
-                run_id=ex.run_id,
-                worker_id=ex.worker_id,
-                attempt=ex.attempt,
                 children=new_runs,
                 event_data=msgspec.json.encode(
                     {"name": full_name, "children": [str(r.id) for r in new_runs]}

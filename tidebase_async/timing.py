@@ -141,9 +141,7 @@ def _next_with_shift(
     forward out of a gap can land after a later real time."""
     assert timing.cron is not None
     start = after.astimezone(zone).replace(tzinfo=None) - shift
-    it = croniter(
-        timing.cron, start, ret_type=datetime, second_at_beginning=_has_seconds(timing.cron)
-    )
+    it = _walls(timing.cron, start)
     best: datetime | None = None
     best_wall: datetime | None = None
     while True:
@@ -186,9 +184,7 @@ def _latest_with_shift(
     assert timing.cron is not None
     start = at_or_before.astimezone(zone).replace(tzinfo=None) + shift + timedelta(seconds=1)
     floor = anchor.astimezone(zone).replace(tzinfo=None) - shift
-    it = croniter(
-        timing.cron, start, ret_type=datetime, second_at_beginning=_has_seconds(timing.cron)
-    )
+    it = _walls(timing.cron, start)
     best: datetime | None = None
     best_wall: datetime | None = None
     while True:
@@ -241,6 +237,11 @@ def _shift_near(at: datetime, zone: ZoneInfo) -> timedelta:
     before = (at - _MARGIN).astimezone(zone).utcoffset() or timedelta(0)
     after = (at + _MARGIN).astimezone(zone).utcoffset() or timedelta(0)
     return abs(after - before)
+
+
+def _walls(cron: str, start: datetime) -> croniter:
+    """Wall-clock ticks of ``cron`` from naive ``start`` (get_next/get_prev)."""
+    return croniter(cron, start, ret_type=datetime, second_at_beginning=_has_seconds(cron))
 
 
 def _has_seconds(cron: str) -> bool:
