@@ -1,0 +1,451 @@
+"""The HTTP API (``tide.http_app()`` on a real aiohttp server, ``tide.asgi_app()`` mounted
+in Starlette): authentication, every 400/401/404/405/409 path, gate resolution by token,
+and the OpenAPI document against the routes actually served."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.conftest import opened
+from tests.integration.core_support import eventually, status_of, working
+from tests.integration.web_support import (
+    API_KEY,
+    KINDS,
+    SECRET,
+    bearer,
+    error_of,
+    serve,
+    snapshot,
+)
+from tidebase_async import Run, Tidebase
+
+pytestmark = pytest.mark.parametrize("kind", KINDS)
+
+#: Every route of the API (API.md), with the methods it takes.
+ROUTES = {
+    "/health": {"get"},
+    "/openapi.json": {"get"},
+    "/runs": {"get", "post"},
+    "/runs/{run_id}": {"get"},
+    "/runs/{run_id}/cancel": {"post"},
+    "/runs/{run_id}/retry": {"post"},
+    "/runs/{run_id}/events": {"get"},
+    "/gates": {"get"},
+    "/runs/{run_id}/gates/{name}/resolve": {"post"},
+}
+METHODS = ("get", "post", "put", "patch", "delete")
+
+
+def register(tide: Tidebase) -> None:
+    @tide.workflow("done")
+    async def done(run: Run, n: Any) -> Any:
+        return n
+
+    @tide.workflow("boom", max_attempts=1)
+    async def boom(run: Run, n: Any) -> Any:
+        raise ValueError("boom")
+
+    @tide.workflow("ask")
+    async def ask(run: Run, n: Any) -> str:
+        decision = await run.gate("ok", prompt="go?")
+        return str(decision.decision)
+
+
+@pytest.fixture
+async def keyed(dsn: str) -> AsyncIterator[Tidebase]:
+    """A Tidebase with an API key and a webhook secret, its test workflows registered."""
+    async with opened(Tidebase(dsn, api_key=API_KEY, webhook_secret=SECRET)) as tide:
+        register(tide)
+        yield tide
+
+
+@pytest.fixture
+async def client(keyed: Tidebase, kind: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(keyed, kind) as c:
+        yield c
+
+
+async def waiting_run(tide: Tidebase, db: asyncpg.Connection) -> uuid.UUID:
+    """A run of ``ask`` that waits at its gate ``ok``."""
+    handle = await tide.enqueue("ask", input=1)
+    async with working(tide):
+        await eventually(lambda: _is(db, handle.id, "waiting"), what="the run to wait at its gate")
+    return handle.id
+
+
+async def _is(db: asyncpg.Connection, run_id: uuid.UUID, status: str) -> bool:
+    return await status_of(db, run_id) == status
+
+
+def concrete(path: str, run_id: uuid.UUID, name: str = "ok") -> str:
+    return "/tidebase" + path.replace("{run_id}", str(run_id)).replace("{name}", name)
+
+
+# -- authentication ---------------------------------------------------------------------
+
+
+async def test_every_route_but_health_needs_the_api_key(
+    kind: str, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    rid = uuid.uuid4()
+    before = await snapshot(db)
+    wrong_headers: list[dict[str, Any]] = [
+        {},
+        bearer("not-the-key"),
+        bearer(API_KEY[:-1]),
+        bearer(API_KEY + "x"),
+        {"Authorization": API_KEY},
+        {"Authorization": f"Basic {API_KEY}"},
+        {"Authorization": "Bearer"},
+        {"Authorization": f"Bearer é{API_KEY}".encode()},
+    ]
+    for path, methods in ROUTES.items():
+        if path == "/health":
+            continue
+        for method in methods:
+            body: Any = {"approved": True} if path.endswith("/resolve") else None
+            if path == "/runs" and method == "post":
+                body = {"workflow": "done", "input": 1}
+            for headers in wrong_headers:
+                resp = await client.request(method, concrete(path, rid), headers=headers, json=body)
+                assert resp.status_code == 401, (method, path, headers, resp.text)
+                assert error_of(resp)["code"] == "unauthorized"
+                assert resp.headers["www-authenticate"] == "Bearer"
+                assert API_KEY not in resp.text
+    assert await snapshot(db) == before, "a refused request wrote to the database"
+    # With the key the same requests get past authentication.
+    resp = await client.get("/tidebase/runs", headers=bearer())
+    assert resp.status_code == 200, resp.text
+    resp = await client.get(f"/tidebase/runs/{rid}", headers=bearer())
+    assert resp.status_code == 404
+    resp = await client.get("/tidebase/runs", headers={"authorization": f"bearer  {API_KEY}"})
+    assert resp.status_code == 200, "scheme is case-insensitive, the key may be padded"
+
+
+async def test_health_needs_no_key(kind: str, client: httpx.AsyncClient) -> None:
+    resp = await client.get("/tidebase/health")
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"ok": True}
+    resp = await client.get("/tidebase/health", headers=bearer("wrong"))
+    assert resp.status_code == 200
+
+
+async def test_an_unknown_route_is_401_without_the_key_or_404(
+    kind: str, client: httpx.AsyncClient
+) -> None:
+    # Unknown paths say nothing about the API to an anonymous caller beyond 404.
+    for path in ("/tidebase/nope", "/tidebase/runs/x/y/z", "/tidebase/gates/x", "/tidebase/"):
+        resp = await client.get(path, headers=bearer())
+        assert resp.status_code == 404, (path, resp.text)
+        assert error_of(resp)["code"] == "not_found"
+
+
+# -- gate resolution by token -------------------------------------------------------------
+
+
+async def test_gate_resolved_by_token_once_without_the_api_key(
+    kind: str, keyed: Tidebase, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    rid = await waiting_run(keyed, db)
+    token = await keyed.gates.token(rid, "ok")
+    url = f"/tidebase/runs/{rid}/gates/ok/resolve"
+
+    # Neither a missing nor a wrong token is enough without the key; nothing changes.
+    before = await snapshot(db)
+    resp = await client.post(url, json={"approved": True})
+    assert resp.status_code == 401, resp.text
+    for bad in ("wrong", token[:-1], token + "x", "", "é" * 10, "x" * 5000):
+        resp = await client.post(url, json={"approved": True, "token": bad})
+        assert resp.status_code in (400, 401), (bad[:20], resp.text)
+        assert token not in resp.text
+    assert await snapshot(db) == before
+
+    resp = await client.post(url, json={"approved": False, "actor": "rev", "token": token})
+    assert resp.status_code == 200, resp.text
+    gate = resp.json()
+    assert (gate["status"], gate["actor"], gate["decision"]) == ("rejected", "rev", "rejected")
+    assert "token" not in gate and token not in resp.text
+
+    # The token is spent: a second use is refused and the first decision stands.
+    after = await snapshot(db)
+    resp = await client.post(url, json={"approved": True, "actor": "mallory", "token": token})
+    assert resp.status_code in (401, 409), resp.text
+    assert error_of(resp)["code"] in ("unauthorized", "conflict")
+    assert await snapshot(db) == after
+    assert (await keyed.gates.get(rid, "ok")).decision == "rejected"
+
+
+async def test_second_gate_resolution_is_409(
+    kind: str, keyed: Tidebase, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    rid = await waiting_run(keyed, db)
+    url = f"/tidebase/runs/{rid}/gates/ok/resolve"
+    resp = await client.post(url, json={"approved": True, "actor": "a"}, headers=bearer())
+    assert resp.status_code == 200, resp.text
+    after = await snapshot(db)
+    resp = await client.post(url, json={"approved": False, "actor": "b"}, headers=bearer())
+    assert resp.status_code == 409, resp.text
+    assert error_of(resp)["code"] == "conflict"
+    assert await snapshot(db) == after
+    gate = (await client.get(f"/tidebase/runs/{rid}", headers=bearer())).json()["gates"][0]
+    assert (gate["decision"], gate["actor"]) == ("approved", "a")
+
+
+# -- 400 ------------------------------------------------------------------------------------
+
+
+async def test_bad_run_ids_are_400(
+    kind: str, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    before = await snapshot(db)
+    for bad in ("not-a-uuid", "123", "%C3%A9", "00000000-0000-0000-0000-00000000000g", "%00"):
+        for method, suffix, body in (
+            ("GET", "", None),
+            ("POST", "/cancel", None),
+            ("POST", "/retry", None),
+            ("GET", "/events", None),
+            ("POST", "/gates/ok/resolve", {"approved": True}),
+        ):
+            resp = await client.request(
+                method, f"/tidebase/runs/{bad}{suffix}", json=body, headers=bearer()
+            )
+            assert resp.status_code == 400, (method, bad, suffix, resp.text)
+            assert error_of(resp)["code"] == "bad_request"
+    resp = await client.get("/tidebase/gates", params={"run_id": "nope"}, headers=bearer())
+    assert resp.status_code == 400, resp.text
+    assert await snapshot(db) == before
+
+
+async def test_invalid_json_and_unknown_fields_are_400(
+    kind: str, keyed: Tidebase, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    rid = await waiting_run(keyed, db)
+    before = await snapshot(db)
+    resolve = f"/tidebase/runs/{rid}/gates/ok/resolve"
+    cases: list[tuple[str, str, bytes]] = [
+        ("POST", "/tidebase/runs", b"{"),
+        ("POST", "/tidebase/runs", b""),
+        ("POST", "/tidebase/runs", b"null"),
+        ("POST", "/tidebase/runs", b"[]"),
+        ("POST", "/tidebase/runs", b'{"workflow": "done"} trailing'),
+        ("POST", "/tidebase/runs", b'{"workflow": "done", "nope": 1}'),
+        ("POST", "/tidebase/runs", b'{"workflow": 5}'),
+        ("POST", "/tidebase/runs", b'{"input": 1}'),
+        ("POST", "/tidebase/runs", b'{"workflow": "done", "priority": "high"}'),
+        ("POST", "/tidebase/runs", b'{"workflow": "done", "delay": -1}'),
+        ("POST", "/tidebase/runs", b'{"workflow": "done", "max_attempts": 0}'),
+        ("POST", "/tidebase/runs", b'{"workflow": "done", "run_at": "yesterday"}'),
+        ("POST", "/tidebase/runs", b'{"workflow": "done", "run_at": "2030-01-01T00:00:00"}'),
+        ("POST", "/tidebase/runs", b'{"workflow": "done", "metadata": [1]}'),
+        ("POST", "/tidebase/runs", b'{"workflow": "done", "queue": "bad queue\\u0000"}'),
+        ("POST", "/tidebase/runs", b"\xff\xfe"),
+        ("POST", resolve, b"{"),
+        ("POST", resolve, b""),
+        ("POST", resolve, b"{}"),
+        ("POST", resolve, b'{"approved": "yes"}'),
+        ("POST", resolve, b'{"approved": true, "extra": 1}'),
+        ("POST", resolve, b'{"approved": true, "actor": 5}'),
+        ("POST", f"/tidebase/runs/{rid}/cancel", b"{"),
+        ("POST", f"/tidebase/runs/{rid}/cancel", b'{"reasn": "typo"}'),
+        ("POST", f"/tidebase/runs/{rid}/cancel", b'{"reason": 1}'),
+        ("POST", f"/tidebase/runs/{rid}/cancel", b"[1]"),
+        ("GET", "/tidebase/runs?limit=abc", b""),
+        ("GET", "/tidebase/runs?limit=0", b""),
+        ("GET", "/tidebase/runs?limit=1000000000000", b""),
+        ("GET", "/tidebase/runs?status=bogus", b""),
+        ("GET", "/tidebase/runs?cursor=%%%", b""),
+        ("GET", "/tidebase/gates?status=bogus", b""),
+        ("GET", "/tidebase/gates?limit=-1", b""),
+        ("GET", "/tidebase/gates?cursor=nope", b""),
+        ("GET", f"/tidebase/runs/{rid}/events?after=abc", b""),
+        ("GET", f"/tidebase/runs/{rid}/events?after=-1", b""),
+    ]
+    for method, url, body in cases:
+        resp = await client.request(
+            method, url, content=body, headers={**bearer(), "Content-Type": "application/json"}
+        )
+        assert resp.status_code == 400, (method, url, body, resp.text)
+        assert error_of(resp)["code"] == "bad_request"
+    resp = await client.get(
+        f"/tidebase/runs/{rid}/events", headers={**bearer(), "Last-Event-ID": "x1"}
+    )
+    assert resp.status_code == 400, resp.text
+    assert await snapshot(db) == before
+
+
+# -- 404 ------------------------------------------------------------------------------------
+
+
+async def test_unknown_runs_gates_and_workflows_are_404(
+    kind: str, keyed: Tidebase, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    rid = await waiting_run(keyed, db)
+    missing = uuid.uuid4()
+    before = await snapshot(db)
+    for method, url, body in (
+        ("GET", f"/tidebase/runs/{missing}", None),
+        ("POST", f"/tidebase/runs/{missing}/cancel", None),
+        ("POST", f"/tidebase/runs/{missing}/retry", None),
+        ("GET", f"/tidebase/runs/{missing}/events", None),
+        ("POST", f"/tidebase/runs/{missing}/gates/ok/resolve", {"approved": True}),
+        ("POST", f"/tidebase/runs/{rid}/gates/nope/resolve", {"approved": True}),
+        ("POST", f"/tidebase/runs/{rid}/gates/ok%232/resolve", {"approved": True}),
+    ):
+        resp = await client.request(method, url, json=body, headers=bearer())
+        assert resp.status_code == 404, (method, url, resp.text)
+        assert error_of(resp)["code"] == "not_found"
+    assert await snapshot(db) == before
+
+
+async def test_unknown_paths_are_404(kind: str, client: httpx.AsyncClient) -> None:
+    for method, path in (
+        ("GET", "/tidebase/nope"),
+        ("POST", "/tidebase/nope"),
+        ("GET", "/tidebase/runs/x/steps"),
+        ("GET", "/tidebase/runs/x/gates"),
+        ("GET", "/tidebase/runs/x/gates/ok"),
+        ("GET", "/tidebase/gates/x"),
+        ("GET", "/tidebase/healthz"),
+        ("GET", "/tidebase/openapi.yaml"),
+        ("GET", "/tidebase/%E2%80%AE"),
+    ):
+        resp = await client.request(method, path, headers=bearer())
+        assert resp.status_code == 404, (method, path, resp.text)
+        assert error_of(resp)["code"] == "not_found"
+
+
+# -- 405 ------------------------------------------------------------------------------------
+
+
+async def test_wrong_methods_are_405(
+    kind: str, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    rid = uuid.uuid4()
+    before = await snapshot(db)
+    for path, methods in ROUTES.items():
+        for method in METHODS:
+            if method in methods:
+                continue
+            resp = await client.request(method, concrete(path, rid), headers=bearer())
+            assert resp.status_code == 405, (method, path, resp.text)
+            error = error_of(resp)
+            assert error["code"] == "method_not_allowed"
+            for allowed in methods:
+                assert allowed.upper() in error["message"], error
+    assert await snapshot(db) == before
+
+
+# -- 409 ------------------------------------------------------------------------------------
+
+
+async def test_cancel_of_a_finished_run_is_409(
+    kind: str, keyed: Tidebase, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    done = await keyed.enqueue("done", input=1)
+    boom = await keyed.enqueue("boom", input=1)
+    async with working(keyed):
+        assert await keyed.runs.wait(done.id, timeout=10) == 1
+        await eventually(lambda: _is(db, boom.id, "failed"), what="boom to fail")
+    before = await snapshot(db)
+    for rid in (done.id, boom.id):
+        resp = await client.post(
+            f"/tidebase/runs/{rid}/cancel", json={"reason": "late"}, headers=bearer()
+        )
+        assert resp.status_code == 409, resp.text
+        assert error_of(resp)["code"] == "conflict"
+    assert await snapshot(db) == before
+    assert await status_of(db, done.id) == "completed"
+
+
+async def test_retry_of_a_run_that_did_not_fail_is_409(
+    kind: str, keyed: Tidebase, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    done = await keyed.enqueue("done", input=1)
+    async with working(keyed):
+        await keyed.runs.wait(done.id, timeout=10)
+    queued = await keyed.enqueue("done", input=2)
+    cancelled = await keyed.enqueue("done", input=3)
+    await keyed.runs.cancel(cancelled.id)
+    before = await snapshot(db)
+    for rid in (done.id, queued.id, cancelled.id):
+        resp = await client.post(f"/tidebase/runs/{rid}/retry", headers=bearer())
+        assert resp.status_code == 409, resp.text
+        assert error_of(resp)["code"] == "conflict"
+    assert await snapshot(db) == before
+
+
+async def test_cancel_and_retry_succeed_where_allowed(
+    kind: str, keyed: Tidebase, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """The 409s above are real conflicts: the same routes work on runs that allow them."""
+    boom = await keyed.enqueue("boom", input=1)
+    async with working(keyed):
+        await eventually(lambda: _is(db, boom.id, "failed"), what="boom to fail")
+    resp = await client.post(f"/tidebase/runs/{boom.id}/retry", headers=bearer())
+    assert (resp.status_code, resp.json()) == (200, {"id": str(boom.id), "status": "queued"})
+    queued = await keyed.enqueue("done", input=1)
+    resp = await client.post(
+        f"/tidebase/runs/{queued.id}/cancel", json={"reason": "no"}, headers=bearer()
+    )
+    assert resp.status_code == 200, resp.text
+    assert await status_of(db, queued.id) == "cancelled"
+
+
+# -- enqueue and read -------------------------------------------------------------------
+
+
+async def test_enqueue_dedupes_and_reads_back(
+    kind: str, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    body = {"workflow": "done", "input": {"x": "é🙂"}, "dedupe_key": "k1", "metadata": {"a": 1}}
+    first = await client.post("/tidebase/runs", json=body, headers=bearer())
+    assert first.status_code == 201, first.text
+    again = await client.post("/tidebase/runs", json=body, headers=bearer())
+    assert again.status_code == 200, again.text
+    assert again.json() == {"id": first.json()["id"], "deduplicated": True}
+    info = (await client.get(f"/tidebase/runs/{first.json()['id']}", headers=bearer())).json()
+    assert (info["workflow"], info["input"], info["status"]) == ("done", {"x": "é🙂"}, "queued")
+    page = (await client.get("/tidebase/runs?workflow=done", headers=bearer())).json()
+    assert [item["id"] for item in page["items"]] == [first.json()["id"]]
+    assert await db.fetchval("SELECT count(*) FROM tidebase.runs") == 1
+
+
+# -- OpenAPI --------------------------------------------------------------------------------
+
+
+async def test_openapi_lists_exactly_the_routes_served(
+    kind: str, client: httpx.AsyncClient
+) -> None:
+    resp = await client.get("/tidebase/openapi.json", headers=bearer())
+    assert resp.status_code == 200, resp.text
+    doc = resp.json()
+    assert doc["openapi"].startswith("3.")
+    documented = {path: {m for m in ops if m in METHODS} for path, ops in doc["paths"].items()}
+    assert documented == ROUTES
+    # Every documented operation is served, every other method of those paths is 405.
+    rid = uuid.uuid4()
+    for path, methods in documented.items():
+        for method in METHODS:
+            resp = await client.request(method, concrete(path, rid), headers=bearer())
+            if method in methods:
+                assert resp.status_code not in (404, 405) or (
+                    resp.status_code == 404
+                    and error_of(resp)["code"] == "not_found"
+                    and "no route" not in error_of(resp)["message"]
+                ), (method, path, resp.text)
+            else:
+                assert resp.status_code == 405, (method, path, resp.text)
+    # Documented responses name the statuses the routes really answer with.
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            if method not in METHODS or path == "/health":
+                continue
+            assert "401" in op["responses"], (method, path)
+    for ref in ("EnqueueRequest", "ResolveRequest", "Error", "RunInfo", "GateInfo"):
+        assert ref in doc["components"]["schemas"], ref

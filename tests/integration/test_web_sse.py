@@ -1,0 +1,101 @@
+"""The SSE event stream (``GET /runs/{id}/events``) on real servers (aiohttp, and the
+Starlette app under uvicorn): resuming with ``Last-Event-ID`` while the run is still
+producing events loses nothing and repeats nothing."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import anyio
+import asyncpg
+import httpx
+import pytest
+
+from tests.integration.core_support import working
+from tests.integration.web_support import serve, sse_events
+from tidebase_async import Run, Tidebase
+from tidebase_async.store.sql import Q
+
+STEPS = 25
+
+
+def register(tide: Tidebase) -> None:
+    @tide.workflow("chatty")
+    async def chatty(run: Run, n: int) -> int:
+        async def tick(i: int) -> int:
+            await anyio.sleep(0.03)
+            return i
+
+        total = 0
+        for i in range(n):
+            await run.state.patch({"i": i})
+            total += await run.step("tick", tick, i)
+        return total
+
+
+async def read_events(
+    client: httpx.AsyncClient, run_id: uuid.UUID, *, last: int | None, stop_after: int | None
+) -> list[tuple[int, str, Any]]:
+    """Events of one connection; disconnects after ``stop_after`` events when given."""
+    headers = {} if last is None else {"Last-Event-ID": str(last)}
+    text = ""
+    async with client.stream("GET", f"/tidebase/runs/{run_id}/events", headers=headers) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        async for chunk in resp.aiter_text():
+            text += chunk
+            if stop_after is not None and len(sse_events(_complete(text))) >= stop_after:
+                break
+    return sse_events(_complete(text))
+
+
+def _complete(text: str) -> str:
+    """Only the events whose blank-line terminator arrived."""
+    return text[: text.rfind("\n\n") + 2] if "\n\n" in text else ""
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "uvicorn"])
+async def test_sse_resumes_from_last_event_id_without_gap_or_duplicate(
+    kind: str, tide: Tidebase, db: asyncpg.Connection
+) -> None:
+    register(tide)
+    handle = await tide.enqueue("chatty", input=STEPS)
+    async with serve(tide, kind) as client, working(tide):
+        first = await read_events(client, handle.id, last=None, stop_after=8)
+        assert len(first) >= 8
+        status_at_disconnect = await tide.runs.get(handle.id)
+        second = await read_events(client, handle.id, last=first[-1][0], stop_after=None)
+        third = await read_events(client, handle.id, last=second[-1][0] - 3, stop_after=None)
+    # The first connection really was live: the run had events still to produce.
+    assert status_at_disconnect.status != "completed"
+    rows = await db.fetch(Q["list_events"], handle.id, 0, 100_000)
+    n = len(rows)
+    assert n > 2 * STEPS
+    ids = [seq for seq, _, _ in first + second]
+    assert ids == list(range(1, n + 1)), "gap or duplicate across the reconnection"
+    assert [(seq, typ) for seq, typ, _ in first + second] == [(r["seq"], r["type"]) for r in rows]
+    assert second[-1][1] == "run.completed"
+    assert [seq for seq, _, _ in third] == [n - 2, n - 1, n]
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "uvicorn", "starlette"])
+async def test_sse_of_a_finished_run_ends_and_honours_after(
+    kind: str, tide: Tidebase, db: asyncpg.Connection
+) -> None:
+    register(tide)
+    handle = await tide.enqueue("chatty", input=2)
+    async with working(tide):
+        await tide.runs.wait(handle.id, timeout=10)
+    n = await db.fetchval("SELECT count(*) FROM tidebase.events WHERE run_id = $1", handle.id)
+    async with serve(tide, kind) as client:
+        everything = await read_events(client, handle.id, last=None, stop_after=None)
+        assert [seq for seq, _, _ in everything] == list(range(1, len(everything) + 1))
+        assert len(everything) >= n
+        resp = await client.get(f"/tidebase/runs/{handle.id}/events?after=2")
+        assert sse_events(resp.text)[0][0] == 3
+        last = everything[-1][0]
+        resp = await client.get(
+            f"/tidebase/runs/{handle.id}/events", headers={"Last-Event-ID": str(last)}
+        )
+        assert resp.status_code == 200 and sse_events(resp.text) == []
