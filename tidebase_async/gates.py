@@ -23,7 +23,7 @@ import asyncpg
 from tidebase_async import codec, errors
 from tidebase_async.gate_tokens import hash_token, new_token, resolve_url
 from tidebase_async.models import GateInfo
-from tidebase_async.runs import as_uuid
+from tidebase_async.runs import as_uuid, cursor_time
 from tidebase_async.workflows import check_name, is_utf8
 
 if TYPE_CHECKING:
@@ -226,8 +226,8 @@ def _parse_cursor(cursor: str) -> tuple[datetime, UUID, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("utf-8")
         at, run_id, name = raw.split("|", 2)
-        return datetime.fromisoformat(at), UUID(run_id), name
-    except (ValueError, UnicodeError, AttributeError) as exc:
+        return cursor_time(at), UUID(run_id), name
+    except (ValueError, UnicodeError, AttributeError, OverflowError) as exc:
         raise errors.ConfigurationError(f"invalid gate cursor {cursor!r:.60}") from exc
 
 

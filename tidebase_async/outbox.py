@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import anyio
@@ -23,6 +24,7 @@ import msgspec
 
 from tidebase_async import errors
 from tidebase_async.store import Store
+from tidebase_async.wakeup import Signal
 from tidebase_async.web.signing import DELIVERY_HEADER, SIGNATURE_HEADER, sign
 
 if TYPE_CHECKING:
@@ -30,7 +32,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_BATCH = 50
 _MAX_BACKOFF_S = 300.0
 
 
@@ -42,7 +43,11 @@ def backoff_s(attempts: int) -> float:
 
 
 class Deliverer:
-    """Delivers due outbox rows. Owned by a worker; ``close()`` when done."""
+    """Delivers due outbox rows while ``run()`` runs (on the elected reconciler).
+
+    Deliveries are sent concurrently (``concurrency`` at a time), each as its own task:
+    a slow receiver holds up only its own delivery, never the reconciler's other work.
+    """
 
     def __init__(
         self,
@@ -50,15 +55,52 @@ class Deliverer:
         *,
         secret: str | None,
         timeout_s: float = 10.0,
+        resume_timeout_s: float = 300.0,
         concurrency: int = 8,
     ) -> None:
         self._store = store
         self._secret = secret
         self._timeout_s = timeout_s
-        self._limiter = anyio.CapacityLimiter(concurrency)
+        # A receiver of run.resume may execute the run before it answers
+        # (tide.webhook(execute=True)).
+        self._resume_timeout_s = resume_timeout_s
+        self._concurrency = concurrency
+        self._active = 0
+        self._slot_free = Signal()
         self._session: aiohttp.ClientSession | None = None
         self.delivered = 0
         self.failed_attempts = 0
+
+    async def run(self, *, poll_s: float = 1.0) -> None:
+        """Take and send due deliveries until cancelled.
+
+        Raises:
+            StoreError: the database failed (the caller retries).
+        """
+        try:
+            async with anyio.create_task_group() as tg:
+                while True:
+                    free = self._concurrency - self._active
+                    if free > 0:
+                        rows = await self._store.take_deliveries(
+                            limit=free,
+                            lease_s=self._timeout_s * 3,
+                            resume_lease_s=self._resume_timeout_s * 2,
+                        )
+                        for row in rows:
+                            self._active += 1
+                            tg.start_soon(self._deliver, row)
+                        if len(rows) == free:
+                            continue
+                    wait_s = poll_s
+                    if free > 0:
+                        due = await self._store.next_delivery_in()
+                        if due is not None:
+                            wait_s = min(wait_s, max(due, 0.0) + 0.001)
+                    self._slot_free.clear()
+                    await self._slot_free.wait_for(wait_s)
+        finally:
+            await self.close()
 
     async def close(self) -> None:
         if self._session is not None:
@@ -66,34 +108,23 @@ class Deliverer:
                 await self._session.close()
             self._session = None
 
-    async def deliver_due(self) -> int:
-        """Send one batch of due deliveries; return how many were taken."""
-        rows = await self._store.take_deliveries(limit=_BATCH, lease_s=self._timeout_s * 3)
-        if not rows:
-            return 0
-        if self._session is None:
-            # Imported on first use: a worker with nothing to deliver never pays for it.
-            import aiohttp
-
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
-                headers={"User-Agent": "tidebase-async"},
-            )
-        async with anyio.create_task_group() as tg:
-            for row in rows:
-                tg.start_soon(self._deliver, row)
-        return len(rows)
-
     async def _deliver(self, row: asyncpg.Record) -> None:
-        async with self._limiter:
-            delivered, status, error = await self._send(row)
+        try:
+            await self._deliver_one(row)
+        finally:
+            self._active -= 1
+            self._slot_free.set()
+
+    async def _deliver_one(self, row: asyncpg.Record) -> None:
+        delivered, status, error = await self._send(row)
+        where = redact_url(row["url"])
         if not delivered:
             self.failed_attempts += 1
             logger.warning(
                 "delivery %s (%s to %s) attempt %d failed: %s",
                 row["id"],
                 row["event"],
-                row["url"],
+                where,
                 row["attempts"],
                 error,
             )
@@ -106,6 +137,7 @@ class Deliverer:
                 http_status=status,
                 error=error,
                 retry_in_s=backoff_s(row["attempts"]),
+                attempt=row["attempts"],
             )
         except errors.StoreError as exc:
             # Its lease runs out and it is sent again: receivers dedupe on the id.
@@ -117,25 +149,35 @@ class Deliverer:
     async def _send(self, row: asyncpg.Record) -> tuple[bool, int | None, str | None]:
         if not self._secret:
             return False, None, "no webhook secret is configured: deliveries cannot be signed"
+        import aiohttp
+
+        if self._session is None:
+            # Imported and opened on first use: a worker with nothing to deliver never
+            # pays for it.
+            self._session = aiohttp.ClientSession(headers={"User-Agent": "tidebase-async"})
         body = bytes(row["payload"])
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(self._secret, body),
             DELIVERY_HEADER: str(row["id"]),
         }
-        import aiohttp
-
-        assert self._session is not None
+        timeout = self._resume_timeout_s if row["event"] == "run.resume" else self._timeout_s
         try:
             async with self._session.post(
-                row["url"], data=body, headers=headers, allow_redirects=False
+                row["url"],
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 await resp.read()
                 if 200 <= resp.status < 300:
                     return True, resp.status, None
                 return False, resp.status, f"HTTP {resp.status}"
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            return False, None, f"{type(exc).__name__}: {exc}"[:500]
+            # Error texts may quote the URL, which may carry a secret (hook tokens).
+            text = f"{type(exc).__name__}: {exc}".replace(row["url"], redact_url(row["url"]))
+            return False, None, text[:500]
 
     async def _give_up_recovery(self, run_id: UUID | None, row: asyncpg.Record) -> None:
         if run_id is None:
@@ -143,8 +185,8 @@ class Deliverer:
         info: dict[str, Any] = {
             "type": "RecoveryFailed",
             "message": (
-                f"the recovery webhook {row['url']} could not be delivered after "
-                f"{row['attempts']} attempts; nothing resumed the run"
+                f"the recovery webhook {redact_url(row['url'])} could not be delivered "
+                f"after {row['attempts']} attempts; nothing resumed the run"
             ),
             "traceback": None,
         }
@@ -153,3 +195,14 @@ class Deliverer:
                 logger.error("run %s failed: %s", run_id, info["message"])
         except errors.StoreError as exc:
             logger.warning("run %s: could not record its failed recovery: %s", run_id, exc)
+
+
+def redact_url(url: str) -> str:
+    """A webhook URL as shown in logs, errors and the API: scheme, host and port only
+    (paths and queries of hook URLs often hold a secret)."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.hostname:
+        return "<url>"
+    host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+    tail = "/…" if (parts.path not in ("", "/") or parts.query) else ""
+    return f"{parts.scheme}://{host}{tail}"

@@ -66,6 +66,10 @@ def check_history_name(kind: str, name: object) -> str:
             f"{kind} name {name!r} may not contain '#' or start with '~' "
             "(reserved for ordinals and built-in steps)"
         )
+    if kind == "gate" and "/" in name:
+        # A gate name is a segment of its resolve URL; servers decode %2F before
+        # routing, so a '/' in it could never be addressed there.
+        raise errors.ConfigurationError(f"gate name {name!r} may not contain '/'")
     return name
 
 

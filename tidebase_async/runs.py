@@ -6,7 +6,7 @@ import base64
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -21,6 +21,7 @@ from tidebase_async.models import (
     RunSummary,
     StepInfo,
 )
+from tidebase_async.outbox import redact_url
 from tidebase_async.replay import as_seconds
 from tidebase_async.wakeup import EVENTS_CHANNEL, Signal
 from tidebase_async.workflows import check_name, is_utf8
@@ -110,7 +111,9 @@ class Runs:
             cancel_reason=row["cancel_reason"],
             inline=row["inline"],
             wake_at=row["wake_at"],
-            deliveries=[DeliveryInfo(**dict(d)) for d in deliveries],
+            deliveries=[
+                DeliveryInfo(**{**dict(d), "url": redact_url(d["url"])}) for d in deliveries
+            ],
         )
 
     async def list(
@@ -141,8 +144,8 @@ class Runs:
             try:
                 raw = base64.urlsafe_b64decode(cursor.encode()).decode()
                 at, _, rid = raw.partition("|")
-                before = (datetime.fromisoformat(at), UUID(rid))
-            except (ValueError, UnicodeDecodeError) as exc:
+                before = (cursor_time(at), UUID(rid))
+            except (ValueError, UnicodeError, OverflowError) as exc:
                 raise errors.ConfigurationError(f"invalid cursor {cursor!r}") from exc
         # Names are validated on the way in; a filter that no name can equal (empty,
         # NUL, lone surrogate, ...) is a mistake worth saying so, not an empty page.
@@ -339,6 +342,21 @@ class Runs:
             raise errors.ConflictError(f"only failed runs can be retried; run {rid} is {status}")
         self._tide.notifier.queues_changed(queue, *child_queues)
         self._tide.notifier.runs_changed(rid)
+
+
+def cursor_time(text: str) -> datetime:
+    """A cursor's timestamp: timezone-aware and within what Postgres can compare.
+
+    Raises:
+        ValueError, OverflowError: it is not one.
+    """
+    at = datetime.fromisoformat(text)
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError("naive time")
+    at.astimezone(UTC)  # OverflowError at the ends of the calendar
+    if not 1 < at.year < 9999:
+        raise ValueError("time out of range")
+    return at
 
 
 def _json(data: bytes | None) -> Any:

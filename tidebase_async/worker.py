@@ -594,6 +594,10 @@ class Worker:
             self._self_vacuum = True
         async with anyio.create_task_group() as tg:
             tg.start_soon(lock.keep_alive)
+            if self._deliverer is not None:
+                # Beside the ticks, not in them: a slow receiver must not hold up the
+                # requeueing of expired leases.
+                tg.start_soon(self._deliverer.run)
             if self._after_outage:
                 # The database was unreachable: every lease may have run out meanwhile,
                 # though their workers live and are retrying their writes. Give their
@@ -611,7 +615,6 @@ class Worker:
         for upcoming in (
             await self._store.next_wake_in(),
             await self._store.next_tick_in(),
-            await self._store.next_delivery_in() if self._deliverer else None,
         ):
             if upcoming is not None:
                 wait_s = min(wait_s, max(upcoming, 0.0) + 0.001)
@@ -622,7 +625,6 @@ class Worker:
         await self._wake_due()
         await self._cancel_overdue()
         await self._fire_due_schedules()
-        await self._deliver_outbox()
         await self._prune()
         self.stats.maintenance_ticks += 1
         if self._self_vacuum and self._pruned_since_vacuum:
@@ -644,14 +646,6 @@ class Worker:
             self.stats.pruned += pruned
             self._pruned_since_vacuum |= pruned > 0
             if pruned < _SWEEP_LIMIT:
-                return
-
-    async def _deliver_outbox(self) -> None:
-        """Send due webhook deliveries, a bounded number of batches per tick."""
-        if self._deliverer is None:
-            return
-        for _ in range(4):
-            if await self._deliverer.deliver_due() == 0:
                 return
 
     async def _fire_due_schedules(self) -> None:

@@ -166,7 +166,10 @@ async def test_deliveries_retry_and_gate_tokens(dsn: str) -> None:
                     await tide.gates.resolve(h.id, "ok", approved=True, token=token)
                     assert await tide.runs.wait(h.id, timeout=10) == "approved"
                     for _ in range(200):
-                        if {r["type"] for r in received} >= {"gate.resolved", "run.completed"}:
+                        info = await tide.runs.get(h.id)
+                        if len(info.deliveries) == 3 and all(
+                            d.status == "delivered" for d in info.deliveries
+                        ):
                             break
                         await anyio.sleep(0.05)
                 info = await tide.runs.get(h.id)

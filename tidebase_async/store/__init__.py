@@ -214,6 +214,10 @@ def _translate(what: str) -> Any:
         raise
     except _CONNECTION_ERRORS as exc:
         raise errors.ConnectionLost(f"{what}: database connection lost: {exc}") from exc
+    except asyncpg.exceptions.DataError as exc:
+        # A value Postgres cannot take (out of range, say): bad input, not a database
+        # failure, and another try would fail the same way.
+        raise errors.ConfigurationError(f"{what}: a value the database refuses: {exc}") from exc
     except asyncpg.PostgresError as exc:
         raise errors.StoreError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
@@ -721,9 +725,13 @@ class Store:
 
     # -- outbox -----------------------------------------------------------------------
 
-    async def take_deliveries(self, *, limit: int, lease_s: float) -> list[asyncpg.Record]:
+    async def take_deliveries(
+        self, *, limit: int, lease_s: float, resume_lease_s: float
+    ) -> list[asyncpg.Record]:
         with _translate("take deliveries"):
-            return list(await self._pool.fetch(Q["take_deliveries"], limit, lease_s))
+            return list(
+                await self._pool.fetch(Q["take_deliveries"], limit, lease_s, resume_lease_s)
+            )
 
     async def delivery_done(
         self,
@@ -733,10 +741,11 @@ class Store:
         http_status: int | None,
         error: str | None,
         retry_in_s: float,
+        attempt: int,
     ) -> asyncpg.Record | None:
         with _translate("record delivery"):
             row: asyncpg.Record | None = await self._pool.fetchrow(
-                Q["delivery_done"], delivery_id, delivered, http_status, error, retry_in_s
+                Q["delivery_done"], delivery_id, delivered, http_status, error, retry_in_s, attempt
             )
         return row
 

@@ -909,9 +909,10 @@ SET next_fire_at = $2, last_fire_at = COALESCE($3, last_fire_at),
 WHERE name = $1;
 
 -- name: take_deliveries
--- Take up to $1 due deliveries: their next attempt moves $2 seconds ahead (a lease
--- longer than the send timeout) and their attempt is counted, in this short
--- transaction; they are sent after it committed, with no lock held.
+-- Take up to $1 due deliveries: their next attempt moves $2 seconds ahead ($3 for a
+-- run.resume, whose receiver may execute the run before it answers): a lease longer
+-- than the send's timeout. Their attempt is counted in this short transaction; they
+-- are sent after it committed, with no lock held.
 WITH due AS (
   SELECT id FROM tidebase.outbox
   WHERE status = 'pending' AND next_attempt_at <= tidebase.now()
@@ -920,14 +921,17 @@ WITH due AS (
   FOR UPDATE SKIP LOCKED
 )
 UPDATE tidebase.outbox o
-SET next_attempt_at = tidebase.now() + make_interval(secs => $2::float8),
+SET next_attempt_at = tidebase.now() + make_interval(
+      secs => CASE WHEN o.event = 'run.resume' THEN $3::float8 ELSE $2::float8 END),
     attempts = o.attempts + 1
 FROM due WHERE o.id = due.id
 RETURNING o.id, o.run_id, o.url, o.event, o.payload, o.attempts, o.max_attempts;
 
 -- name: delivery_done
--- The outcome of one send. $2: delivered, else retried after $5 seconds while
--- attempts remain, else failed. A token in the payload goes once it is settled.
+-- The outcome of attempt $6 of one send. $2: delivered, else retried after $5 seconds
+-- while attempts remain, else failed. A token in the payload goes once it is settled.
+-- An outcome that comes after the delivery was taken again (its lease ran out) is
+-- ignored: the later attempt decides.
 UPDATE tidebase.outbox
 SET status = CASE WHEN $2 THEN 'delivered'
                   WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
@@ -937,7 +941,7 @@ SET status = CASE WHEN $2 THEN 'delivered'
     delivered_at = CASE WHEN $2 THEN tidebase.now() END,
     payload = CASE WHEN $2 OR attempts >= max_attempts THEN payload - 'resolve_token'
                    ELSE payload END
-WHERE id = $1 AND status = 'pending'
+WHERE id = $1 AND status = 'pending' AND attempts = $6
 RETURNING status, event, run_id;
 
 -- name: fail_unrecovered

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio
 from aiohttp import web
 
 from tidebase_async.web.core import HttpRequest, HttpResponse, error_response
@@ -104,8 +105,10 @@ class Endpoint:
         try:
             body = await _read_body(receive, self._max_body)
         except BodyTooLarge:
-            await _asgi_send(send, _too_large(self._max_body))
+            await _asgi_send(send, _too_large(self._max_body), receive)
             return
+        if body is None:
+            return  # the client went away mid-request: act on nothing it did not finish
         path = "/"
         if self._mounted:
             path = scope.get("path", "/")
@@ -115,7 +118,8 @@ class Endpoint:
             path = path or "/"
         raw_query = scope.get("query_string", b"").decode("latin-1")
         headers = {
-            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
+            k.decode("latin-1").lower(): v.decode("utf-8", "surrogateescape")
+            for k, v in scope.get("headers", [])
         }
         req = HttpRequest(
             method=scope.get("method", "GET"),
@@ -124,7 +128,7 @@ class Endpoint:
             headers=headers,
             body=body,
         )
-        await _asgi_send(send, await self._handle(req))
+        await _asgi_send(send, await self._handle(req), receive)
 
 
 def _too_large(limit: int) -> HttpResponse:
@@ -135,43 +139,57 @@ def _aiohttp_response(resp: HttpResponse) -> web.Response:
     return web.Response(status=resp.status, headers=resp.headers, body=resp.body)
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body; None when the client disconnected before sending all of it."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            return None
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge
         chunks.append(chunk)
         if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+            return b"".join(chunks)
 
 
-async def _asgi_send(send: Send, resp: HttpResponse) -> None:
+async def _asgi_send(send: Send, resp: HttpResponse, receive: Receive) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": resp.status,
             "headers": [
-                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers
+                (k.lower().encode("latin-1"), v.encode("utf-8", "surrogateescape"))
+                for k, v in resp.headers
             ],
         }
     )
     if resp.stream is None:
         await send({"type": "http.response.body", "body": resp.body})
         return
+    stream = resp.stream
     try:
-        async for chunk in resp.stream:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        async with anyio.create_task_group() as tg:
+
+            async def until_disconnect() -> None:
+                # Servers may drop sends after a disconnect without a word: the stream
+                # must end when the client goes, not live on polling for nobody.
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(until_disconnect)
+            async for chunk in stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": b""})
+            tg.cancel_scope.cancel()
     finally:
-        await resp.stream.aclose()  # type: ignore[attr-defined]
-    with contextlib.suppress(OSError):
-        await send({"type": "http.response.body", "body": b""})
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()  # type: ignore[attr-defined]
 
 
 def aiohttp_app(endpoint: Endpoint) -> web.Application:
