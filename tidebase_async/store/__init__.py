@@ -215,8 +215,10 @@ def _translate(what: str) -> Any:
     except _CONNECTION_ERRORS as exc:
         raise errors.ConnectionLost(f"{what}: database connection lost: {exc}") from exc
     except asyncpg.exceptions.DataError as exc:
-        # A value Postgres cannot take (out of range, say): bad input, not a database
-        # failure, and another try would fail the same way.
+        if type(exc) is not asyncpg.exceptions.DataError:
+            raise errors.StoreError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        # asyncpg could not encode an argument (a date out of Postgres' range, say): bad
+        # input, not a database failure, and another try would fail the same way.
         raise errors.ConfigurationError(f"{what}: a value the database refuses: {exc}") from exc
     except asyncpg.PostgresError as exc:
         raise errors.StoreError(f"{what}: {type(exc).__name__}: {exc}") from exc
