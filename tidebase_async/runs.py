@@ -124,6 +124,7 @@ class Runs:
         queue: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        dedupe_key: str | None = None,
     ) -> Page:
         """A page of runs, newest first; pass ``next_cursor`` back for the next page.
 
@@ -153,8 +154,17 @@ class Runs:
             check_name("workflow", workflow)
         if queue is not None:
             check_name("queue", queue)
+        if dedupe_key is not None and (
+            not isinstance(dedupe_key, str) or "\x00" in dedupe_key or not is_utf8(dedupe_key)
+        ):
+            raise errors.ConfigurationError(f"invalid dedupe_key filter {dedupe_key!r:.60}")
         rows = await self._tide.store.list_runs(
-            status=status, workflow=workflow, queue=queue, before=before, limit=limit + 1
+            status=status,
+            workflow=workflow,
+            queue=queue,
+            before=before,
+            limit=limit + 1,
+            dedupe_key=dedupe_key,
         )
         items = [
             RunSummary(

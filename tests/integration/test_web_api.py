@@ -38,6 +38,11 @@ ROUTES = {
     "/runs/{run_id}/events": {"get"},
     "/gates": {"get"},
     "/runs/{run_id}/gates/{name}/resolve": {"post"},
+    "/queues": {"get"},
+    "/queues/{name}": {"post"},
+    "/schedules": {"get"},
+    "/schedules/{name}/pause": {"post"},
+    "/schedules/{name}/resume": {"post"},
 }
 METHODS = ("get", "post", "put", "patch", "delete")
 

@@ -188,3 +188,34 @@ async def test_deliveries_retry_and_gate_tokens(dsn: str) -> None:
             )
     finally:
         await runner.cleanup()
+
+
+async def test_queue_schedule_and_search_routes(tide: Tidebase) -> None:
+    import httpx
+
+    @tide.workflow("noop", queue="jobs")
+    async def noop(run: Run) -> None:
+        return None
+
+    transport = httpx.ASGITransport(app=tide.asgi_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        r = await http.post("/queues/jobs", json={"concurrency": 2, "paused": True})
+        assert r.status_code == 200, r.text
+        assert (r.json()["concurrency"], r.json()["paused"]) == (2, True)
+        r = await http.post("/queues/jobs", json={"concurrency": None})
+        assert (r.json()["concurrency"], r.json()["paused"]) == (None, True)
+        assert (await http.post("/queues/jobs", json={"concurrency": 0})).status_code == 400
+        assert (await http.post("/queues/jobs", json={"nope": 1})).status_code == 400
+        h = await tide.enqueue("noop", dedupe_key="find-me")
+        await tide.enqueue("noop")
+        items = (await http.get("/queues")).json()["items"]
+        assert [(q["name"], q["counts"]) for q in items] == [("jobs", {"queued": 2})]
+        page = (await http.get("/runs", params={"dedupe_key": "find-me"})).json()
+        assert [r["id"] for r in page["items"]] == [str(h.id)]
+        await tide.schedules.set("s", every=60, workflow="noop")
+        assert [s["name"] for s in (await http.get("/schedules")).json()["items"]] == ["s"]
+        r = await http.post("/schedules/s/pause")
+        assert (r.status_code, r.json()["enabled"]) == (200, False)
+        r = await http.post("/schedules/s/resume")
+        assert (r.status_code, r.json()["enabled"]) == (200, True)
+        assert (await http.post("/schedules/nope/pause")).status_code == 404

@@ -1260,6 +1260,7 @@ class Store:
         queue: str | None,
         before: tuple[datetime, UUID] | None,
         limit: int,
+        dedupe_key: str | None = None,
     ) -> list[asyncpg.Record]:
         with _translate("list runs"):
             return list(
@@ -1271,6 +1272,7 @@ class Store:
                     before[0] if before else None,
                     before[1] if before else None,
                     limit,
+                    dedupe_key,
                 )
             )
 

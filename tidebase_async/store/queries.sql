@@ -768,6 +768,7 @@ WHERE ($1::text IS NULL OR status = $1)
   AND ($2::text IS NULL OR workflow = $2)
   AND ($3::text IS NULL OR queue = $3)
   AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::uuid))
+  AND ($7::text IS NULL OR dedupe_key = $7)
 ORDER BY created_at DESC, id DESC
 LIMIT $6;
 

@@ -4,7 +4,7 @@ Routes (relative to where the app is mounted; JSON in and out):
 
     GET  /health                              no auth
     GET  /openapi.json
-    GET  /runs?status=&workflow=&queue=&limit=&cursor=
+    GET  /runs?status=&workflow=&queue=&dedupe_key=&limit=&cursor=
     POST /runs                                enqueue; 201 {"id", "deduplicated"}
     GET  /runs/{id}
     POST /runs/{id}/cancel                    {"reason", "actor"} (optional)
@@ -12,6 +12,10 @@ Routes (relative to where the app is mounted; JSON in and out):
     GET  /runs/{id}/events                    server-sent events; Last-Event-ID resumes
     GET  /gates?status=&run_id=&limit=&cursor=
     POST /runs/{id}/gates/{name}/resolve      {"approved", "actor", "payload", "token"}
+    GET  /queues                              controls and counts by status
+    POST /queues/{name}                       {"concurrency", "rate_per_minute", "paused"}
+    GET  /schedules
+    POST /schedules/{name}/pause | /resume
 
 With an API key configured (``Tidebase(api_key=...)`` or ``TIDEBASE_API_KEY``) every route
 but ``/health`` needs ``Authorization: Bearer <key>`` (compared in constant time); a gate
@@ -32,6 +36,7 @@ import msgspec
 
 from tidebase_async import errors
 from tidebase_async.models import TERMINAL_STATUSES
+from tidebase_async.queues import UNSET
 from tidebase_async.runs import as_uuid
 from tidebase_async.web.core import (
     HttpError,
@@ -96,6 +101,11 @@ class Api:
             ("POST", re.compile(r"/runs/([^/]+)/retry"), self._retry, True),
             ("GET", re.compile(r"/runs/([^/]+)/events"), self._events, True),
             ("GET", re.compile(r"/gates"), self._list_gates, True),
+            ("GET", re.compile(r"/queues"), self._list_queues, True),
+            ("POST", re.compile(r"/queues/([^/]+)"), self._configure_queue, True),
+            ("GET", re.compile(r"/schedules"), self._list_schedules, True),
+            ("POST", re.compile(r"/schedules/([^/]+)/pause"), self._pause_schedule, True),
+            ("POST", re.compile(r"/schedules/([^/]+)/resume"), self._resume_schedule, True),
             # The key is checked inside: a token stands in for it.
             ("POST", re.compile(r"/runs/([^/]+)/gates/([^/]+)/resolve"), self._resolve, False),
         ]
@@ -154,6 +164,7 @@ class Api:
             queue=q.get("queue") or None,
             limit=_int_param(q, "limit", 50),
             cursor=q.get("cursor") or None,
+            dedupe_key=q.get("dedupe_key") or None,
         )
         return json_response(200, page)
 
@@ -202,6 +213,35 @@ class Api:
         )
         next_cursor = self._tide.gates.cursor_of(gates[-1]) if gates else None
         return json_response(200, {"items": gates, "next_cursor": next_cursor})
+
+    async def _list_queues(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        return json_response(200, {"items": await self._tide.queues.list()})
+
+    async def _configure_queue(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        body = decode_json_body(request)
+        if not isinstance(body, dict) or set(body) - {"concurrency", "rate_per_minute", "paused"}:
+            raise HttpError(
+                400,
+                "bad_request",
+                "the body is an object with any of concurrency, rate_per_minute, paused "
+                "(null clears one; an omitted one stays as it is)",
+            )
+        info = await self._tide.queues.configure(
+            params[0],
+            concurrency=body.get("concurrency", UNSET),
+            rate_per_minute=body.get("rate_per_minute", UNSET),
+            paused=body.get("paused", UNSET),
+        )
+        return json_response(200, info)
+
+    async def _list_schedules(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        return json_response(200, {"items": await self._tide.schedules.list()})
+
+    async def _pause_schedule(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        return json_response(200, await self._tide.schedules.pause(params[0]))
+
+    async def _resume_schedule(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        return json_response(200, await self._tide.schedules.resume(params[0]))
 
     async def _resolve(self, request: HttpRequest, params: list[str]) -> HttpResponse:
         body = _decode(request, ResolveBody)

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from tidebase_async.models import GateInfo, Page, RunInfo
+from tidebase_async.models import GateInfo, Page, QueueInfo, RunInfo, ScheduleInfo
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -46,8 +46,11 @@ _RUN_ID = {
 
 @functools.cache
 def openapi_document() -> dict[str, Any]:
-    (run_info, page, gate_info), components = msgspec.json.schema_components(
-        [RunInfo, Page, GateInfo], ref_template="#/components/schemas/{name}"
+    (run_info, page, gate_info, queue_info, schedule_info), components = (
+        msgspec.json.schema_components(
+            [RunInfo, Page, GateInfo, QueueInfo, ScheduleInfo],
+            ref_template="#/components/schemas/{name}",
+        )
     )
     components["Error"] = {
         "type": "object",
@@ -145,6 +148,7 @@ def openapi_document() -> dict[str, Any]:
                     ),
                     query("workflow", string),
                     query("queue", string),
+                    query("dedupe_key", string),
                     query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
                     query("cursor", string),
                 ],
@@ -269,6 +273,76 @@ def openapi_document() -> dict[str, Any]:
             }
         },
     }
+    name_param = {"name": "name", "in": "path", "required": True, "schema": string}
+    paths["/queues"] = {
+        "get": {
+            "summary": "Queues with their controls and runs counted by status",
+            "responses": {
+                "200": {
+                    "description": "Queues",
+                    **_json(
+                        {
+                            "type": "object",
+                            "properties": {"items": {"type": "array", "items": queue_info}},
+                        }
+                    ),
+                },
+                **_errors(401),
+            },
+        }
+    }
+    paths["/queues/{name}"] = {
+        "post": {
+            "summary": "Set a queue's controls (null clears one; omitted ones stay)",
+            "parameters": [name_param],
+            "requestBody": {
+                "required": True,
+                **_json(
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "concurrency": {"type": ["integer", "null"], "minimum": 1},
+                            "rate_per_minute": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                            "paused": {"type": "boolean"},
+                        },
+                    }
+                ),
+            },
+            "responses": {
+                "200": {"description": "The queue", **_json(queue_info)},
+                **_errors(400, 401),
+            },
+        }
+    }
+    paths["/schedules"] = {
+        "get": {
+            "summary": "Schedules with their next fire times",
+            "responses": {
+                "200": {
+                    "description": "Schedules",
+                    **_json(
+                        {
+                            "type": "object",
+                            "properties": {"items": {"type": "array", "items": schedule_info}},
+                        }
+                    ),
+                },
+                **_errors(401),
+            },
+        }
+    }
+    for action in ("pause", "resume"):
+        paths[f"/schedules/{{name}}/{action}"] = {
+            "post": {
+                "summary": f"{action.capitalize()} a schedule",
+                "parameters": [name_param],
+                "responses": {
+                    "200": {"description": "The schedule", **_json(schedule_info)},
+                    **_errors(401, 404),
+                },
+            }
+        }
     return {
         "openapi": "3.1.0",
         "info": {"title": "tidebase-async", "version": "1"},
