@@ -29,6 +29,7 @@ import hmac
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -38,6 +39,7 @@ from tidebase_async import errors
 from tidebase_async.models import TERMINAL_STATUSES
 from tidebase_async.queues import UNSET
 from tidebase_async.runs import as_uuid
+from tidebase_async.wakeup import EVENTS_CHANNEL, Signal
 from tidebase_async.web.core import (
     HttpError,
     HttpRequest,
@@ -93,6 +95,10 @@ class Api:
         self._routes: list[tuple[str, re.Pattern[str], Handler, bool]] = [
             # (method, path, handler, needs the API key)
             ("GET", re.compile(r"/health"), self._health, False),
+            # The dashboard's page and assets carry no data: the page asks for the key.
+            ("GET", re.compile(r"/"), self._dashboard, False),
+            ("GET", re.compile(r"/assets/([A-Za-z0-9_.-]+)"), self._asset, False),
+            ("GET", re.compile(r"/events"), self._all_events, True),
             ("GET", re.compile(r"/openapi\.json"), self._openapi, True),
             ("GET", re.compile(r"/runs"), self._list_runs, True),
             ("POST", re.compile(r"/runs"), self._enqueue, True),
@@ -152,6 +158,54 @@ class Api:
     async def _health(self, request: HttpRequest, params: list[str]) -> HttpResponse:
         await self._tide.store.db_now()
         return json_response(200, {"ok": True})
+
+    async def _dashboard(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        return _static("index.html")
+
+    async def _asset(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        return _static(params[0])
+
+    async def _all_events(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        """Server-sent ``runs`` events, each a JSON list of ids of runs that changed
+        (from LISTEN; not stored, so not resumable): what a live list refreshes on."""
+        return HttpResponse(
+            status=200,
+            headers=[
+                ("Content-Type", "text/event-stream"),
+                ("Cache-Control", "no-store"),
+                ("X-Accel-Buffering", "no"),
+            ],
+            stream=self._changes_stream(),
+        )
+
+    async def _changes_stream(self) -> AsyncIterator[bytes]:
+        changed: set[str] = set()
+        signal = Signal()
+        listener = self._tide.listener
+
+        def on_events(payload: str) -> None:
+            changed.update(p for p in payload.split(",") if p)
+            signal.set()
+
+        remove = listener.subscribe(EVENTS_CHANNEL, on_events) if listener else None
+        try:
+            yield b": connected\n\n"
+            idle = 0.0
+            while True:
+                if await signal.wait_for(1.0):
+                    signal.clear()
+                    ids = sorted(changed)
+                    changed.clear()
+                    yield b"event: runs\ndata: " + msgspec.json.encode(ids) + b"\n\n"
+                    idle = 0.0
+                    continue
+                idle += 1.0
+                if idle >= _KEEPALIVE_S:
+                    idle = 0.0
+                    yield b": keepalive\n\n"
+        finally:
+            if remove is not None:
+                remove()
 
     async def _openapi(self, request: HttpRequest, params: list[str]) -> HttpResponse:
         return json_response(200, openapi_document())
@@ -345,6 +399,36 @@ class Api:
                 if idle >= _KEEPALIVE_S:
                     idle = 0.0
                     yield b": keepalive\n\n"
+
+
+_STATIC = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+}
+
+
+def _static(name: str) -> HttpResponse:
+    """A file of the dashboard, shipped inside the package (no build step)."""
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    folder = resources.files("tidebase_async.web").joinpath("static")
+    entry = folder.joinpath(name)
+    if suffix not in _STATIC or not entry.is_file():
+        raise HttpError(404, "not_found", f"no asset {name!r}")
+    return HttpResponse(
+        status=200,
+        headers=[
+            ("Content-Type", _STATIC[suffix]),
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+            (
+                "Content-Security-Policy",
+                "default-src 'self'; connect-src 'self'; img-src 'self' data:",
+            ),
+        ],
+        body=entry.read_bytes(),
+    )
 
 
 def _one_line(data: bytes) -> bytes:

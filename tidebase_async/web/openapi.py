@@ -332,6 +332,35 @@ def openapi_document() -> dict[str, Any]:
             },
         }
     }
+    paths["/"] = {
+        "get": {
+            "summary": "The dashboard (asks for the API key itself when one is set)",
+            "security": [],
+            "responses": {
+                "200": {"description": "HTML", "content": {"text/html": {"schema": string}}}
+            },
+        }
+    }
+    paths["/assets/{name}"] = {
+        "get": {
+            "summary": "A static file of the dashboard",
+            "security": [],
+            "parameters": [name_param],
+            "responses": {"200": {"description": "The file"}, **_errors(404)},
+        }
+    }
+    paths["/events"] = {
+        "get": {
+            "summary": "Server-sent 'runs' events: ids of runs that changed (live only)",
+            "responses": {
+                "200": {
+                    "description": "An event stream",
+                    "content": {"text/event-stream": {"schema": string}},
+                },
+                **_errors(401),
+            },
+        }
+    }
     for action in ("pause", "resume"):
         paths[f"/schedules/{{name}}/{action}"] = {
             "post": {
