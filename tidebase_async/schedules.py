@@ -18,6 +18,7 @@ paused does not catch up the ticks of its pause.
 from __future__ import annotations
 
 import builtins
+import logging
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,8 @@ from tidebase_async.workflows import (
 
 if TYPE_CHECKING:
     from tidebase_async.client import Tidebase
+
+logger = logging.getLogger(__name__)
 
 CATCHUP = ("latest", "all", "skip")
 OVERLAP = ("allow", "skip", "queue")
@@ -250,7 +253,15 @@ class Schedules:
         store = self._tide.store
         created: builtins.list[tuple[UUID, str]] = []
         for name in await store.due_schedules(limit=limit):
-            fired = await store.fire_schedule(name, self._plan)
+            try:
+                fired = await store.fire_schedule(name, self._plan)
+            except errors.StoreError:
+                raise
+            except Exception:
+                # One schedule that cannot be planned (a bug, odd stored data) must not
+                # keep the others from firing; its transaction rolled back, it stays due.
+                logger.exception("schedule %r could not fire; skipping it this tick", name)
+                continue
             if fired:
                 created.extend(fired)
         return created

@@ -568,6 +568,11 @@ class Worker:
                 logger.warning("maintenance failed (%s); retrying", first)
                 self._after_outage = True
                 await anyio.sleep(self._maintenance_s)
+            except* Exception as group:
+                # A bug (ours, or in a schedule's data): it must not take the worker and
+                # its runs down. Logged with its traceback; the next tick tries again.
+                logger.error("maintenance failed unexpectedly; retrying", exc_info=group)
+                await anyio.sleep(self._maintenance_s)
 
     async def _maintain(self) -> None:
         # A frozen worker (SIGSTOP, VM pause) keeps its sockets open: without the idle

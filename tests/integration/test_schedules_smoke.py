@@ -3,6 +3,8 @@ test_schedules.py and test_queues.py)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 
@@ -85,3 +87,36 @@ async def test_priority_order(tide: Tidebase) -> None:
 
 async def _counts(tide: Tidebase, queue: str, status: str, n: int) -> bool:
     return (await tide.queues.get(queue)).counts.get(status, 0) == n
+
+
+async def test_a_schedule_that_cannot_fire_does_not_stop_the_others(
+    tide: Tidebase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tidebase_async.schedules import Schedules
+
+    @tide.workflow("tick")
+    async def tick(run: Run) -> None:
+        return None
+
+    plan = Schedules._plan
+
+    def broken(self: Schedules, row: Any, active: bool) -> Any:
+        if row["name"] == "broken":
+            raise RuntimeError("a bug in planning")
+        return plan(self, row, active)
+
+    monkeypatch.setattr(Schedules, "_plan", broken)
+    await tide.schedules.set("broken", every=0.3, workflow="tick")
+    await tide.schedules.set("fine", every=0.3, workflow="tick")
+    async with working(tide, maintenance_interval=0.1) as worker:
+        await eventually(
+            lambda: _fired(tide, "fine"), timeout=10, what="the healthy schedule to fire"
+        )
+        ticks = worker.stats.maintenance_ticks
+        await anyio.sleep(0.5)
+        assert worker.stats.maintenance_ticks > ticks  # the reconciler goes on
+    assert (await tide.schedules.get("broken")).last_run_id is None
+
+
+async def _fired(tide: Tidebase, name: str) -> bool:
+    return (await tide.schedules.get(name)).last_run_id is not None
