@@ -45,7 +45,10 @@ from tidebase_async.models import (
     RunSummary,
     Schedule,
     ScheduleInfo,
+    StateVersion,
     StepInfo,
+    UsageSummary,
+    UsageTotals,
 )
 from tidebase_async.queues import UNSET, Queues
 from tidebase_async.replay import Run, RunState
@@ -93,12 +96,15 @@ __all__ = [
     "SchemaVersionError",
     "SerializationError",
     "SignatureError",
+    "StateVersion",
     "StepFailed",
     "StepInfo",
     "StepTimeout",
     "StoreError",
     "Tidebase",
     "TidebaseError",
+    "UsageSummary",
+    "UsageTotals",
     "WaitTimeout",
     "Worker",
     "WorkflowNotFound",

@@ -31,6 +31,7 @@ from tidebase_async.runs import Runs, as_uuid
 from tidebase_async.schedules import Schedules, schedule_of
 from tidebase_async.store import ClaimedRun, NewRun, StepRecord, Store
 from tidebase_async.store.listener import Listener
+from tidebase_async.usage import Usage
 from tidebase_async.wakeup import (
     CANCEL_CHANNEL,
     EVENTS_CHANNEL,
@@ -140,6 +141,7 @@ class Tidebase:
         self.gates = Gates(self)
         self.schedules = Schedules(self)
         self.queues = Queues(self)
+        self.usage = Usage(self)
 
     # -- lifecycle --------------------------------------------------------------------
 

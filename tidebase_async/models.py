@@ -75,6 +75,36 @@ class DeliveryInfo(msgspec.Struct, frozen=True, kw_only=True):
     delivered_at: datetime | None = None
 
 
+class UsageTotals(msgspec.Struct, frozen=True, kw_only=True):
+    records: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class UsageSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """One group of ``tide.usage.summary``: ``group`` maps the dimensions asked for
+    (``workflow``, ``model``, ``provider``, ``kind``) to their values."""
+
+    group: dict[str, str | None]
+    records: int
+    runs: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+
+class StateVersion(msgspec.Struct, frozen=True, kw_only=True):
+    """One version of a run's state: ``version`` counts from 1 without gaps; ``step``
+    is the history entry the workflow had reached when it wrote it."""
+
+    version: int
+    state: Any
+    step: str | None = None
+    label: str | None = None
+    at: datetime | None = None
+
+
 class StepInfo(msgspec.Struct, frozen=True, kw_only=True):
     """One entry of a run's history, in the order the workflow reached it. ``kind`` is
     ``step``, or ``sleep`` (output: when it ends), ``gate`` (output: the decision),
@@ -168,6 +198,7 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     inline: bool = False
     wake_at: datetime | None = None
     deliveries: list[DeliveryInfo] = msgspec.field(default_factory=list)
+    usage: UsageTotals = msgspec.field(default_factory=UsageTotals)
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):

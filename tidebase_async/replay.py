@@ -11,9 +11,12 @@ step name make a good one).
 
 from __future__ import annotations
 
+import contextvars
+import decimal
 import functools
 import inspect
 import logging
+import math
 import random as _random
 import time
 import traceback
@@ -45,6 +48,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _NO_RETRY = Retry(attempts=1)
+#: The history entry (position, full name) whose function is executing in this context:
+#: usage recorded inside a step belongs to that step.
+_ENTRY: contextvars.ContextVar[tuple[int, str] | None] = contextvars.ContextVar(
+    "tidebase_entry", default=None
+)
 #: A sleep this short waits in place: parking and waking the run costs more.
 _SLEEP_IN_PLACE_S = 0.05
 #: Sleeps and gate timeouts beyond this are refused (a datetime ends at year 9999).
@@ -355,6 +363,10 @@ class RunState:
         # writes, so a read between steps must see on replay what it saw the first
         # time. Deterministic code arrives at the stored state by the end of replay.
         self._value: Any = {}
+        # Concurrent writes of one run (branches of a gather) go out one at a time, in
+        # the order they were made: each carries the whole document, so two in flight
+        # could land in the other order and the state (and its history) go backwards.
+        self._lock = anyio.Lock()
 
     async def get(self) -> Any:
         """The current state (a copy; mutate it through ``set``/``patch``)."""
@@ -367,22 +379,57 @@ class RunState:
             SerializationError: ``value`` is not encodable.
             LeaseLost: the run is no longer leased to this worker.
         """
+        async with self._lock:
+            await self._set(value)
+
+    async def _set(self, value: Any) -> None:
         ex = self._run._ex
         ex.check_active()
         data = codec.encode(value, where="state", max_size=ex.max_payload)
         self._value = codec.decode(data, where="state")
         if self._run._replaying():
             return
-        await ex.write(
+        await ex.write_value(
             "state update",
             ex.fenced(
                 ex.store.set_state,
                 state=data,
                 event_data=data if len(data) <= 4096 else b'{"truncated":true}',
+                step=self._run._entry_name(),
             ),
         )
         ex.state_bytes = data
         ex.on_event(ex.run_id)
+
+    async def save(self, label: str) -> None:
+        """Label the current state version (``runs.state_history`` shows labels); the
+        current state is recorded as a version first if none exists yet.
+
+        Raises:
+            ConfigurationError: ``label`` is not a short str.
+            LeaseLost: the run is no longer leased to this worker.
+        """
+        if (
+            not isinstance(label, str)
+            or not label
+            or len(label) > 200
+            or "\x00" in label
+            or not is_utf8(label)
+        ):
+            raise errors.ConfigurationError(f"state label must be a short str, got {label!r:.60}")
+        ex = self._run._ex
+        ex.check_active()
+        if self._run._replaying():
+            return
+        async with self._lock:
+            labelled = await ex.write_value(
+                "labelling the state", ex.fenced(ex.store.label_state, label=label)
+            )
+            if labelled is None:
+                await self._set(self._value)
+                await ex.write_value(
+                    "labelling the state", ex.fenced(ex.store.label_state, label=label)
+                )
 
     async def patch(self, patch: Mapping[str, Any]) -> None:
         """Apply an RFC 7396 merge patch (nested dicts merge, ``None`` deletes a key).
@@ -395,7 +442,103 @@ class RunState:
             raise errors.ConfigurationError(
                 f"state.patch takes a mapping, got {type(patch).__name__}; use state.set"
             )
-        await self.set(merge_patch(self._value, patch))
+        async with self._lock:
+            await self._set(merge_patch(self._value, patch))
+
+
+class RunUsage:
+    """``run.usage``: the run's usage ledger (tokens, money)."""
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self._seq: dict[int, int] = {}
+
+    async def record(
+        self,
+        *,
+        kind: str = "llm",
+        provider: str | None = None,
+        model: str | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_usd: float | decimal.Decimal = 0,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Record usage, attributed to the step executing (inside a step function) or
+        else to the next entry of the history. Exactly once: a record is keyed by its
+        entry and its order within it, so a replay (which does not execute completed
+        steps, and re-runs the code between them) or a re-execution after a crash adds
+        nothing that was recorded before.
+
+        Raises:
+            ConfigurationError: a negative, non-integer token count, a negative or
+                non-finite cost, or a bad text field; nothing is recorded.
+        """
+        for what, count in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
+            if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 2**63:
+                raise errors.ConfigurationError(
+                    f"usage {what} must be a non-negative int, got {count!r:.40}"
+                )
+        if isinstance(cost_usd, bool) or not isinstance(cost_usd, int | float | decimal.Decimal):
+            raise errors.ConfigurationError(
+                f"usage cost_usd must be a number, got {cost_usd!r:.40}"
+            )
+        cost = (
+            decimal.Decimal(str(cost_usd))
+            if not isinstance(cost_usd, decimal.Decimal)
+            else cost_usd
+        )
+        if (
+            not cost.is_finite()
+            or cost < 0
+            or (isinstance(cost_usd, float) and math.isnan(cost_usd))
+        ):
+            raise errors.ConfigurationError(
+                f"usage cost_usd must be >= 0 and finite, got {cost_usd!r}"
+            )
+        for what, text in (("kind", kind), ("provider", provider), ("model", model)):
+            if text is None and what != "kind":
+                continue
+            if (
+                not isinstance(text, str)
+                or not text
+                or len(text) > 200
+                or "\x00" in text
+                or not is_utf8(text)
+            ):
+                raise errors.ConfigurationError(
+                    f"usage {what} must be a short str, got {text!r:.40}"
+                )
+        data = None
+        if metadata is not None:
+            if not isinstance(metadata, dict):
+                raise errors.ConfigurationError("usage metadata must be a dict")
+            data = codec.encode(metadata, where="usage metadata", max_size=64 * 1024)
+        run = self._run
+        ex = run._ex
+        ex.check_active()
+        entry = _ENTRY.get()
+        position, step = entry if entry is not None else (run._position, None)
+        seq = self._seq.get(position, 0) + 1
+        self._seq[position] = seq
+        if entry is None and run._replaying():
+            return  # recorded the first time this code ran
+        await ex.write_value(
+            "recording usage",
+            ex.fenced(
+                ex.store.record_usage,
+                position=position,
+                seq=seq,
+                step=step,
+                kind=kind,
+                provider=provider,
+                model=model,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cost_usd=cost,
+                metadata=data,
+            ),
+        )
 
 
 class Run:
@@ -416,6 +559,8 @@ class Run:
         self.queue: str = ex.claimed.queue
         self.input: Any = input
         self.state = RunState(self)
+        self.usage = RunUsage(self)
+        self._last_entry: str | None = None
 
     def _replaying(self) -> bool:
         return self._position < self._ex.history_end
@@ -438,6 +583,7 @@ class Run:
         full_name = self._next_name(kind, name)
         position = self._position
         self._position += 1
+        self._last_entry = full_name
         record = ex.history.get(position)
         if record is not None and (record.name != full_name or record.kind != kind):
             raise errors.NonDeterminismError(
@@ -447,6 +593,11 @@ class Run:
                 "its input and step results"
             )
         return position, full_name, record
+
+    def _entry_name(self) -> str | None:
+        """The entry executing in this context, else the last one reached."""
+        entry = _ENTRY.get()
+        return entry[1] if entry is not None else self._last_entry
 
     def _went_past(self, position: int) -> bool:
         """True when the history holds entries after ``position``."""
@@ -520,6 +671,7 @@ class Run:
         attempt = 0
         while True:
             attempt += 1
+            token = _ENTRY.set((position, full_name))
             try:
                 value = await _call(fn, args, kwargs, timeout_s, where)
                 break
@@ -540,6 +692,8 @@ class Run:
                     extra={"run_id": str(ex.run_id)},
                 )
                 await anyio.sleep(delay)
+            finally:
+                _ENTRY.reset(token)
         try:
             # Checkpoints are stored as bytes (not jsonb): NUL characters are fine.
             data = codec.encode(value, where=where, max_size=ex.max_payload, jsonb=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import builtins
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,7 +20,9 @@ from tidebase_async.models import (
     Page,
     RunInfo,
     RunSummary,
+    StateVersion,
     StepInfo,
+    UsageTotals,
 )
 from tidebase_async.outbox import redact_url
 from tidebase_async.replay import as_seconds
@@ -64,6 +67,7 @@ class Runs:
         children = await store.get_children(rid)
         gates = await store.get_run_gates(rid)
         deliveries = await store.get_deliveries(rid)
+        usage = await store.run_usage(rid)
         return RunInfo(
             id=row["id"],
             workflow=row["workflow"],
@@ -114,6 +118,12 @@ class Runs:
             deliveries=[
                 DeliveryInfo(**{**dict(d), "url": redact_url(d["url"])}) for d in deliveries
             ],
+            usage=UsageTotals(
+                records=usage["records"],
+                input_tokens=usage["input_tokens"],
+                output_tokens=usage["output_tokens"],
+                cost_usd=usage["cost_usd"],
+            ),
         )
 
     async def list(
@@ -329,6 +339,45 @@ class Runs:
         if status == "cancelled":
             return
         raise errors.ConflictError(f"run {rid} is already {status}; it cannot be cancelled")
+
+    async def state_history(self, run_id: UUID | str) -> builtins.list[StateVersion]:
+        """Every version of the run's state, oldest first (empty before the first
+        write). Pruned with the run.
+
+        Raises:
+            RunNotFound: no run has this id.
+        """
+        rid = as_uuid(run_id)
+        rows = await self._tide.store.state_history(rid)
+        if not rows and await self._tide.store.run_status(rid) is None:
+            raise errors.RunNotFound(f"no run with id {rid}")
+        return [
+            StateVersion(
+                version=r["version"],
+                state=_json(r["state"]),
+                step=r["step"],
+                label=r["label"],
+                at=r["at"],
+            )
+            for r in rows
+        ]
+
+    async def state_at(self, run_id: UUID | str, version: int) -> Any:
+        """The run's state as of ``version``.
+
+        Raises:
+            RunNotFound: no run has this id.
+            NotFoundError: the run has no such version.
+        """
+        rid = as_uuid(run_id)
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**31:
+            raise errors.ConfigurationError(f"version must be an int >= 1, got {version!r}")
+        row = await self._tide.store.state_at(rid, version)
+        if row is None:
+            if await self._tide.store.run_status(rid) is None:
+                raise errors.RunNotFound(f"no run with id {rid}")
+            raise errors.NotFoundError(f"run {rid} has no state version {version}")
+        return _json(row["state"])
 
     async def retry(self, run_id: UUID | str) -> None:
         """Put a failed run back in its queue with a fresh budget of attempts; it

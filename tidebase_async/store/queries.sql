@@ -271,16 +271,75 @@ SELECT id FROM r;
 SELECT status, run_attempt FROM tidebase.steps WHERE run_id = $1 AND position = $2;
 
 -- name: set_state
+-- Replace the state of the claim's run ($4), appending version state_version + 1 (the
+-- entry reached: $6) and a state.updated event ($5).
 WITH r AS (
   UPDATE tidebase.runs
-  SET state = $4, event_seq = event_seq + 1, updated_at = tidebase.now()
+  SET state = $4, event_seq = event_seq + 1, state_version = state_version + 1,
+      updated_at = tidebase.now()
   WHERE id = $1 AND lease_owner = $2 AND attempt = $3 AND status = 'running'
-  RETURNING id, event_seq
+  RETURNING id, event_seq, state_version
+), v AS (
+  INSERT INTO tidebase.state_versions (run_id, version, state, step, at)
+  SELECT id, state_version, $4, $6, tidebase.now() FROM r
 ), e AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, event_seq, 'state.updated', tidebase.now(), $5 FROM r
 )
-SELECT event_seq FROM r;
+SELECT event_seq, state_version FROM r;
+
+-- name: label_state
+-- Label the latest state version of the claim's run; no row when it has none.
+UPDATE tidebase.state_versions v SET label = $4
+FROM tidebase.runs r
+WHERE r.id = $1 AND r.lease_owner = $2 AND r.attempt = $3 AND r.status = 'running'
+  AND v.run_id = r.id AND v.version = r.state_version
+RETURNING v.version;
+
+-- name: state_history
+SELECT version, state, step, label, at FROM tidebase.state_versions
+WHERE run_id = $1 ORDER BY version;
+
+-- name: state_at
+SELECT state FROM tidebase.state_versions WHERE run_id = $1 AND version = $2;
+
+-- name: record_usage
+-- A usage record of the claim's run, once: a replay recording it again (same entry
+-- $4, same order $5) adds nothing.
+WITH fence AS (
+  SELECT workflow FROM tidebase.runs
+  WHERE id = $1 AND lease_owner = $2 AND attempt = $3 AND status = 'running'
+), ins AS (
+  INSERT INTO tidebase.usage
+    (run_id, position, seq, step, workflow, kind, provider, model, input_tokens,
+     output_tokens, cost_usd, metadata, recorded_at)
+  SELECT $1, $4, $5, $6, fence.workflow, $7, $8, $9, $10, $11, $12, $13, tidebase.now()
+  FROM fence
+  ON CONFLICT (run_id, position, seq) DO NOTHING
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM fence) AS fenced, (SELECT count(*) FROM ins) AS recorded;
+
+-- name: run_usage
+SELECT count(*) AS records, COALESCE(sum(input_tokens), 0) AS input_tokens,
+       COALESCE(sum(output_tokens), 0) AS output_tokens,
+       COALESCE(sum(cost_usd), 0)::float8 AS cost_usd
+FROM tidebase.usage WHERE run_id = $1;
+
+-- name: usage_summary
+-- Usage recorded in [$2, $3) (NULL: open), of workflow $1 (NULL: all), grouped by the
+-- dimensions the bitmask $4 leaves at 0 (GROUPING order: workflow, model, provider,
+-- kind; a 1 bit folds that dimension away).
+SELECT workflow, model, provider, kind, count(*) AS records,
+       count(DISTINCT run_id) AS runs, sum(input_tokens) AS input_tokens,
+       sum(output_tokens) AS output_tokens, sum(cost_usd)::float8 AS cost_usd
+FROM tidebase.usage
+WHERE ($1::text IS NULL OR workflow = $1)
+  AND ($2::timestamptz IS NULL OR recorded_at >= $2)
+  AND ($3::timestamptz IS NULL OR recorded_at < $3)
+GROUP BY CUBE (workflow, model, provider, kind)
+HAVING GROUPING(workflow, model, provider, kind) = $4
+ORDER BY workflow NULLS FIRST, model NULLS FIRST, provider NULLS FIRST, kind NULLS FIRST;
 
 -- name: complete_runs
 -- Complete several runs in one statement, each fenced on its own claim. Returns the

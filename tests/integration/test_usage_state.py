@@ -1,0 +1,201 @@
+"""The usage ledger and the state history (issue 9, items 1 and 2)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import asyncpg
+import pytest
+
+from tests.integration.core_support import FAST, eventually, working
+from tidebase_async import ConfigurationError, NotFoundError, Run, RunFailed, Tidebase
+
+
+async def test_usage_is_recorded_once_across_a_failure_and_replay(
+    tide: Tidebase, db: asyncpg.Connection
+) -> None:
+    calls: list[str] = []
+    fail = [True]
+
+    @tide.workflow("agent", max_attempts=3, retry=FAST)
+    async def agent(run: Run) -> str:
+        async def think() -> str:
+            calls.append("think")
+            await run.usage.record(
+                provider="acme", model="m1", input_tokens=100, output_tokens=20, cost_usd=0.01
+            )
+            return "thought"
+
+        await run.step("think", think)
+        # Between steps: re-runs on every attempt, recorded once.
+        await run.usage.record(kind="tool", provider="search", cost_usd=0.002)
+
+        async def answer() -> str:
+            calls.append("answer")
+            await run.usage.record(provider="acme", model="m2", input_tokens=5, output_tokens=50)
+            if fail[0]:
+                fail[0] = False
+                raise RuntimeError("flaky")
+            return "done"
+
+        result: str = await run.step("answer", answer)
+        return result
+
+    async with working(tide):
+        h = await tide.enqueue("agent")
+        assert await tide.runs.wait(h.id, timeout=20) == "done"
+    assert calls == ["think", "answer", "answer"]
+    info = await tide.runs.get(h.id)
+    # think once; the tool call once though its code ran twice; answer once though it
+    # executed twice (a re-execution records under the same keys).
+    assert (info.usage.records, info.usage.input_tokens, info.usage.output_tokens) == (3, 105, 70)
+    assert info.usage.cost_usd == pytest.approx(0.012)
+    steps = await db.fetch(
+        "SELECT step, kind, model FROM tidebase.usage WHERE run_id = $1 ORDER BY position, seq",
+        h.id,
+    )
+    assert [(r["step"], r["kind"], r["model"]) for r in steps] == [
+        ("think", "llm", "m1"),
+        (None, "tool", None),
+        ("answer", "llm", "m2"),
+    ]
+
+
+async def test_usage_summary_groups_in_sql(tide: Tidebase) -> None:
+    @tide.workflow("a")
+    async def a(run: Run, model: str) -> None:
+        await run.usage.record(model=model, input_tokens=10, cost_usd=1)
+
+    @tide.workflow("b")
+    async def b(run: Run) -> None:
+        await run.usage.record(model="m1", output_tokens=7, cost_usd=2)
+
+    async with working(tide):
+        ids = [
+            (await tide.enqueue("a", input="m1")).id,
+            (await tide.enqueue("a", input="m1")).id,
+            (await tide.enqueue("a", input="m2")).id,
+            (await tide.enqueue("b")).id,
+        ]
+        for rid in ids:
+            await tide.runs.wait(rid, timeout=10)
+    by_both = await tide.usage.summary()
+    assert [(s.group, s.records, s.runs, s.input_tokens, s.output_tokens, s.cost_usd)
+            for s in by_both] == [
+        ({"workflow": "a", "model": "m1"}, 2, 2, 20, 0, 2.0),
+        ({"workflow": "a", "model": "m2"}, 1, 1, 10, 0, 1.0),
+        ({"workflow": "b", "model": "m1"}, 1, 1, 0, 7, 2.0),
+    ]  # fmt: skip
+    by_model = await tide.usage.summary(group_by=["model"])
+    assert [(s.group, s.runs, s.cost_usd) for s in by_model] == [
+        ({"model": "m1"}, 3, 4.0),
+        ({"model": "m2"}, 1, 1.0),
+    ]
+    (total,) = await tide.usage.summary(group_by=())
+    assert (total.group, total.records, total.cost_usd) == ({}, 4, 5.0)
+    assert [s.group for s in await tide.usage.summary(workflow="b")] == [
+        {"workflow": "b", "model": "m1"}
+    ]
+    future = datetime.now(UTC) + timedelta(hours=1)
+    assert await tide.usage.summary(since=future) == []
+    with pytest.raises(ConfigurationError, match="cannot group usage by"):
+        await tide.usage.summary(group_by=["color"])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"input_tokens": -1},
+        {"output_tokens": 1.5},
+        {"input_tokens": True},
+        {"cost_usd": -0.01},
+        {"cost_usd": float("nan")},
+        {"cost_usd": float("inf")},
+        {"cost_usd": "1"},
+        {"model": ""},
+        {"kind": None},
+        {"metadata": [1]},
+    ],
+)
+async def test_bad_usage_is_a_clear_error_and_records_nothing(
+    tide: Tidebase, db: asyncpg.Connection, bad: dict[str, Any]
+) -> None:
+    @tide.workflow("bad-usage", max_attempts=1)
+    async def bad_usage(run: Run) -> None:
+        await run.usage.record(**bad)
+
+    async with working(tide):
+        h = await tide.enqueue("bad-usage")
+        with pytest.raises(RunFailed) as failed:
+            await tide.runs.wait(h.id, timeout=10)
+    assert failed.value.error["type"] == "ConfigurationError"
+    assert "usage" in failed.value.error["message"]
+    assert await db.fetchval("SELECT count(*) FROM tidebase.usage") == 0
+
+
+async def test_state_history_is_gap_free_under_concurrent_patches(tide: Tidebase) -> None:
+    @tide.workflow("patcher")
+    async def patcher(run: Run) -> None:
+        await run.step("start", lambda: None)
+
+        async def patch(i: int) -> None:
+            await run.state.patch({f"k{i}": i})
+
+        await asyncio.gather(*(patch(i) for i in range(20)))
+        await run.state.save("all-set")
+        await run.step("after", lambda: None)
+        await run.state.patch({"k0": None, "nested": {"a": 1}})
+
+    async with working(tide):
+        h = await tide.enqueue("patcher")
+        await tide.runs.wait(h.id, timeout=10)
+    history = await tide.runs.state_history(h.id)
+    assert [v.version for v in history] == list(range(1, 22))
+    assert history[19].label == "all-set" and history[19].step == "start"
+    assert history[19].state == {f"k{i}": i for i in range(20)}
+    assert history[20].step == "after"
+    assert "k0" not in history[20].state and history[20].state["nested"] == {"a": 1}
+    assert await tide.runs.state_at(h.id, 20) == history[19].state
+    assert (await tide.runs.get(h.id)).state == history[20].state
+    with pytest.raises(NotFoundError):
+        await tide.runs.state_at(h.id, 99)
+
+
+async def test_state_versions_are_not_repeated_by_a_replay(tide: Tidebase) -> None:
+    fail = [True]
+
+    @tide.workflow("progress", max_attempts=2, retry=FAST)
+    async def progress(run: Run) -> None:
+        await run.state.set({"stage": 1})
+        await run.step("one", lambda: None)
+        await run.state.patch({"stage": 2})
+
+        def two() -> None:
+            if fail[0]:
+                fail[0] = False
+                raise RuntimeError("flaky")
+
+        await run.step("two", two)
+        await run.state.patch({"stage": 3})
+
+    async with working(tide):
+        h = await tide.enqueue("progress")
+        await tide.runs.wait(h.id, timeout=10)
+    history = await tide.runs.state_history(h.id)
+    # The second attempt replays through step two's recorded failure: the writes before
+    # it (stages 1 and 2) apply in memory only, so no version repeats.
+    assert [v.state["stage"] for v in history] == [1, 2, 3]
+    assert [v.step for v in history] == [None, "one", "two"]
+
+
+async def test_state_history_of_unknown_run(tide: Tidebase) -> None:
+    from tidebase_async import RunNotFound
+
+    with pytest.raises(RunNotFound):
+        await tide.runs.state_history("01a20000-0000-7000-8000-000000000000")
+    await eventually(lambda: True)
+    await anyio.lowlevel.checkpoint()
