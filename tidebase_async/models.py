@@ -199,6 +199,8 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     wake_at: datetime | None = None
     deliveries: list[DeliveryInfo] = msgspec.field(default_factory=list)
     usage: UsageTotals = msgspec.field(default_factory=UsageTotals)
+    forked_from: UUID | None = None
+    forked_at: str | None = None
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):

@@ -27,7 +27,7 @@ from tidebase_async.models import (
 from tidebase_async.outbox import redact_url
 from tidebase_async.replay import as_seconds
 from tidebase_async.wakeup import EVENTS_CHANNEL, Signal
-from tidebase_async.workflows import check_name, is_utf8
+from tidebase_async.workflows import check_name, is_utf8, uuid7
 
 if TYPE_CHECKING:
     from tidebase_async.client import Tidebase
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 _TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
 # The default budget of a retried run whose workflow is not registered here.
 DEFAULT_RETRY_BUDGET = 3
+#: "No new input" for ``fork`` (None is an input).
+UNSET_INPUT: Any = object()
 
 
 def as_uuid(run_id: UUID | str) -> UUID:
@@ -118,6 +120,8 @@ class Runs:
             deliveries=[
                 DeliveryInfo(**{**dict(d), "url": redact_url(d["url"])}) for d in deliveries
             ],
+            forked_from=row["forked_from"],
+            forked_at=row["forked_at"],
             usage=UsageTotals(
                 records=usage["records"],
                 input_tokens=usage["input_tokens"],
@@ -339,6 +343,77 @@ class Runs:
         if status == "cancelled":
             return
         raise errors.ConflictError(f"run {rid} is already {status}; it cannot be cancelled")
+
+    async def fork(
+        self, run_id: UUID | str, *, from_step: str | int, input: Any = UNSET_INPUT
+    ) -> UUID:
+        """A new run of the same workflow that replays the original's history before
+        ``from_step`` and executes from that step on (with the code as it is now and,
+        when given, a new ``input``). The original is not touched; the fork records
+        it as ``forked_from``. ``from_step``: an entry's name as recorded (``fetch#2``)
+        or its 1-based position.
+
+        Raises:
+            RunNotFound: no run has this id.
+            NotFoundError: the run has no such entry.
+            SerializationError: the new input cannot be stored.
+        """
+        rid = as_uuid(run_id)
+        store = self._tide.store
+        row = await store.get_run(rid)
+        if row is None:
+            raise errors.RunNotFound(f"no run with id {rid}")
+        position, entry = await self._entry(rid, from_step)
+        data = None
+        if input is not UNSET_INPUT:
+            wf = self._tide.workflows.get(row["workflow"])
+            data = codec.encode(input, where="input", max_size=self._tide.max_payload_bytes)
+            codec.decode(data, tp=wf.input_type if wf else Any, where="input of the fork")
+        new_id = uuid7()
+        queue = await store.fork_run(
+            source=rid, new_id=new_id, input=data, position=position, entry=entry
+        )
+        if queue is None:
+            raise errors.RunNotFound(f"no run with id {rid}")
+        self._tide.notifier.runs_changed(new_id)
+        return new_id
+
+    async def reset(self, run_id: UUID | str, *, to_step: str | int) -> None:
+        """Make a failed run execute again from ``to_step`` (as ``fork`` names it),
+        in place: its entries from there on are removed (its event log keeps them), and
+        it gets a fresh budget of attempts.
+
+        Raises:
+            RunNotFound, NotFoundError: no such run or entry.
+            ConflictError: the run is not failed.
+        """
+        rid = as_uuid(run_id)
+        store = self._tide.store
+        row = await store.get_run(rid)
+        if row is None:
+            raise errors.RunNotFound(f"no run with id {rid}")
+        position, entry = await self._entry(rid, to_step)
+        wf = self._tide.workflows.get(row["workflow"])
+        budget = wf.max_attempts if wf else DEFAULT_RETRY_BUDGET
+        queue = await store.reset_run(run_id=rid, position=position, entry=entry, budget=budget)
+        if queue is None:
+            raise errors.ConflictError(
+                f"only a failed run can be reset; run {rid} is {await store.run_status(rid)}"
+            )
+        self._tide.notifier.runs_changed(rid)
+
+    async def _entry(self, run_id: UUID, step: str | int) -> tuple[int, str]:
+        """(0-based position, name) of a history entry named or numbered (1-based)."""
+        entries = await self._tide.store.step_positions(run_id)
+        if isinstance(step, bool) or not isinstance(step, str | int):
+            raise errors.ConfigurationError(f"a step is a name or a position, got {step!r:.40}")
+        for position, name in entries:
+            if (isinstance(step, str) and name == step) or (
+                isinstance(step, int) and position == step - 1
+            ):
+                return position, name
+        known = ", ".join(name for _, name in entries) or "none"
+        raise errors.NotFoundError(f"run {run_id} has no step {step!r} (its steps: {known})")
 
     async def state_history(self, run_id: UUID | str) -> builtins.list[StateVersion]:
         """Every version of the run's state, oldest first (empty before the first

@@ -1300,6 +1300,28 @@ class Store:
                 rows = {r["id"]: r for r in await conn.fetch(Q["children_status"], ids)}
         return [rows[i] for i in ids], [r["queue"] for r in created]
 
+    async def step_positions(self, run_id: UUID) -> list[tuple[int, str]]:
+        with _translate("read history"):
+            return [(r[0], r[1]) for r in await self._pool.fetch(Q["step_positions"], run_id)]
+
+    async def fork_run(
+        self, *, source: UUID, new_id: UUID, input: bytes | None, position: int, entry: str
+    ) -> str | None:
+        """Create the fork; return its queue (None when the source vanished)."""
+        with _translate("fork run"):
+            row = await self._pool.fetchrow(Q["fork_run"], source, new_id, input, position, entry)
+        return None if row is None else str(row["queue"])
+
+    async def reset_run(
+        self, *, run_id: UUID, position: int, entry: str, budget: int
+    ) -> str | None:
+        """Reset a failed run to ``position``; return its queue, None when not failed."""
+        with _translate("reset run"):
+            queue: str | None = await self._pool.fetchval(
+                Q["reset_run"], run_id, position, entry, budget
+            )
+        return queue
+
     async def retry_run(self, *, run_id: UUID, budget: int) -> tuple[str | None, list[str]]:
         """Requeue a failed run and its failed children; return the run's queue (None
         when it is not failed) and the children's queues.

@@ -797,7 +797,7 @@ SELECT queue, false FROM kids;
 SELECT id, workflow, queue, status, input, output, error, state, attempt, max_attempts,
        priority, dedupe_key, metadata, parent_id, created_at, started_at, finished_at,
        deadline_at, run_at, cancel_reason, lease_owner, lease_expires_at, inline, wake_at,
-       cancel_actor
+       cancel_actor, forked_from, forked_at
 FROM tidebase.runs WHERE id = $1;
 
 -- name: get_run_status
@@ -1026,3 +1026,64 @@ FROM tidebase.outbox WHERE status = 'pending';
 -- name: get_deliveries
 SELECT id, url, event, status, attempts, last_status, last_error, created_at, delivered_at
 FROM tidebase.outbox WHERE run_id = $1 ORDER BY created_at, id;
+
+-- name: step_positions
+SELECT position, name FROM tidebase.steps WHERE run_id = $1 ORDER BY position;
+
+-- name: fork_run
+-- A new run ($2, queued) of run $1's workflow, with input $3 (NULL: the original's),
+-- whose history is the original's entries before position $4 (entry $5): it replays
+-- them and executes from there on. Its state starts as the original's was when the
+-- last copied entry finished. The original is not touched.
+WITH src AS (
+  SELECT * FROM tidebase.runs WHERE id = $1
+), ins AS (
+  INSERT INTO tidebase.runs
+    (id, workflow, queue, status, input, state, priority, metadata, max_attempts, run_at,
+     deadline_at, step_count, created_at, updated_at, event_seq, forked_from, forked_at)
+  SELECT $2, src.workflow, src.queue, 'queued', COALESCE($3, src.input),
+         COALESCE((SELECT v.state FROM tidebase.state_versions v
+                   WHERE v.run_id = $1
+                     AND v.at <= (SELECT finished_at FROM tidebase.steps
+                                  WHERE run_id = $1 AND position = $4 - 1)
+                   ORDER BY v.version DESC LIMIT 1), '{}'::jsonb),
+         src.priority, src.metadata, src.max_attempts, tidebase.now(), NULL, $4,
+         tidebase.now(), tidebase.now(), 2, $1, $5
+  FROM src
+  RETURNING id, queue
+), steps AS (
+  INSERT INTO tidebase.steps
+    (run_id, position, name, status, attempts, run_attempt, output, error, replay_failure,
+     started_at, finished_at, kind)
+  SELECT ins.id, s.position, s.name, s.status, s.attempts, 0, s.output, s.error,
+         s.replay_failure, s.started_at, s.finished_at, s.kind
+  FROM ins, tidebase.steps s WHERE s.run_id = $1 AND s.position < $4
+), ev AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, 2, 'run.forked', tidebase.now(),
+         jsonb_build_object('from', $1::uuid, 'at', $5::text) FROM ins
+), wake AS (
+  SELECT pg_notify('tidebase_wake', queue) FROM ins
+)
+SELECT ins.id, ins.queue FROM ins, (SELECT count(*) FROM wake) w;
+
+-- name: reset_run
+-- Run $1, failed, executes again from position $2 (entry $3): its entries from there
+-- on are removed (its event log keeps them), with a fresh budget of $4 attempts.
+WITH r AS (
+  UPDATE tidebase.runs
+  SET status = 'queued', max_attempts = attempt - released + $4, run_at = tidebase.now(),
+      finished_at = NULL, error = NULL, step_count = $2, updated_at = tidebase.now(),
+      event_seq = event_seq + 1
+  WHERE id = $1 AND status = 'failed'
+  RETURNING id, event_seq, queue
+), d AS (
+  DELETE FROM tidebase.steps s USING r WHERE s.run_id = r.id AND s.position >= $2
+), e AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, 'run.reset', tidebase.now(), jsonb_build_object('to', $3::text)
+  FROM r
+), wake AS (
+  SELECT pg_notify('tidebase_wake', queue) FROM r
+)
+SELECT r.queue FROM r, (SELECT count(*) FROM wake) w;
