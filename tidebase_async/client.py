@@ -36,6 +36,7 @@ from tidebase_async.wakeup import (
     CANCEL_CHANNEL,
     EVENTS_CHANNEL,
     QUEUES_CHANNEL,
+    STREAM_CHANNEL,
     WAKE_CHANNEL,
     Notifier,
 )
@@ -169,7 +170,8 @@ class Tidebase:
             self._store = store
             self._notifier = Notifier(store)
             self._listener = Listener(
-                self._dsn, [WAKE_CHANNEL, EVENTS_CHANNEL, CANCEL_CHANNEL, QUEUES_CHANNEL]
+                self._dsn,
+                [WAKE_CHANNEL, EVENTS_CHANNEL, CANCEL_CHANNEL, QUEUES_CHANNEL, STREAM_CHANNEL],
             )
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
@@ -655,6 +657,7 @@ class Tidebase:
                     ex_holder=executions,
                     on_queue=self.notifier.queues_changed,
                     public_url=self.public_url,
+                    publish=self.notifier.publish,
                 )
                 outcome = result.outcome
             finally:

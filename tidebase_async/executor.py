@@ -66,6 +66,7 @@ async def execute(
     ex_holder: dict[UUID, Execution] | None = None,
     on_queue: Callable[[str], None] | None = None,
     public_url: str | None = None,
+    publish: Callable[[list[str]], bool] | None = None,
 ) -> ExecutionResult:
     """Run the workflow of ``claimed`` from the top (replaying its history) and write
     the outcome: completed, failed, or requeued for a retry with backoff.
@@ -84,6 +85,7 @@ async def execute(
         workflows=workflows,
         on_queue=on_queue,
         public_url=public_url,
+        publish=publish,
     )
     if ex_holder is not None:
         ex_holder[claimed.id] = ex

@@ -33,6 +33,7 @@ from tidebase_async import codec, errors
 from tidebase_async.gate_tokens import hash_token, new_token, resolve_url
 from tidebase_async.models import TERMINAL_STATUSES, GateDecision, Retry
 from tidebase_async.store import Checkpoint, ClaimedRun, NewRun, StepRecord, Store
+from tidebase_async.streams import parts_of
 from tidebase_async.workflows import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE,
@@ -209,8 +210,10 @@ class Execution:
         workflows: Mapping[str, Workflow] | None = None,
         on_queue: Callable[[str], None] | None = None,
         public_url: str | None = None,
+        publish: Callable[[list[str]], bool] | None = None,
     ) -> None:
         self.store = store
+        self.publish = publish
         self.public_url = public_url
         self.workflows: Mapping[str, Workflow] = workflows or {}
         self.on_queue = on_queue
@@ -561,6 +564,7 @@ class Run:
         self.state = RunState(self)
         self.usage = RunUsage(self)
         self._last_entry: str | None = None
+        self._emitted: dict[str, int] = {}
 
     def _replaying(self) -> bool:
         return self._position < self._ex.history_end
@@ -778,6 +782,32 @@ class Run:
         ex = self._ex
         recorded = await ex.store.step_outcome(run_id=ex.run_id, position=position)
         return recorded == (status, ex.attempt)
+
+    # -- live output --------------------------------------------------------------------
+
+    async def emit(self, chunk: Any, *, stream: str = "output") -> None:
+        """Publish ``chunk`` (JSON: text, a dict, ...) on the run's live ``stream`` for
+        whoever listens now (``tide.runs.stream``, the SSE route), on any process.
+        Not checkpointed: a subscriber sees what is emitted while it listens, in order,
+        each chunk whole whatever its size. Cheap, and never waits for subscribers;
+        replayed code does not emit again. Chunks that cannot be published as fast as
+        they are made (megabytes queued) are dropped, with a warning.
+
+        Raises:
+            ConfigurationError: a bad stream name.
+            SerializationError: ``chunk`` is not JSON-encodable or too large.
+        """
+        check_name("stream", stream)
+        ex = self._ex
+        ex.check_active()
+        data = codec.encode(chunk, where=f"chunk of stream {stream!r}", max_size=ex.max_payload)
+        if _ENTRY.get() is None and self._replaying():
+            return
+        if ex.publish is None:
+            return
+        number = self._emitted.get(stream, 0) + 1
+        self._emitted[stream] = number
+        ex.publish(parts_of(ex.run_id, stream, ex.attempt, number, data))
 
     # -- waits: the run parks as 'waiting' (no lease, no worker slot) until they end --
 

@@ -26,6 +26,7 @@ from tidebase_async.models import (
 )
 from tidebase_async.outbox import redact_url
 from tidebase_async.replay import as_seconds
+from tidebase_async.streams import subscribe
 from tidebase_async.wakeup import EVENTS_CHANNEL, Signal
 from tidebase_async.workflows import check_name, is_utf8, uuid7
 
@@ -414,6 +415,20 @@ class Runs:
                 return position, name
         known = ", ".join(name for _, name in entries) or "none"
         raise errors.NotFoundError(f"run {run_id} has no step {step!r} (its steps: {known})")
+
+    async def stream(
+        self, run_id: UUID | str, *, stream: str = "output", poll: float = 1.0
+    ) -> AsyncIterator[Any]:
+        """The chunks the run emits on ``stream`` (``run.emit``) from now on, in order,
+        each whole; ends shortly after the run ends. Live only: what was emitted before
+        is not stored.
+
+        Raises:
+            RunNotFound: no run has this id.
+        """
+        check_name("stream", stream)
+        async for chunk in subscribe(self._tide, as_uuid(run_id), stream=stream, poll=poll):
+            yield chunk
 
     async def state_history(self, run_id: UUID | str) -> builtins.list[StateVersion]:
         """Every version of the run's state, oldest first (empty before the first

@@ -17,6 +17,11 @@ EVENTS_CHANNEL = "tidebase_events"
 CANCEL_CHANNEL = "tidebase_cancel"
 # Names of queues whose controls changed (tide.queues.configure).
 QUEUES_CHANNEL = "tidebase_queues"
+# Live output of runs (run.emit): parts of chunks, see ``streams``.
+STREAM_CHANNEL = "tidebase_stream"
+# Output waiting to be published beyond this is dropped (a publisher that cannot keep
+# up must not grow without bound; emitting never blocks a workflow).
+_MAX_STREAM_BACKLOG = 16 * 1024 * 1024
 
 # pg_notify payloads must stay under 8000 bytes; a UUID and a comma take 37.
 _IDS_PER_NOTIFICATION = 200
@@ -74,6 +79,24 @@ class Notifier:
         self._queues: set[str] = set()
         self._pending = Signal()
         self._urgent = Signal()
+        self._stream: list[str] = []
+        self._stream_bytes = 0
+        self.stream_dropped = 0
+
+    def publish(self, payloads: list[str]) -> bool:
+        """Queue stream notifications, sent in this order; False (and nothing queued)
+        when the backlog is full."""
+        size = sum(len(p) for p in payloads)
+        if self._stream_bytes + size > _MAX_STREAM_BACKLOG:
+            if not self.stream_dropped:
+                logger.warning("live output is produced faster than it can be published; dropping")
+            self.stream_dropped += 1
+            return False
+        self._stream.extend(payloads)
+        self._stream_bytes += size
+        self._pending.set()
+        self._urgent.set()
+        return True
 
     def runs_changed(self, *run_ids: object) -> None:
         self._runs.update(str(r) for r in run_ids)
@@ -89,7 +112,10 @@ class Notifier:
         queues, self._queues = self._queues, set()
         self._pending.clear()
         self._urgent.clear()
+        stream, self._stream = self._stream, []
+        self._stream_bytes = 0
         messages = [(WAKE_CHANNEL, q) for q in sorted(queues)]
+        messages += [(STREAM_CHANNEL, p) for p in stream]
         messages += [(EVENTS_CHANNEL, ids) for ids in pack_ids(runs)]
         try:
             await self._store.notify(messages)
@@ -101,7 +127,7 @@ class Notifier:
         try:
             while True:
                 await self._pending.wait()
-                if not self._queues:
+                if not self._queues and not self._stream:
                     # Only 'run X changed' hints: give them a moment to pile up (many
                     # runs finish together under load). Wake-ups for workers are not
                     # delayed: they are what enqueue-to-start latency is made of.

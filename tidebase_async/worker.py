@@ -425,6 +425,7 @@ class Worker:
                 ex_holder=self._executions,
                 on_queue=self._notifier.queues_changed,
                 public_url=self._public_url,
+                publish=self._notifier.publish,
             )
         except errors.StoreError as exc:
             # The outcome could not be written (connection lost): try to hand the run

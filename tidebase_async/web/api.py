@@ -10,6 +10,7 @@ Routes (relative to where the app is mounted; JSON in and out):
     POST /runs/{id}/cancel                    {"reason", "actor"} (optional)
     POST /runs/{id}/retry
     GET  /runs/{id}/events                    server-sent events; Last-Event-ID resumes
+    GET  /runs/{id}/stream?stream=output      live output (run.emit) as server-sent events
     GET  /gates?status=&run_id=&limit=&cursor=
     POST /runs/{id}/gates/{name}/resolve      {"approved", "actor", "payload", "token"}
     GET  /queues                              controls and counts by status
@@ -49,6 +50,7 @@ from tidebase_async.web.core import (
     json_response,
 )
 from tidebase_async.web.openapi import openapi_document
+from tidebase_async.workflows import check_name
 
 if TYPE_CHECKING:
     from tidebase_async.client import Tidebase
@@ -106,6 +108,7 @@ class Api:
             ("POST", re.compile(r"/runs/([^/]+)/cancel"), self._cancel, True),
             ("POST", re.compile(r"/runs/([^/]+)/retry"), self._retry, True),
             ("GET", re.compile(r"/runs/([^/]+)/events"), self._events, True),
+            ("GET", re.compile(r"/runs/([^/]+)/stream"), self._output, True),
             ("GET", re.compile(r"/gates"), self._list_gates, True),
             ("GET", re.compile(r"/queues"), self._list_queues, True),
             ("POST", re.compile(r"/queues/([^/]+)"), self._configure_queue, True),
@@ -361,6 +364,31 @@ class Api:
                 ("X-Accel-Buffering", "no"),
             ],
             stream=self._event_stream(rid, after),
+        )
+
+    async def _output(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        """A run's live output (``run.emit``) as server-sent ``chunk`` events, from now
+        until shortly after the run ends."""
+        rid = _run_id(params[0])
+        stream = request.query.get("stream") or "output"
+        check_name("stream", stream)
+        if await self._tide.store.run_status(rid) is None:
+            raise errors.RunNotFound(f"no run with id {rid}")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b": connected\n\n"
+            async for chunk in self._tide.runs.stream(rid, stream=stream):
+                yield b"event: chunk\ndata: " + msgspec.json.encode(chunk) + b"\n\n"
+            yield b"event: end\ndata: null\n\n"
+
+        return HttpResponse(
+            status=200,
+            headers=[
+                ("Content-Type", "text/event-stream"),
+                ("Cache-Control", "no-store"),
+                ("X-Accel-Buffering", "no"),
+            ],
+            stream=chunks(),
         )
 
     async def _event_stream(self, run_id: UUID, after: int) -> AsyncIterator[bytes]:

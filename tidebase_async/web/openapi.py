@@ -332,6 +332,19 @@ def openapi_document() -> dict[str, Any]:
             },
         }
     }
+    paths["/runs/{run_id}/stream"] = {
+        "get": {
+            "summary": "The run's live output (run.emit) as server-sent 'chunk' events",
+            "parameters": [_RUN_ID, query("stream", string)],
+            "responses": {
+                "200": {
+                    "description": "An event stream",
+                    "content": {"text/event-stream": {"schema": string}},
+                },
+                **_errors(400, 401, 404),
+            },
+        }
+    }
     paths["/"] = {
         "get": {
             "summary": "The dashboard (asks for the API key itself when one is set)",
