@@ -199,3 +199,38 @@ async def test_state_history_of_unknown_run(tide: Tidebase) -> None:
         await tide.runs.state_history("01a20000-0000-7000-8000-000000000000")
     await eventually(lambda: True)
     await anyio.lowlevel.checkpoint()
+
+
+async def test_state_usage_fork_and_reset_over_http(tide: Tidebase) -> None:
+    import httpx
+
+    @tide.workflow("two-steps")
+    async def two_steps(run: Run, tag: str) -> str:
+        await run.step("a", lambda: None)
+        await run.state.set({"at": "a"})
+        await run.usage.record(model="m", input_tokens=3, cost_usd=0.5)
+        await run.step("b", lambda: None)
+        await run.state.set({"at": "b"})
+        return tag
+
+    transport = httpx.ASGITransport(app=tide.asgi_app())
+    async with working(tide), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        h = await tide.enqueue("two-steps", input="x")
+        await tide.runs.wait(h.id, timeout=10)
+        versions = (await c.get(f"/runs/{h.id}/state")).json()["items"]
+        assert [(v["version"], v["state"], v["step"]) for v in versions] == [
+            (1, {"at": "a"}, "a"),
+            (2, {"at": "b"}, "b"),
+        ]
+        usage = (await c.get("/usage", params={"group_by": "model"})).json()["items"]
+        assert [(u["group"], u["input_tokens"], u["cost_usd"]) for u in usage] == [
+            ({"model": "m"}, 3, 0.5)
+        ]
+        assert (await c.get("/usage", params={"since": "yesterday"})).status_code == 400
+        r = await c.post(f"/runs/{h.id}/fork", json={"from_step": "b", "input": "y"})
+        assert r.status_code == 201, r.text
+        fork_id = r.json()["id"]
+        assert await tide.runs.wait(fork_id, timeout=10) == "y"
+        assert (await c.post(f"/runs/{h.id}/fork", json={"from_step": "zz"})).status_code == 404
+        r = await c.post(f"/runs/{h.id}/reset", json={"to_step": "a"})
+        assert r.status_code == 409, r.text

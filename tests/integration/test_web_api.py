@@ -47,6 +47,10 @@ ROUTES = {
     "/assets/{name}": {"get"},
     "/events": {"get"},
     "/runs/{run_id}/stream": {"get"},
+    "/runs/{run_id}/state": {"get"},
+    "/runs/{run_id}/fork": {"post"},
+    "/runs/{run_id}/reset": {"post"},
+    "/usage": {"get"},
 }
 METHODS = ("get", "post", "put", "patch", "delete")
 # No key needed: health, and the dashboard's page and assets (they hold no data; the

@@ -11,6 +11,10 @@ Routes (relative to where the app is mounted; JSON in and out):
     POST /runs/{id}/retry
     GET  /runs/{id}/events                    server-sent events; Last-Event-ID resumes
     GET  /runs/{id}/stream?stream=output      live output (run.emit) as server-sent events
+    GET  /runs/{id}/state                     the state's versions
+    POST /runs/{id}/fork                      {"from_step", "input"}: 201 {"id"}
+    POST /runs/{id}/reset                     {"to_step"} (a failed run)
+    GET  /usage?workflow=&since=&until=&group_by=workflow,model
     GET  /gates?status=&run_id=&limit=&cursor=
     POST /runs/{id}/gates/{name}/resolve      {"approved", "actor", "payload", "token"}
     GET  /queues                              controls and counts by status
@@ -79,6 +83,15 @@ class CancelBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     actor: str | None = None
 
 
+class ForkBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    from_step: str | int
+    input: Any = None
+
+
+class ResetBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    to_step: str | int
+
+
 class ResolveBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     approved: bool
     actor: str | None = None
@@ -109,6 +122,10 @@ class Api:
             ("POST", re.compile(r"/runs/([^/]+)/retry"), self._retry, True),
             ("GET", re.compile(r"/runs/([^/]+)/events"), self._events, True),
             ("GET", re.compile(r"/runs/([^/]+)/stream"), self._output, True),
+            ("GET", re.compile(r"/runs/([^/]+)/state"), self._state_history, True),
+            ("POST", re.compile(r"/runs/([^/]+)/fork"), self._fork, True),
+            ("POST", re.compile(r"/runs/([^/]+)/reset"), self._reset, True),
+            ("GET", re.compile(r"/usage"), self._usage, True),
             ("GET", re.compile(r"/gates"), self._list_gates, True),
             ("GET", re.compile(r"/queues"), self._list_queues, True),
             ("POST", re.compile(r"/queues/([^/]+)"), self._configure_queue, True),
@@ -366,6 +383,36 @@ class Api:
             stream=self._event_stream(rid, after),
         )
 
+    async def _state_history(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        history = await self._tide.runs.state_history(_run_id(params[0]))
+        return json_response(200, {"items": history})
+
+    async def _fork(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        body = _decode(request, ForkBody)
+        rid = _run_id(params[0])
+        if "input" in msgspec.json.decode(request.body):
+            new_id = await self._tide.runs.fork(rid, from_step=body.from_step, input=body.input)
+        else:
+            new_id = await self._tide.runs.fork(rid, from_step=body.from_step)
+        return json_response(201, {"id": new_id, "forked_from": rid})
+
+    async def _reset(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        body = _decode(request, ResetBody)
+        rid = _run_id(params[0])
+        await self._tide.runs.reset(rid, to_step=body.to_step)
+        return json_response(200, {"id": rid, "status": "queued"})
+
+    async def _usage(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        q = request.query
+        group_by = [d for d in q.get("group_by", "workflow,model").split(",") if d]
+        rows = await self._tide.usage.summary(
+            workflow=q.get("workflow") or None,
+            since=_time_param(q, "since"),
+            until=_time_param(q, "until"),
+            group_by=group_by,
+        )
+        return json_response(200, {"items": rows})
+
     async def _output(self, request: HttpRequest, params: list[str]) -> HttpResponse:
         """A run's live output (``run.emit``) as server-sent ``chunk`` events, from now
         until shortly after the run ends."""
@@ -479,6 +526,19 @@ def _run_id(text: str) -> UUID:
         return as_uuid(text)
     except errors.TidebaseError as exc:
         raise HttpError(400, "bad_request", str(exc)) from None
+
+
+def _time_param(query: dict[str, str], name: str) -> datetime | None:
+    text = query.get(name)
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise HttpError(400, "bad_request", f"{name} must be an ISO 8601 time") from None
+    if value.utcoffset() is None:
+        raise HttpError(400, "bad_request", f"{name} must carry a time zone (e.g. Z)")
+    return value
 
 
 def _int_param(query: dict[str, str], name: str, default: int) -> int:

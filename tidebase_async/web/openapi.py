@@ -10,7 +10,15 @@ from typing import Any
 
 import msgspec
 
-from tidebase_async.models import GateInfo, Page, QueueInfo, RunInfo, ScheduleInfo
+from tidebase_async.models import (
+    GateInfo,
+    Page,
+    QueueInfo,
+    RunInfo,
+    ScheduleInfo,
+    StateVersion,
+    UsageSummary,
+)
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -342,6 +350,94 @@ def openapi_document() -> dict[str, Any]:
                     "content": {"text/event-stream": {"schema": string}},
                 },
                 **_errors(400, 401, 404),
+            },
+        }
+    }
+    (state_version, usage_summary), more = msgspec.json.schema_components(
+        [StateVersion, UsageSummary], ref_template="#/components/schemas/{name}"
+    )
+    components.update(more)
+    paths["/runs/{run_id}/state"] = {
+        "get": {
+            "summary": "Every version of the run's state, oldest first",
+            "parameters": [_RUN_ID],
+            "responses": {
+                "200": {
+                    "description": "Versions",
+                    **_json(
+                        {
+                            "type": "object",
+                            "properties": {"items": {"type": "array", "items": state_version}},
+                        }
+                    ),
+                },
+                **_errors(400, 401, 404),
+            },
+        }
+    }
+    step_ref = {"oneOf": [{"type": "string"}, {"type": "integer", "minimum": 1}]}
+    paths["/runs/{run_id}/fork"] = {
+        "post": {
+            "summary": "A new run replaying this one's history before from_step",
+            "parameters": [_RUN_ID],
+            "requestBody": {
+                "required": True,
+                **_json(
+                    {
+                        "type": "object",
+                        "required": ["from_step"],
+                        "additionalProperties": False,
+                        "properties": {"from_step": step_ref, "input": {}},
+                    }
+                ),
+            },
+            "responses": {
+                "201": {"description": "The fork", **_json({"type": "object"})},
+                **_errors(400, 401, 404),
+            },
+        }
+    }
+    paths["/runs/{run_id}/reset"] = {
+        "post": {
+            "summary": "Execute a failed run again from to_step",
+            "parameters": [_RUN_ID],
+            "requestBody": {
+                "required": True,
+                **_json(
+                    {
+                        "type": "object",
+                        "required": ["to_step"],
+                        "additionalProperties": False,
+                        "properties": {"to_step": step_ref},
+                    }
+                ),
+            },
+            "responses": {
+                "200": {"description": "Queued", **_json(id_status)},
+                **_errors(400, 401, 404, 409),
+            },
+        }
+    }
+    paths["/usage"] = {
+        "get": {
+            "summary": "Usage summed per group (group_by: workflow,model,provider,kind)",
+            "parameters": [
+                query("workflow", string),
+                query("since", {"type": "string", "format": "date-time"}),
+                query("until", {"type": "string", "format": "date-time"}),
+                query("group_by", string),
+            ],
+            "responses": {
+                "200": {
+                    "description": "Groups",
+                    **_json(
+                        {
+                            "type": "object",
+                            "properties": {"items": {"type": "array", "items": usage_summary}},
+                        }
+                    ),
+                },
+                **_errors(400, 401),
             },
         }
     }

@@ -1,0 +1,75 @@
+// #/queues : every queue with its controls and its runs counted by status; pause/resume.
+// Refreshed live from GET /events, with a slow poll as the floor.
+
+import { get, post, stream } from "./api.js";
+import { alert, h, replace, STATUSES, throttle } from "./ui.js";
+
+const POLL_MS = 5000;
+
+export async function render(ctx) {
+  const { main, signal } = ctx;
+  ctx.title("Queues");
+  const message = h("div", { id: "queues-message", role: "status", "aria-live": "polite" });
+  const content = h("div");
+  replace(main, h("h1", { tabindex: "-1" }, "Queues"), message, content);
+
+  async function load() {
+    let items;
+    try {
+      ({ items } = await get("queues", {}, signal));
+    } catch (exc) {
+      if (signal.aborted || exc.status === 401) return;
+      replace(content, alert(`Could not list the queues: ${exc.message}`));
+      return;
+    }
+    if (signal.aborted) return;
+    const focused = document.activeElement?.id;
+    if (!items.length) {
+      replace(content, h("p", { class: "empty" }, "No queues yet: a queue appears with its first run."));
+      return;
+    }
+    replace(content, h("table", { class: "queues" },
+      h("caption", { class: "sr-only" }, "Queues with their runs counted by status"),
+      h("thead", {}, h("tr", {},
+        ["Queue", "State", "Concurrency", "Rate / min", ...STATUSES, ""].map((t) =>
+          h("th", { scope: "col", class: STATUSES.includes(t) ? "num" : null }, t)))),
+      h("tbody", {}, items.map((q) => h("tr", { "data-queue": q.name },
+        h("th", { scope: "row", class: "mono" }, q.name),
+        h("td", {}, h("span", { class: `badge ${q.paused ? "status-paused" : "status-active"}` },
+          q.paused ? "paused" : "active")),
+        h("td", { class: "num" }, q.concurrency ?? "no limit"),
+        h("td", { class: "num" }, q.rate_per_minute ?? "no limit"),
+        STATUSES.map((s) => h("td", { class: "num" },
+          q.counts[s] ? h("a", { href: `#/runs?queue=${encodeURIComponent(q.name)}&status=${s}`,
+            "aria-label": `${q.counts[s]} ${s} runs in ${q.name}` }, q.counts[s]) : "0")),
+        h("td", {}, h("button", {
+          type: "button",
+          id: `queue-toggle-${q.name}`,
+          class: q.paused ? "" : "secondary",
+          "aria-label": `${q.paused ? "Resume" : "Pause"} queue ${q.name}`,
+          onclick: (e) => toggle(e.target, q),
+        }, q.paused ? "Resume" : "Pause")))))));
+    const again = focused && document.getElementById(focused);
+    if (again) again.focus();
+  }
+
+  async function toggle(button, queue) {
+    button.disabled = true;
+    try {
+      await post(`queues/${encodeURIComponent(queue.name)}`, { paused: !queue.paused }, signal);
+      replace(message, h("p", { class: "flash ok" },
+        `Queue "${queue.name}" ${queue.paused ? "resumed" : "paused"}.`));
+    } catch (exc) {
+      if (signal.aborted || exc.status === 401) return;
+      replace(message, alert(`Could not change queue "${queue.name}": ${exc.message}`));
+    }
+    await load();
+  }
+
+  await load();
+  if (signal.aborted) return;
+  const refresh = throttle(load, 500);
+  stream("events", { signal, onEvent: refresh, onState: ctx.setLive });
+  const timer = setInterval(refresh, POLL_MS);
+  signal.addEventListener("abort", () => clearInterval(timer), { once: true });
+}

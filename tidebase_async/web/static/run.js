@@ -1,0 +1,304 @@
+// #/runs/<id> : one run, live. The run's event stream (GET /runs/<id>/events) is shown as
+// it arrives, and every event refreshes the rest of the page from GET /runs/<id>.
+
+import { ApiError, get, post, stream } from "./api.js";
+import {
+  ACTIVE, alert, badge, duration, errorBlock, h, json, replace, throttle, time,
+} from "./ui.js";
+
+const ACTOR_KEY = "tidebase.actor";
+
+export async function render(ctx) {
+  const { main, signal } = ctx;
+  const id = ctx.params[0];
+  ctx.title("Run");
+
+  let run;
+  try {
+    run = await get(`runs/${encodeURIComponent(id)}`, {}, signal);
+  } catch (exc) {
+    if (signal.aborted || exc.status === 401) return;
+    const what = exc.status === 404 ? "Run not found"
+      : exc.status === 400 ? "Not a run id" : "Could not load the run";
+    replace(main, h("h1", { tabindex: "-1" }, what), alert(exc.message),
+      h("p", {}, h("a", { href: "#/runs" }, "← Back to the runs")));
+    return;
+  }
+  if (signal.aborted) return;
+
+  const heading = h("h1", { tabindex: "-1" });
+  const flash = h("div", { id: "run-flash", role: "status", "aria-live": "polite" });
+  const summary = h("section", { "aria-label": "Summary" });
+  const actions = h("div", { class: "actions" });
+  const errorBox = h("section", { id: "run-error", "aria-label": "Error" });
+  const gates = h("section", { id: "run-gates", "aria-labelledby": "gates-title" });
+  const steps = h("section", { id: "run-steps", "aria-labelledby": "steps-title" });
+  const children = h("section", { id: "run-children", "aria-labelledby": "children-title" });
+  const data = h("section", { id: "run-data", "aria-labelledby": "data-title" });
+  const eventList = h("ol", { id: "run-events", class: "events" });
+  const eventsState = h("p", { class: "muted", id: "events-state" });
+  const events = h("section", { "aria-labelledby": "events-title" },
+    h("h2", { id: "events-title" }, "Events"), eventsState, eventList);
+
+  replace(main, h("p", { class: "crumbs" }, h("a", { href: "#/runs" }, "← Runs")),
+    heading, flash, actions, summary, errorBox, gates, steps, children, data, events);
+
+  const say = (text, kind = "ok") => replace(flash, h("p", { class: `flash ${kind}` }, text));
+
+  // -- drawing ------------------------------------------------------------------------
+
+  function draw() {
+    // Live redraws must not take the keyboard focus away: put it back by id.
+    const focused = document.activeElement?.id;
+    drawAll();
+    const again = focused && document.getElementById(focused);
+    if (again && again !== document.activeElement) again.focus();
+  }
+
+  function drawAll() {
+    ctx.title(`${run.workflow} (${run.status})`);
+    replace(heading, `${run.workflow} `, badge(run.status));
+    drawSummary();
+    drawActions();
+    replace(errorBox, errorBlock(run.error, run.status === "failed" ? "Failed" : "Last error"));
+    drawGates();
+    drawSteps();
+    drawChildren();
+    replace(data, h("h2", { id: "data-title" }, "Input, output and state"),
+      h("div", { class: "cols" },
+        h("div", {}, h("h3", {}, "Input"), json(run.input)),
+        h("div", {}, h("h3", {}, "Output"), json(run.output)),
+        h("div", {}, h("h3", {}, "State"), json(run.state))));
+  }
+
+  function drawSummary() {
+    const rows = [
+      ["Run id", h("span", { class: "mono" }, run.id)],
+      ["Status", badge(run.status)],
+      ["Queue", run.queue],
+      ["Attempt", `${run.attempt} of ${run.max_attempts}`],
+      ["Priority", run.priority],
+      run.dedupe_key ? ["Dedupe key", h("span", { class: "mono" }, run.dedupe_key)] : null,
+      run.parent_id ? ["Parent", h("a", { href: `#/runs/${run.parent_id}`, class: "mono" },
+        run.parent_id)] : null,
+      ["Created", time(run.created_at)],
+      ["Started", time(run.started_at)],
+      ["Finished", time(run.finished_at)],
+      ["Duration", duration(run.started_at, run.finished_at, ACTIVE.has(run.status))],
+      run.wake_at ? ["Wakes at", time(run.wake_at)] : null,
+      run.deadline ? ["Deadline", time(run.deadline)] : null,
+      run.cancel_reason ? ["Cancel reason", run.cancel_reason] : null,
+      run.metadata ? ["Metadata", json(run.metadata)] : null,
+    ].filter(Boolean);
+    replace(summary, h("dl", { class: "summary" },
+      rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));
+  }
+
+  let confirming = false;
+  function drawActions() {
+    const buttons = [];
+    if (ACTIVE.has(run.status)) {
+      if (!confirming) {
+        buttons.push(h("button", { type: "button", class: "danger", id: "cancel-run",
+          onclick: () => { confirming = true; drawActions(); } }, "Cancel run…"));
+      } else {
+        buttons.push(h("span", {}, "Cancel this run and its children? "),
+          h("button", { type: "button", class: "danger", id: "confirm-cancel",
+            onclick: (e) => act(e.target, "cancel", "Run cancelled.") }, "Yes, cancel it"),
+          h("button", { type: "button", class: "secondary",
+            onclick: () => { confirming = false; drawActions(); } }, "Keep it"));
+      }
+    }
+    if (run.status === "failed") {
+      buttons.push(h("button", { type: "button", id: "retry-run",
+        onclick: (e) => act(e.target, "retry", "Run queued again; it resumes from its checkpoints.") },
+      "Retry run"));
+    }
+    replace(actions, buttons);
+    if (confirming) actions.querySelector("#confirm-cancel")?.focus();
+  }
+
+  async function act(button, action, done) {
+    button.disabled = true;
+    try {
+      await post(`runs/${encodeURIComponent(run.id)}/${action}`, {}, signal);
+      confirming = false;
+      say(done);
+      if (action === "retry") follow();
+      await refresh();
+    } catch (exc) {
+      if (exc.status === 401 || signal.aborted) return;
+      button.disabled = false;
+      say(`Could not ${action} the run: ${exc.message}`, "error");
+    }
+  }
+
+  function drawGates() {
+    const pending = run.gates.filter((g) => g.status === "pending");
+    const decided = run.gates.filter((g) => g.status !== "pending");
+    if (!run.gates.length) {
+      replace(gates);
+      return;
+    }
+    // Keep what the user typed as their name across live redraws.
+    const actorNow = gates.querySelector("#gate-actor")?.value;
+    const actor = h("input", { id: "gate-actor", name: "actor", autocomplete: "name",
+      value: actorNow ?? (sessionStorage.getItem(ACTOR_KEY) || "dashboard") });
+    actor.addEventListener("change", () => sessionStorage.setItem(ACTOR_KEY, actor.value.trim()));
+    replace(gates, h("h2", { id: "gates-title" }, "Gates"),
+      pending.length ? h("p", { class: "actor" }, h("label", { for: "gate-actor" },
+        "Resolve as "), actor) : null,
+      pending.map((g) => gateCard(g, actor)),
+      decided.length ? h("table", { class: "gates" },
+        h("caption", {}, "Decided gates"),
+        h("thead", {}, h("tr", {}, ["Gate", "Status", "By", "At"].map((t) =>
+          h("th", { scope: "col" }, t)))),
+        h("tbody", {}, decided.map((g) => h("tr", {},
+          h("td", {}, g.name), h("td", {}, badge(g.status)), h("td", {}, g.actor ?? "—"),
+          h("td", {}, time(g.resolved_at)))))) : null);
+  }
+
+  function gateCard(gate, actor) {
+    const note = h("div", { class: "gate-note" });
+    const resolve = async (approved, event) => {
+      const card = event.target.closest(".gate");
+      for (const b of card.querySelectorAll("button")) b.disabled = true;
+      try {
+        await post(`runs/${encodeURIComponent(run.id)}/gates/${encodeURIComponent(gate.name)}/resolve`,
+          { approved, actor: actor.value.trim() || "dashboard" }, signal);
+        say(`Gate "${gate.name}" ${approved ? "approved" : "rejected"}.`);
+        await refresh();
+      } catch (exc) {
+        if (exc.status === 401 || signal.aborted) return;
+        for (const b of card.querySelectorAll("button")) b.disabled = false;
+        replace(note, alert(`Could not resolve the gate: ${exc.message}`));
+        if (exc.status === 409) refresh();
+      }
+    };
+    return h("article", { class: "gate", "data-gate": gate.name, "aria-label": `Gate ${gate.name}` },
+      h("h3", {}, gate.name, " ", badge(gate.status)),
+      gate.prompt ? h("p", { class: "prompt" }, gate.prompt) : null,
+      gate.data !== null && gate.data !== undefined ? json(gate.data) : null,
+      h("p", { class: "muted" }, "Opened ", time(gate.created_at),
+        gate.expires_at ? [", expires ", time(gate.expires_at)] : null),
+      h("div", { class: "buttons" },
+        h("button", { type: "button", class: "approve", id: `gate-approve-${gate.name}`,
+          onclick: (e) => resolve(true, e) }, "Approve"),
+        h("button", { type: "button", class: "danger", id: `gate-reject-${gate.name}`,
+          onclick: (e) => resolve(false, e) }, "Reject")),
+      note);
+  }
+
+  function drawSteps() {
+    const list = run.steps;
+    const t0 = Date.parse(run.started_at || run.created_at);
+    const t1 = run.finished_at ? Date.parse(run.finished_at) : Date.now();
+    const span = Math.max(1, t1 - t0);
+    const bar = (s) => {
+      if (!s.started_at || Number.isNaN(t0)) return null;
+      const a = Date.parse(s.started_at);
+      const b = s.finished_at ? Date.parse(s.finished_at) : t1;
+      const left = Math.min(100, Math.max(0, ((a - t0) / span) * 100));
+      const width = Math.max(0.5, Math.min(100 - left, ((b - a) / span) * 100));
+      // A CSP without 'unsafe-inline' forbids style attributes, not CSSOM properties.
+      const fill = h("span", { class: `bar-fill step-${s.status}` });
+      fill.style.left = `${left}%`;
+      fill.style.width = `${width}%`;
+      return h("span", { class: "bar", "aria-hidden": "true" }, fill);
+    };
+    replace(steps, h("h2", { id: "steps-title" }, "Steps"),
+      list.length ? h("table", { class: "steps" },
+        h("caption", { class: "sr-only" }, "Steps in execution order"),
+        h("thead", {}, h("tr", {}, ["#", "Step", "Kind", "Status", "Attempt", "Started",
+          "Duration", "Timeline"].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, list.map((s, i) => [
+          h("tr", { class: `step step-${s.status}`, "data-step": s.name },
+            h("td", { class: "num" }, i + 1),
+            h("td", { class: "mono" }, s.name),
+            h("td", {}, s.kind),
+            h("td", {}, badge(s.status)),
+            h("td", { class: "num" }, s.attempt),
+            h("td", {}, time(s.started_at)),
+            h("td", { class: "num" }, duration(s.started_at, s.finished_at)),
+            h("td", { class: "timeline" }, bar(s))),
+          s.error ? h("tr", { class: "step-error-row" }, h("td", {}),
+            h("td", { colspan: "7" }, errorBlock(s.error, `Step "${s.name}" failed`))) : null,
+        ])))
+        : h("p", { class: "muted" }, ACTIVE.has(run.status) ? "No step has finished yet."
+          : "This run recorded no steps."));
+  }
+
+  function drawChildren() {
+    if (!run.children.length) {
+      replace(children);
+      return;
+    }
+    replace(children, h("h2", { id: "children-title" }, "Children"),
+      h("table", { class: "children" },
+        h("thead", {}, h("tr", {}, ["Run", "Workflow", "Status", "Created", "Duration"]
+          .map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, run.children.map((c) => h("tr", { "data-run-id": c.id },
+          h("td", {}, h("a", { href: `#/runs/${c.id}`, class: "run-id" }, c.id)),
+          h("td", {}, c.workflow),
+          h("td", {}, badge(c.status)),
+          h("td", {}, time(c.created_at)),
+          h("td", { class: "num" }, duration(c.started_at, c.finished_at,
+            ACTIVE.has(c.status))))))));
+  }
+
+  // -- live ---------------------------------------------------------------------------
+
+  async function load() {
+    try {
+      run = await get(`runs/${encodeURIComponent(run.id)}`, {}, signal);
+    } catch (exc) {
+      if (signal.aborted || exc.status === 401) return;
+      say(`Could not refresh the run: ${exc.message}`, "error");
+      return;
+    }
+    if (!signal.aborted) draw();
+  }
+  const refresh = throttle(load, 250);
+
+  let lastSeq = 0;
+  let following = false;
+  function onEvent(ev) {
+    const seq = Number(ev.id);
+    if (seq && seq <= lastSeq) return;
+    if (seq) lastSeq = seq;
+    const data = ev.data;
+    const detail = data === null || data === undefined ? ""
+      : typeof data === "string" ? data : JSON.stringify(data);
+    eventList.append(h("li", { "data-seq": ev.id, "data-type": ev.event },
+      h("span", { class: "seq" }, `#${ev.id}`), " ",
+      h("span", { class: "type" }, ev.event),
+      detail ? [" ", h("code", { class: "detail" }, detail)] : null));
+    refresh();
+  }
+
+  function follow() {
+    if (following || signal.aborted) return;
+    following = true;
+    stream(`runs/${encodeURIComponent(run.id)}/events`, {
+      signal,
+      params: { after: lastSeq },
+      resume: false,
+      onEvent,
+      onState: (state) => {
+        ctx.setLive(state);
+        replace(eventsState, { live: "Following live.", reconnecting: "Reconnecting…",
+          ended: "The run has finished; the log is complete." }[state] ?? "");
+        if (state === "ended") {
+          following = false;
+          refresh();
+        }
+      },
+      onError: (exc) => {
+        if (exc instanceof ApiError && exc.status !== 401) say(exc.message, "error");
+      },
+    });
+  }
+
+  draw();
+  follow();
+}
