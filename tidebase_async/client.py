@@ -194,6 +194,11 @@ class Tidebase:
         try:
             if stack is not None:
                 await stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The task group of the listener and notifier wraps the body's own
+            # exception: let it propagate as itself.
+            if exc is None or group.exceptions != (exc,):
+                raise
         finally:
             self._store = self._listener = self._notifier = None
 

@@ -118,7 +118,10 @@ class Notifier:
         messages += [(STREAM_CHANNEL, p) for p in stream]
         messages += [(EVENTS_CHANNEL, ids) for ids in pack_ids(runs)]
         try:
-            await self._store.notify(messages)
+            # Taken from the pending sets already: a cancellation (the Tidebase closing
+            # right after a resolve or cancel) must not drop them half-way. Bounded.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self._store.notify(messages)
         except Exception as exc:  # a hint only; never let the sender task die
             logger.debug("notification not sent (%s); pollers will catch up", exc)
 
