@@ -39,10 +39,14 @@ async def test_advisory_lock_exits_cleanly_after_its_session_was_terminated(dsn:
     try:
         async with store.try_advisory_lock(LOCK_KEY) as lock:
             assert lock.held
+            pid = lock._conn.get_server_pid()
             async with store.connection() as other:
+                # Exactly the lock's session (other tests' sessions on this server may
+                # hold advisory locks too).
                 assert await other.fetchval(
                     "SELECT pg_terminate_backend(pid) FROM pg_locks "
-                    "WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
+                    "WHERE locktype = 'advisory' AND granted AND pid = $1",
+                    pid,
                 )
 
             async def noticed() -> bool:
