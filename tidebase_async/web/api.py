@@ -44,7 +44,7 @@ from tidebase_async import errors
 from tidebase_async.models import TERMINAL_STATUSES
 from tidebase_async.queues import UNSET
 from tidebase_async.runs import as_uuid
-from tidebase_async.wakeup import EVENTS_CHANNEL, Signal
+from tidebase_async.wakeup import EVENTS_CHANNEL, WAKE_CHANNEL, Signal
 from tidebase_async.web.core import (
     HttpError,
     HttpRequest,
@@ -187,7 +187,8 @@ class Api:
 
     async def _all_events(self, request: HttpRequest, params: list[str]) -> HttpResponse:
         """Server-sent ``runs`` events, each a JSON list of ids of runs that changed
-        (from LISTEN; not stored, so not resumable): what a live list refreshes on."""
+        (from LISTEN; not stored, so not resumable), and an empty list when a queue got
+        new runs: what a live list refreshes on."""
         return HttpResponse(
             status=200,
             headers=[
@@ -207,7 +208,18 @@ class Api:
             changed.update(p for p in payload.split(",") if p)
             signal.set()
 
-        remove = listener.subscribe(EVENTS_CHANNEL, on_events) if listener else None
+        def on_wake(payload: str) -> None:
+            # A queue has new work (an enqueue): runs appeared that no event names yet.
+            signal.set()
+
+        removers = (
+            [
+                listener.subscribe(EVENTS_CHANNEL, on_events),
+                listener.subscribe(WAKE_CHANNEL, on_wake),
+            ]
+            if listener
+            else []
+        )
         try:
             yield b": connected\n\n"
             idle = 0.0
@@ -224,7 +236,7 @@ class Api:
                     idle = 0.0
                     yield b": keepalive\n\n"
         finally:
-            if remove is not None:
+            for remove in removers:
                 remove()
 
     async def _openapi(self, request: HttpRequest, params: list[str]) -> HttpResponse:
