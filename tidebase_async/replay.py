@@ -16,7 +16,6 @@ import decimal
 import functools
 import inspect
 import logging
-import math
 import random as _random
 import time
 import traceback
@@ -54,6 +53,14 @@ _NO_RETRY = Retry(attempts=1)
 _ENTRY: contextvars.ContextVar[tuple[int, str] | None] = contextvars.ContextVar(
     "tidebase_entry", default=None
 )
+#: The last history entry this branch of the workflow reached (asyncio tasks copy the
+#: context: branches of a gather each keep their own). Interleaving of branches differs
+#: between a first execution and a replay; what one branch reached does not.
+_BRANCH: contextvars.ContextVar[tuple[int, str] | None] = contextvars.ContextVar(
+    "tidebase_branch", default=None
+)
+#: Larger costs are refused: sums of them must stay readable as floats.
+_MAX_COST_USD = 1e12
 #: A sleep this short waits in place: parking and waking the run costs more.
 _SLEEP_IN_PLACE_S = 0.05
 #: Sleeps and gate timeouts beyond this are refused (a datetime ends at year 9999).
@@ -371,6 +378,10 @@ class RunState:
         # could land in the other order and the state (and its history) go backwards.
         self._lock = anyio.Lock()
 
+    def restore(self, data: bytes) -> None:
+        """Take the state a replayed step wrote when it executed."""
+        self._value = codec.decode(data, where="state")
+
     async def get(self) -> Any:
         """The current state (a copy; mutate it through ``set``/``patch``)."""
         return codec.decode(codec.encode(self._value, where="state"), where="state")
@@ -390,7 +401,12 @@ class RunState:
         ex.check_active()
         data = codec.encode(value, where="state", max_size=ex.max_payload)
         self._value = codec.decode(data, where="state")
-        if self._run._replaying():
+        entry = _ENTRY.get()
+        if entry is not None:
+            # Written by a step's own code: its checkpoint says so, and a replay (which
+            # does not execute the step) takes the state as of that checkpoint.
+            self._run._wrote_state.add(entry[0])
+        elif self._run._replaying():
             return
         await ex.write_value(
             "state update",
@@ -486,18 +502,16 @@ class RunUsage:
             raise errors.ConfigurationError(
                 f"usage cost_usd must be a number, got {cost_usd!r:.40}"
             )
+        if isinstance(cost_usd, int) and not 0 <= cost_usd <= _MAX_COST_USD:
+            raise errors.ConfigurationError(f"usage cost_usd must be in 0..{_MAX_COST_USD:g}")
         cost = (
             decimal.Decimal(str(cost_usd))
-            if not isinstance(cost_usd, decimal.Decimal)
-            else cost_usd
+            if isinstance(cost_usd, float)
+            else decimal.Decimal(cost_usd)
         )
-        if (
-            not cost.is_finite()
-            or cost < 0
-            or (isinstance(cost_usd, float) and math.isnan(cost_usd))
-        ):
+        if not cost.is_finite() or not 0 <= cost <= _MAX_COST_USD:
             raise errors.ConfigurationError(
-                f"usage cost_usd must be >= 0 and finite, got {cost_usd!r}"
+                f"usage cost_usd must be finite and in 0..{_MAX_COST_USD:g}, got {cost_usd!r:.40}"
             )
         for what, text in (("kind", kind), ("provider", provider), ("model", model)):
             if text is None and what != "kind":
@@ -521,11 +535,17 @@ class RunUsage:
         ex = run._ex
         ex.check_active()
         entry = _ENTRY.get()
-        position, step = entry if entry is not None else (run._position, None)
+        step: str | None = None
+        if entry is not None:
+            position, step = entry
+        else:
+            # Between steps: keyed after the last entry this branch reached, in a key
+            # space of its own (negative), so that neither the interleaving of branches
+            # nor a step's own records can make two records share a key.
+            branch = _BRANCH.get()
+            position = -2 - branch[0] if branch is not None else -1
         seq = self._seq.get(position, 0) + 1
         self._seq[position] = seq
-        if entry is None and run._replaying():
-            return  # recorded the first time this code ran
         await ex.write_value(
             "recording usage",
             ex.fenced(
@@ -565,6 +585,7 @@ class Run:
         self.usage = RunUsage(self)
         self._last_entry: str | None = None
         self._emitted: dict[str, int] = {}
+        self._wrote_state: set[int] = set()
 
     def _replaying(self) -> bool:
         return self._position < self._ex.history_end
@@ -588,6 +609,7 @@ class Run:
         position = self._position
         self._position += 1
         self._last_entry = full_name
+        _BRANCH.set((position, full_name))
         record = ex.history.get(position)
         if record is not None and (record.name != full_name or record.kind != kind):
             raise errors.NonDeterminismError(
@@ -599,9 +621,9 @@ class Run:
         return position, full_name, record
 
     def _entry_name(self) -> str | None:
-        """The entry executing in this context, else the last one reached."""
-        entry = _ENTRY.get()
-        return entry[1] if entry is not None else self._last_entry
+        """The entry executing in this context, else the last one this branch reached."""
+        entry = _ENTRY.get() or _BRANCH.get()
+        return entry[1] if entry is not None else None
 
     def _went_past(self, position: int) -> bool:
         """True when the history holds entries after ``position``."""
@@ -659,6 +681,9 @@ class Run:
         if record is not None:
             if record.status == "completed":
                 ex.replayed_steps += 1
+                if record.state_after is not None:
+                    # The step's own code wrote the state the first time.
+                    self.state.restore(record.state_after)
                 return codec.decode(record.output or b"null", tp=tp, where=where)
             if record.replay_failure and self._went_past(position):
                 # The workflow caught this failure and went on to later steps: replay
@@ -760,6 +785,7 @@ class Run:
         item = Checkpoint(
             kind=kind,
             event_type=event_type,
+            wrote_state=position in self._wrote_state,
             run_id=ex.run_id,
             attempt=ex.attempt,
             position=position,

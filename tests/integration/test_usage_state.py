@@ -55,7 +55,7 @@ async def test_usage_is_recorded_once_across_a_failure_and_replay(
     assert (info.usage.records, info.usage.input_tokens, info.usage.output_tokens) == (3, 105, 70)
     assert info.usage.cost_usd == pytest.approx(0.012)
     steps = await db.fetch(
-        "SELECT step, kind, model FROM tidebase.usage WHERE run_id = $1 ORDER BY position, seq",
+        "SELECT step, kind, model FROM tidebase.usage WHERE run_id = $1 ORDER BY recorded_at",
         h.id,
     )
     assert [(r["step"], r["kind"], r["model"]) for r in steps] == [

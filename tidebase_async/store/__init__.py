@@ -79,6 +79,8 @@ class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
     error: bytes | None
     replay_failure: bool = True
     kind: str = "step"
+    # The state as of this entry, when the entry's own code wrote it.
+    state_after: bytes | None = None
 
 
 class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,6 +98,7 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
     event_data: bytes
     kind: str = "step"
     event_type: str = ""
+    wrote_state: bool = False
 
 
 class QueueControl(msgspec.Struct, frozen=True, kw_only=True):
@@ -531,6 +534,7 @@ class Store:
                     error=row[6],
                     replay_failure=row[7],
                     kind=row[8],
+                    state_after=row[9],
                 )
             )
         return history
@@ -563,6 +567,7 @@ class Store:
             [c.event_data for c in ordered],
             [c.kind for c in ordered],
             [c.event_type or _default_event_type(c) for c in ordered],
+            [c.wrote_state for c in ordered],
         )
         return {row[0] for row in rows}
 

@@ -203,9 +203,13 @@ WITH picked AS (
 
 -- name: load_steps
 -- The whole history of the claimed runs, in one query.
-SELECT run_id, position, name, status, run_attempt, output, error, replay_failure, kind
-FROM tidebase.steps WHERE run_id = ANY($1::uuid[])
-ORDER BY run_id, position;
+SELECT s.run_id, s.position, s.name, s.status, s.run_attempt, s.output, s.error,
+       s.replay_failure, s.kind, v.state AS state_after
+FROM tidebase.steps s
+LEFT JOIN tidebase.state_versions v
+  ON s.wrote_state AND v.run_id = s.run_id AND v.version = s.state_version
+WHERE s.run_id = ANY($1::uuid[])
+ORDER BY s.run_id, s.position;
 
 -- name: heartbeat
 -- Extend every lease worker $1 still holds among $2; the (id, attempt) pairs not
@@ -228,9 +232,9 @@ RETURNING r.id, r.attempt;
 WITH c AS (
   SELECT * FROM unnest($2::uuid[], $3::int4[], $4::int4[], $5::text[], $6::text[],
                        $7::int4[], $8::bytea[], $9::jsonb[], $10::timestamptz[],
-                       $11::jsonb[], $12::text[], $13::text[])
+                       $11::jsonb[], $12::text[], $13::text[], $14::bool[])
     AS c(run_id, attempt, position, name, status, attempts, output, error, started_at,
-         event_data, kind, event_type)
+         event_data, kind, event_type, wrote_state)
 ), locked AS (
   -- Lock the fenced rows in id order, through the primary key: every multi-row writer
   -- of runs locks in that order, so two batches cannot deadlock.
@@ -245,17 +249,18 @@ WITH c AS (
   FROM c, locked
   WHERE r.id = c.run_id AND r.id = locked.id AND r.lease_owner = $1
     AND r.attempt = c.attempt AND r.status = 'running'
-  RETURNING r.id, r.event_seq
+  RETURNING r.id, r.event_seq, r.state_version
 ), s AS (
   INSERT INTO tidebase.steps AS st
     (run_id, position, name, status, attempts, run_attempt, output, error,
-     started_at, finished_at, kind)
+     started_at, finished_at, kind, state_version, wrote_state)
   SELECT c.run_id, c.position, c.name, c.status, c.attempts, c.attempt, c.output, c.error,
-         c.started_at, tidebase.now(), c.kind
+         c.started_at, tidebase.now(), c.kind, r.state_version, c.wrote_state
   FROM r JOIN c ON c.run_id = r.id
   ON CONFLICT (run_id, position) DO UPDATE
     SET name = EXCLUDED.name, status = EXCLUDED.status, attempts = EXCLUDED.attempts,
-        kind = EXCLUDED.kind,
+        kind = EXCLUDED.kind, state_version = EXCLUDED.state_version,
+        wrote_state = EXCLUDED.wrote_state,
         run_attempt = EXCLUDED.run_attempt, output = EXCLUDED.output,
         error = EXCLUDED.error, started_at = EXCLUDED.started_at,
         finished_at = EXCLUDED.finished_at, replay_failure = true
@@ -1033,30 +1038,38 @@ SELECT position, name FROM tidebase.steps WHERE run_id = $1 ORDER BY position;
 -- name: fork_run
 -- A new run ($2, queued) of run $1's workflow, with input $3 (NULL: the original's),
 -- whose history is the original's entries before position $4 (entry $5): it replays
--- them and executes from there on. Its state starts as the original's was when the
--- last copied entry finished. The original is not touched.
+-- them and executes from there on. Its state, and its state history, are the
+-- original's as of entry $4 - 1 (the version recorded with that entry). The original
+-- is not touched.
 WITH src AS (
   SELECT * FROM tidebase.runs WHERE id = $1
+), at AS (
+  SELECT COALESCE((SELECT state_version FROM tidebase.steps
+                   WHERE run_id = $1 AND position = $4 - 1), 0) AS version
 ), ins AS (
   INSERT INTO tidebase.runs
-    (id, workflow, queue, status, input, state, priority, metadata, max_attempts, run_at,
-     deadline_at, step_count, created_at, updated_at, event_seq, forked_from, forked_at)
+    (id, workflow, queue, status, input, state, state_version, priority, metadata,
+     max_attempts, run_at, deadline_at, step_count, created_at, updated_at, event_seq,
+     forked_from, forked_at)
   SELECT $2, src.workflow, src.queue, 'queued', COALESCE($3, src.input),
-         COALESCE((SELECT v.state FROM tidebase.state_versions v
-                   WHERE v.run_id = $1
-                     AND v.at <= (SELECT finished_at FROM tidebase.steps
-                                  WHERE run_id = $1 AND position = $4 - 1)
-                   ORDER BY v.version DESC LIMIT 1), '{}'::jsonb),
-         src.priority, src.metadata, src.max_attempts, tidebase.now(), NULL, $4,
+         COALESCE((SELECT v.state FROM tidebase.state_versions v, at
+                   WHERE v.run_id = $1 AND v.version = at.version), '{}'::jsonb),
+         at.version, src.priority, src.metadata, src.max_attempts, tidebase.now(), NULL, $4,
          tidebase.now(), tidebase.now(), 2, $1, $5
-  FROM src
+  FROM src, at
   RETURNING id, queue
+), versions AS (
+  INSERT INTO tidebase.state_versions (run_id, version, state, step, label, at)
+  SELECT ins.id, v.version, v.state, v.step, v.label, v.at
+  FROM ins, at, tidebase.state_versions v
+  WHERE v.run_id = $1 AND v.version <= at.version
 ), steps AS (
   INSERT INTO tidebase.steps
     (run_id, position, name, status, attempts, run_attempt, output, error, replay_failure,
-     started_at, finished_at, kind)
+     started_at, finished_at, kind, state_version, wrote_state)
   SELECT ins.id, s.position, s.name, s.status, s.attempts, 0, s.output, s.error,
-         s.replay_failure, s.started_at, s.finished_at, s.kind
+         s.replay_failure, s.started_at, s.finished_at, s.kind, s.state_version,
+         s.wrote_state
   FROM ins, tidebase.steps s WHERE s.run_id = $1 AND s.position < $4
 ), ev AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
@@ -1079,11 +1092,25 @@ WITH r AS (
   RETURNING id, event_seq, queue
 ), d AS (
   DELETE FROM tidebase.steps s USING r WHERE s.run_id = r.id AND s.position >= $2
+), kids AS (
+  -- Its failed children too (as retry_run): re-executing the entry that waits for one
+  -- would otherwise find it failed and fail the same way.
+  UPDATE tidebase.runs c
+  SET status = 'queued', max_attempts = c.attempt - c.released + $4,
+      run_at = tidebase.now(), finished_at = NULL, updated_at = tidebase.now(),
+      event_seq = c.event_seq + 1
+  FROM r WHERE c.parent_id = r.id AND c.status = 'failed'
+  RETURNING c.id, c.event_seq, c.queue
 ), e AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, event_seq, 'run.reset', tidebase.now(), jsonb_build_object('to', $3::text)
   FROM r
+  UNION ALL
+  SELECT id, event_seq, 'run.retried', tidebase.now(), '{"reason": "parent reset"}'::jsonb
+  FROM kids
+), kid_wake AS (
+  SELECT pg_notify('tidebase_wake', queue) FROM kids
 ), wake AS (
   SELECT pg_notify('tidebase_wake', queue) FROM r
 )
-SELECT r.queue FROM r, (SELECT count(*) FROM wake) w;
+SELECT r.queue FROM r, (SELECT count(*) FROM wake) w, (SELECT count(*) FROM kid_wake) k;

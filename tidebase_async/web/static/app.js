@@ -1,4 +1,5 @@
-// The dashboard's entry point: hash routing (#/runs, #/runs/<id>, #/queues, #/schedules),
+// The dashboard's entry point: hash routing (#/runs, #/runs/<id>, #/queues, #/schedules,
+// #/usage),
 // the login prompt, and the "live" indicator. Each page is a module exporting
 // render(ctx); ctx.signal aborts when the page is left, which stops its streams.
 
@@ -7,6 +8,7 @@ import { render as queuesPage } from "./queues.js";
 import { render as runPage } from "./run.js";
 import { render as runsPage } from "./runs.js";
 import { render as schedulesPage } from "./schedules.js";
+import { render as usagePage } from "./usage.js";
 import { alert, h, replace } from "./ui.js";
 
 const main = document.getElementById("app");
@@ -22,6 +24,7 @@ const ROUTES = [
   [/^\/runs\/([^/]+)$/, "runs", runPage],
   [/^\/queues\/?$/, "queues", queuesPage],
   [/^\/schedules\/?$/, "schedules", schedulesPage],
+  [/^\/usage\/?$/, "usage", usagePage],
 ];
 
 let current = null; // AbortController of the page shown

@@ -1,9 +1,13 @@
 // #/runs/<id> : one run, live. The run's event stream (GET /runs/<id>/events) is shown as
-// it arrives, and every event refreshes the rest of the page from GET /runs/<id>.
+// it arrives, and every event refreshes the rest of the page from GET /runs/<id> (and the
+// state history from GET /runs/<id>/state). While the run is active its live output
+// (GET /runs/<id>/stream) is followed too. A step row can fork the run from that step.
 
 import { ApiError, get, post, stream } from "./api.js";
+import { historyPanel } from "./history.js";
+import { outputPane } from "./output.js";
 import {
-  ACTIVE, alert, badge, duration, errorBlock, h, json, replace, throttle, time,
+  ACTIVE, alert, badge, count, duration, errorBlock, h, json, money, replace, throttle, time,
 } from "./ui.js";
 
 const ACTOR_KEY = "tidebase.actor";
@@ -29,19 +33,23 @@ export async function render(ctx) {
   const heading = h("h1", { tabindex: "-1" });
   const flash = h("div", { id: "run-flash", role: "status", "aria-live": "polite" });
   const summary = h("section", { "aria-label": "Summary" });
+  const usage = h("section", { id: "run-usage", "aria-labelledby": "usage-title" });
   const actions = h("div", { class: "actions" });
   const errorBox = h("section", { id: "run-error", "aria-label": "Error" });
   const gates = h("section", { id: "run-gates", "aria-labelledby": "gates-title" });
   const steps = h("section", { id: "run-steps", "aria-labelledby": "steps-title" });
   const children = h("section", { id: "run-children", "aria-labelledby": "children-title" });
   const data = h("section", { id: "run-data", "aria-labelledby": "data-title" });
+  const history = historyPanel(id, signal);
+  const output = outputPane(id, signal);
   const eventList = h("ol", { id: "run-events", class: "events" });
   const eventsState = h("p", { class: "muted", id: "events-state" });
   const events = h("section", { "aria-labelledby": "events-title" },
     h("h2", { id: "events-title" }, "Events"), eventsState, eventList);
 
   replace(main, h("p", { class: "crumbs" }, h("a", { href: "#/runs" }, "← Runs")),
-    heading, flash, actions, summary, errorBox, gates, steps, children, data, events);
+    heading, flash, actions, summary, usage, errorBox, gates, output.node, steps, children,
+    data, history.node, events);
 
   const say = (text, kind = "ok") => replace(flash, h("p", { class: `flash ${kind}` }, text));
 
@@ -59,6 +67,7 @@ export async function render(ctx) {
     ctx.title(`${run.workflow} (${run.status})`);
     replace(heading, `${run.workflow} `, badge(run.status));
     drawSummary();
+    drawUsage();
     drawActions();
     replace(errorBox, errorBlock(run.error, run.status === "failed" ? "Failed" : "Last error"));
     drawGates();
@@ -69,6 +78,7 @@ export async function render(ctx) {
         h("div", {}, h("h3", {}, "Input"), json(run.input)),
         h("div", {}, h("h3", {}, "Output"), json(run.output)),
         h("div", {}, h("h3", {}, "State"), json(run.state))));
+    if (ACTIVE.has(run.status)) output.follow();
   }
 
   function drawSummary() {
@@ -81,6 +91,10 @@ export async function render(ctx) {
       run.dedupe_key ? ["Dedupe key", h("span", { class: "mono" }, run.dedupe_key)] : null,
       run.parent_id ? ["Parent", h("a", { href: `#/runs/${run.parent_id}`, class: "mono" },
         run.parent_id)] : null,
+      run.forked_from ? ["Forked from", [
+        h("a", { href: `#/runs/${run.forked_from}`, class: "mono", id: "forked-from" },
+          run.forked_from),
+        run.forked_at ? [" at step ", h("code", {}, run.forked_at)] : null]] : null,
       ["Created", time(run.created_at)],
       ["Started", time(run.started_at)],
       ["Finished", time(run.finished_at)],
@@ -92,6 +106,25 @@ export async function render(ctx) {
     ].filter(Boolean);
     replace(summary, h("dl", { class: "summary" },
       rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));
+  }
+
+  function drawUsage() {
+    const u = run.usage;
+    if (!u || !u.records) {
+      replace(usage);
+      return;
+    }
+    const rows = [
+      ["Input tokens", count(u.input_tokens)],
+      ["Output tokens", count(u.output_tokens)],
+      ["Cost", money(u.cost_usd)],
+      ["Records", count(u.records)],
+    ];
+    replace(usage, h("h2", { id: "usage-title" }, "Usage"),
+      h("dl", { class: "summary usage" },
+        rows.map(([k, v]) => [h("dt", {}, k), h("dd", { "data-usage": k }, v)])),
+      h("p", {}, h("a", { href: `#/usage?workflow=${encodeURIComponent(run.workflow)}` },
+        `Usage of every ${run.workflow} run`)));
   }
 
   let confirming = false;
@@ -210,7 +243,8 @@ export async function render(ctx) {
       list.length ? h("table", { class: "steps" },
         h("caption", { class: "sr-only" }, "Steps in execution order"),
         h("thead", {}, h("tr", {}, ["#", "Step", "Kind", "Status", "Attempt", "Started",
-          "Duration", "Timeline"].map((t) => h("th", { scope: "col" }, t)))),
+          "Duration", "Timeline"].map((t) => h("th", { scope: "col" }, t)),
+        h("th", { scope: "col" }, h("span", { class: "sr-only" }, "Actions")))),
         h("tbody", {}, list.map((s, i) => [
           h("tr", { class: `step step-${s.status}`, "data-step": s.name },
             h("td", { class: "num" }, i + 1),
@@ -220,12 +254,53 @@ export async function render(ctx) {
             h("td", { class: "num" }, s.attempt),
             h("td", {}, time(s.started_at)),
             h("td", { class: "num" }, duration(s.started_at, s.finished_at)),
-            h("td", { class: "timeline" }, bar(s))),
+            h("td", { class: "timeline" }, bar(s)),
+            h("td", { class: "step-actions" }, forkControls(s, i))),
           s.error ? h("tr", { class: "step-error-row" }, h("td", {}),
-            h("td", { colspan: "7" }, errorBlock(s.error, `Step "${s.name}" failed`))) : null,
+            h("td", { colspan: "8" }, errorBlock(s.error, `Step "${s.name}" failed`))) : null,
         ])))
         : h("p", { class: "muted" }, ACTIVE.has(run.status) ? "No step has finished yet."
           : "This run recorded no steps."));
+  }
+
+  // A fork executes this step and the ones after it again, side effects included: the
+  // button asks first (the question survives live redraws).
+  let forking = null; // the name of the step whose fork is being confirmed
+  function forkControls(s, i) {
+    const ask = (name, focusId) => {
+      forking = name;
+      drawSteps();
+      document.getElementById(focusId)?.focus();
+    };
+    if (forking !== s.name) {
+      return h("button", { type: "button", class: "secondary", id: `fork-${i + 1}`,
+        onclick: () => ask(s.name, `fork-yes-${i + 1}`) },
+      "Fork from here", h("span", { class: "sr-only" }, ` (step ${s.name})`));
+    }
+    return h("div", { class: "fork-confirm", role: "group",
+      "aria-label": `Fork from step ${s.name}` },
+    h("span", {}, "A new run executes this step and the next ones again. "),
+    h("button", { type: "button", id: `fork-yes-${i + 1}`,
+      onclick: (e) => fork(e.target, s.name) }, "Fork run"),
+    " ",
+    h("button", { type: "button", class: "secondary", onclick: () => ask(null, `fork-${i + 1}`) },
+      "Keep"));
+  }
+
+  async function fork(button, step) {
+    button.disabled = true;
+    let created;
+    try {
+      created = await post(`runs/${encodeURIComponent(run.id)}/fork`, { from_step: step }, signal);
+    } catch (exc) {
+      if (exc.status === 401 || signal.aborted) return;
+      button.disabled = false;
+      say(`Could not fork the run: ${exc.message}`, "error");
+      return;
+    }
+    forking = null;
+    button.blur(); // the new run's page takes the focus to its heading
+    location.hash = `#/runs/${created.id}`;
   }
 
   function drawChildren() {
@@ -257,6 +332,7 @@ export async function render(ctx) {
       return;
     }
     if (!signal.aborted) draw();
+    await history.load();
   }
   const refresh = throttle(load, 250);
 
@@ -301,4 +377,5 @@ export async function render(ctx) {
 
   draw();
   follow();
+  await history.load();
 }

@@ -130,3 +130,24 @@ export function throttle(fn, gap = 300) {
   }
   return go;
 }
+
+/** A whole number with the reader's digit grouping (or a dash). */
+export function count(n) {
+  if (n === null || n === undefined || Number.isNaN(Number(n))) return "—";
+  return Number(n).toLocaleString();
+}
+
+/** An amount in US dollars: cents from $1 on, three significant digits below; exact in the tooltip. */
+export function money(usd) {
+  const v = Number(usd);
+  if (usd === null || usd === undefined || Number.isNaN(v)) return "—";
+  const text = Math.abs(v) >= 1
+    ? v.toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 })
+    : v.toLocaleString(undefined, { maximumSignificantDigits: 3 });
+  return h("span", { class: "money", title: `${v} USD` }, `$${text}`);
+}
+
+/** A JSON value on one line, for short displays (a diff, a chunk). */
+export function compact(value) {
+  return value === undefined ? "undefined" : JSON.stringify(value);
+}
