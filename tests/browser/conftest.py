@@ -112,7 +112,8 @@ async def dashboard(
     tide: Tidebase, browser: Browser, request: pytest.FixtureRequest
 ) -> AsyncIterator[Dashboard]:
     runner, url = await serve(tide)
-    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    # A fixed locale: numbers and amounts are shown with the reader's separators.
+    context = await browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
     page = await context.new_page()
     board = Dashboard(page=page, url=url)
     page.on("pageerror", lambda exc: board.page_errors.append(str(exc)))

@@ -81,10 +81,11 @@ class Endpoint:
         try:
             async for chunk in resp.stream:
                 await stream.write(chunk)
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
+        except ConnectionResetError:
+            return stream  # the client went away: nothing left to send it
         finally:
-            await resp.stream.aclose()  # type: ignore[attr-defined]
+            with anyio.CancelScope(shield=True):
+                await resp.stream.aclose()  # type: ignore[attr-defined]
         with contextlib.suppress(ConnectionResetError):
             await stream.write_eof()
         return stream
