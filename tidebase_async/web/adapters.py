@@ -26,7 +26,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class BodyTooLarge(Exception):
-    pass
+    """The request body is over the endpoint's limit (answered with 413)."""
 
 
 class Endpoint:
@@ -178,8 +178,9 @@ async def _asgi_send(send: Send, resp: HttpResponse, receive: Receive) -> None:
             async def until_disconnect() -> None:
                 # Servers may drop sends after a disconnect without a word: the stream
                 # must end when the client goes, not live on polling for nobody.
-                while (await receive())["type"] != "http.disconnect":
-                    pass
+                message = await receive()
+                while message["type"] != "http.disconnect":
+                    message = await receive()
                 tg.cancel_scope.cancel()
 
             tg.start_soon(until_disconnect)
