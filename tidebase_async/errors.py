@@ -31,7 +31,7 @@ Everything the library raises on purpose subclasses :class:`TidebaseError`::
       PayloadTooLarge       a checkpoint, input or state exceeds the configured limit
 
 Signals that unwind workflow code (suspension) subclass ``BaseException`` so that a
-user's ``except Exception`` cannot swallow them; they live in ``replay.py``.
+user's ``except Exception`` cannot swallow them; they live in ``execution.py``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,101 @@
+"""Connections: DSN description, the binary jsonb codec, pool setup and session hygiene."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+import asyncpg
+
+
+def describe_dsn(dsn: str) -> str:
+    """'host H port P database D' for error messages (never the password)."""
+    try:
+        parts = urlsplit(dsn)
+        query = parse_qs(parts.query)
+        host = parts.hostname or (query.get("host") or ["localhost"])[0]
+        port = parts.port or int((query.get("port") or ["5432"])[0])
+        database = parts.path.lstrip("/") or (query.get("dbname") or [""])[0] or "(default)"
+    except ValueError:
+        return "an unparsable DSN"
+    return f"host {host} port {port} database {database}"
+
+
+def _jsonb_encode(value: bytes) -> bytes:
+    return b"\x01" + value
+
+
+def _jsonb_decode(value: bytes) -> bytes:
+    return value[1:]
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=_jsonb_encode,
+        decoder=_jsonb_decode,
+        format="binary",
+    )
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset: nothing. asyncpg's default runs RESET ALL, UNLISTEN and friends
+    after every pooled statement, doubling round trips; our pooled sessions never keep
+    state (the two that take advisory locks clean up through ``_clean_session``, and
+    open transactions are still rolled back by the pool)."""
+
+
+async def _lock_or_close(conn: asyncpg.Connection, sql: str, key: int) -> Any:
+    """Take an advisory lock. If we are interrupted before knowing the answer, the
+    server may have granted it: close the connection rather than return a pooled
+    session that silently holds the lock (the pool does not reset sessions)."""
+    try:
+        return await conn.fetchval(sql, key)
+    except BaseException:
+        if not _is_closed(conn):
+            conn.terminate()
+        raise
+
+
+async def _clean_session(conn: asyncpg.Connection) -> None:
+    """Drop advisory locks and session settings before a connection goes back to the
+    pool; a connection that cannot be cleaned is closed instead of reused."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await conn.execute("SELECT pg_advisory_unlock_all(); RESET ALL")
+        except BaseException as exc:
+            # Includes a native task.cancel(), which anyio's shield does not stop.
+            if not _is_closed(conn):
+                conn.terminate()
+            if not isinstance(exc, Exception):
+                raise
+
+
+def _is_closed(conn: asyncpg.Connection) -> bool:
+    """Whether a pooled connection is gone. asyncpg detaches the pool's proxy from a
+    connection that closed (terminated, server restart), after which every call on the
+    proxy, ``is_closed()`` included, raises InterfaceError."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
+def connect_kwargs() -> dict[str, Any]:
+    return {
+        "init": _init_connection,
+        "reset": _keep_session,
+        # Plans of the CTE statements are tiny; JIT compilation would only add latency.
+        "server_settings": {"application_name": "tidebase", "jit": "off"},
+    }
+
+
+async def open_connection(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection:
+    """One dedicated connection (the LISTEN connection), with the library's codecs."""
+    conn = await asyncpg.connect(
+        dsn, timeout=timeout, server_settings={"application_name": "tidebase-listener"}
+    )
+    await _init_connection(conn)
+    return conn

@@ -1,0 +1,77 @@
+"""Schema migrations."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from tidebase_async import errors
+from tidebase_async.store.base import StoreBase, logger
+from tidebase_async.store.connection import _clean_session, _lock_or_close
+from tidebase_async.store.sql import Q, migrations
+from tidebase_async.store.translate import _translate
+
+# Advisory lock key for migrations: hashtext('tidebase.migrate') computed once, fixed.
+_MIGRATION_LOCK = 7_321_094_451_006_132_811
+
+
+class SchemaMixin(StoreBase):
+    """Schema version and migrations."""
+
+    async def migrate(self) -> int:
+        """Apply pending migrations; return the schema version.
+
+        Safe when many processes start at once: the work happens under an advisory lock
+        and each migration commits with its version row.
+
+        Raises:
+            SchemaVersionError: the database was migrated by a newer tidebase-async.
+        """
+        known = migrations()
+        latest = known[-1][0]
+        with _translate("migrating"):
+            async with self._pool.acquire() as conn:
+                current = await self._version(conn)
+                self._check_version(current, latest)
+                if current == latest:
+                    return current
+                await _lock_or_close(conn, "SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+                try:
+                    await conn.execute(
+                        "CREATE SCHEMA IF NOT EXISTS tidebase;"
+                        "CREATE TABLE IF NOT EXISTS tidebase.schema_migrations ("
+                        " version integer PRIMARY KEY, name text NOT NULL,"
+                        " applied_at timestamptz NOT NULL DEFAULT now())"
+                    )
+                    current = await self._version(conn)
+                    self._check_version(current, latest)
+                    for version, name, sql in known:
+                        if version <= current:
+                            continue
+                        async with conn.transaction():
+                            await conn.execute(sql)
+                            await conn.execute(
+                                "INSERT INTO tidebase.schema_migrations (version, name)"
+                                " VALUES ($1, $2)",
+                                version,
+                                name,
+                            )
+                        logger.info("applied migration %04d_%s", version, name)
+                    return latest
+                finally:
+                    await _clean_session(conn)
+
+    @staticmethod
+    async def _version(conn: asyncpg.Connection) -> int:
+        exists = await conn.fetchval("SELECT to_regclass('tidebase.schema_migrations')")
+        if exists is None:
+            return 0
+        return int(await conn.fetchval(Q["schema_version"]) or 0)
+
+    @staticmethod
+    def _check_version(current: int, latest: int) -> None:
+        if current > latest:
+            raise errors.SchemaVersionError(
+                f"the database schema is at version {current}, but this tidebase-async "
+                f"knows versions up to {latest}: it was migrated by a newer release. "
+                "Upgrade tidebase-async; refusing to touch the data."
+            )
