@@ -27,6 +27,7 @@ $(EXAMPLES_STAMP): $(STAMP)
 install: $(STAMP)
 
 test: $(STAMP)
+	scripts/ensure-chromium
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy

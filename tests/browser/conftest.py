@@ -42,7 +42,9 @@ def pytest_runtest_makereport(
 async def browser() -> AsyncIterator[Browser]:
     """One headless Chromium for the whole session (each test gets its own context)."""
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)")
+        # make test installs it (scripts/ensure-chromium): a missing browser is a
+        # failure to see, not a reason to pass without testing the dashboard.
+        pytest.fail(f"no Chromium at {CHROMIUM}: run scripts/ensure-chromium (make test does)")
     expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     async with async_playwright() as pw:
         instance = await pw.chromium.launch(
