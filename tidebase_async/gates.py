@@ -23,8 +23,8 @@ import asyncpg
 from tidebase_async import codec, errors
 from tidebase_async.gate_tokens import hash_token, new_token, resolve_url
 from tidebase_async.models import GateInfo
-from tidebase_async.runs import as_uuid, cursor_time
-from tidebase_async.workflows import check_name, is_utf8
+from tidebase_async.runs import as_uuid, cursor_time, stored_json
+from tidebase_async.workflows import check_name, check_text
 
 if TYPE_CHECKING:
     from tidebase_async.client import Tidebase
@@ -68,7 +68,7 @@ class Gates:
             raise errors.ConfigurationError(
                 f"approved must be True or False, got {type(approved).__name__}"
             )
-        _check_text("actor", actor)
+        check_text("actor", actor)
         if token is not None and (not isinstance(token, str) or len(token) > _MAX_TOKEN_LENGTH):
             raise errors.GateTokenInvalid(f"gate {name!r} of run {rid}: malformed token")
         store = self._tide.store
@@ -196,10 +196,10 @@ class Gates:
             name=row["name"],
             status=row["status"],
             prompt=row["prompt"],
-            data=_json(row["data"]),
+            data=stored_json(row["data"]),
             decision=row["decision"],
             actor=row["actor"],
-            payload=_json(row["payload"]),
+            payload=stored_json(row["payload"]),
             resolve_url=self.resolve_url(row["run_id"], row["name"]),
             created_at=row["created_at"],
             resolved_at=row["resolved_at"],
@@ -212,16 +212,6 @@ class Gates:
         return resolve_url(self._tide.public_url, run_id, name)
 
 
-def _check_text(what: str, value: object) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str) or "\x00" in value or not is_utf8(value) or len(value) > 1000:
-        raise errors.ConfigurationError(
-            f"{what} must be a str of at most 1000 characters without NUL or lone "
-            f"surrogates, got {value!r:.60}"
-        )
-
-
 def _parse_cursor(cursor: str) -> tuple[datetime, UUID, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("utf-8")
@@ -229,7 +219,3 @@ def _parse_cursor(cursor: str) -> tuple[datetime, UUID, str]:
         return cursor_time(at), UUID(run_id), name
     except (ValueError, UnicodeError, AttributeError, OverflowError) as exc:
         raise errors.ConfigurationError(f"invalid gate cursor {cursor!r:.60}") from exc
-
-
-def _json(data: bytes | None) -> Any:
-    return None if data is None else codec.decode(data, where="stored value")

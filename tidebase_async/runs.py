@@ -28,7 +28,7 @@ from tidebase_async.outbox import redact_url
 from tidebase_async.replay import as_seconds
 from tidebase_async.streams import subscribe
 from tidebase_async.wakeup import EVENTS_CHANNEL, Signal
-from tidebase_async.workflows import check_name, is_utf8, uuid7
+from tidebase_async.workflows import check_name, check_text, is_utf8, uuid7
 
 if TYPE_CHECKING:
     from tidebase_async.client import Tidebase
@@ -76,23 +76,23 @@ class Runs:
             workflow=row["workflow"],
             queue=row["queue"],
             status=row["status"],
-            input=_json(row["input"]),
-            output=_json(row["output"]),
-            error=_json(row["error"]),
-            state=_json(row["state"]),
+            input=stored_json(row["input"]),
+            output=stored_json(row["output"]),
+            error=stored_json(row["error"]),
+            state=stored_json(row["state"]),
             attempt=row["attempt"],
             max_attempts=row["max_attempts"],
             priority=row["priority"],
             dedupe_key=row["dedupe_key"],
-            metadata=_json(row["metadata"]),
+            metadata=stored_json(row["metadata"]),
             parent_id=row["parent_id"],
             steps=[
                 StepInfo(
                     name=s["name"],
                     status=s["status"],
                     attempt=s["attempts"],
-                    output=_json(s["output"]),
-                    error=_json(s["error"]),
+                    output=stored_json(s["output"]),
+                    error=stored_json(s["error"]),
                     started_at=s["started_at"],
                     finished_at=s["finished_at"],
                     kind=s["kind"],
@@ -257,7 +257,7 @@ class Runs:
                     tp = wf.output_type if wf else Any
                     return codec.decode(row["output"] or b"null", tp=tp, where="output")
                 if status == "failed":
-                    raise errors.RunFailed(rid, _json(row["error"]))
+                    raise errors.RunFailed(rid, stored_json(row["error"]))
                 if status == "cancelled":
                     raise errors.RunCancelled(rid, row["cancel_reason"])
                 wait_s = poll
@@ -290,7 +290,9 @@ class Runs:
                 rows = await store.list_events(rid, after=last, limit=500)
                 for r in rows:
                     last = r["seq"]
-                    yield Event(seq=r["seq"], type=r["type"], at=r["at"], data=_json(r["data"]))
+                    yield Event(
+                        seq=r["seq"], type=r["type"], at=r["at"], data=stored_json(r["data"])
+                    )
                 if len(rows) == 500:
                     continue
                 if rows and rows[-1]["type"] in _TERMINAL_EVENTS:
@@ -325,14 +327,8 @@ class Runs:
             ConfigurationError: ``reason`` or ``actor`` is not storable text.
         """
         rid = as_uuid(run_id)
-        for what, text in (("reason", reason), ("actor", actor)):
-            if text is not None and (
-                not isinstance(text, str) or "\x00" in text or not is_utf8(text)
-            ):
-                raise errors.ConfigurationError(
-                    f"cancel {what} must be a str without NUL characters or lone "
-                    f"surrogates, got {text!r:.60}"
-                )
+        check_text("cancel reason", reason)
+        check_text("cancel actor", actor)
         store = self._tide.store
         cancelled = await store.cancel_runs(run_ids=[rid], reason=reason, actor=actor)
         if cancelled:
@@ -444,7 +440,7 @@ class Runs:
         return [
             StateVersion(
                 version=r["version"],
-                state=_json(r["state"]),
+                state=stored_json(r["state"]),
                 step=r["step"],
                 label=r["label"],
                 at=r["at"],
@@ -467,7 +463,7 @@ class Runs:
             if await self._tide.store.run_status(rid) is None:
                 raise errors.RunNotFound(f"no run with id {rid}")
             raise errors.NotFoundError(f"run {rid} has no state version {version}")
-        return _json(row["state"])
+        return stored_json(row["state"])
 
     async def retry(self, run_id: UUID | str) -> None:
         """Put a failed run back in its queue with a fresh budget of attempts; it
@@ -508,5 +504,6 @@ def cursor_time(text: str) -> datetime:
     return at
 
 
-def _json(data: bytes | None) -> Any:
+def stored_json(data: bytes | None) -> Any:
+    """A jsonb value read back (None stays None)."""
     return None if data is None else codec.decode(data, where="stored value")

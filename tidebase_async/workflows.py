@@ -73,6 +73,28 @@ def check_name(kind: str, name: object) -> str:
 _VALID_NAMES: set[tuple[str, str]] = set()
 
 
+def check_text(what: str, value: object, *, max_length: int = 1000) -> None:
+    """Free text stored as given (a reason, an actor, a label): None, or a str of at
+    most ``max_length`` characters that Postgres text can hold (no NUL, no lone
+    surrogate).
+
+    Raises:
+        ConfigurationError: names ``what`` and the value.
+    """
+    if value is None:
+        return
+    if (
+        not isinstance(value, str)
+        or len(value) > max_length
+        or "\x00" in value
+        or not is_utf8(value)
+    ):
+        raise errors.ConfigurationError(
+            f"{what} must be a str of at most {max_length} characters without NUL "
+            f"characters or lone surrogates, got {value!r:.60}"
+        )
+
+
 def _check_name(kind: str, name: object) -> str:
     if not isinstance(name, str):
         raise errors.ConfigurationError(f"{kind} name must be a str, got {type(name).__name__}")
