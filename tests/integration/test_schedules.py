@@ -297,7 +297,9 @@ async def test_catchup_all_of_a_cron_schedule_enqueues_the_latest_missed_minutes
     after = await db_now(db)
     # The firing read the clock somewhere in [before, after]: its minute is the latest
     # tick, whichever side of a minute boundary that fell on.
-    minute = (await tide.schedules.get("cron-all")).next_fire_at - timedelta(minutes=1)
+    next_fire_at = (await tide.schedules.get("cron-all")).next_fire_at
+    assert next_fire_at is not None
+    minute = next_fire_at - timedelta(minutes=1)
     assert minute in {t.replace(second=0, microsecond=0) for t in (before, after)}
     assert await fire_times_of(db, "cron-all") == [minute - timedelta(minutes=m) for m in (2, 1, 0)]
 
