@@ -18,12 +18,13 @@ from tidebase_async import codec, errors
 from tidebase_async.arguments import as_seconds, check_channels, check_history_name
 from tidebase_async.failures import error_info
 from tidebase_async.gate_tokens import hash_token, new_token, resolve_url
+from tidebase_async.history import RunHistory
 from tidebase_async.models import TERMINAL_STATUSES, GateDecision
-from tidebase_async.store import NewRun, StepRecord
+from tidebase_async.store import NewRun
 from tidebase_async.workflows import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, check_name, is_utf8
 
 if TYPE_CHECKING:
-    from tidebase_async.execution import Execution
+    pass
 
 #: A sleep this short waits in place: parking and waking the run costs more.
 _SLEEP_IN_PLACE_S = 0.05
@@ -50,36 +51,12 @@ def _child_failed(info: Any) -> errors.ChildFailed:
     )
 
 
-class RunWaits:
+class RunWaits(RunHistory):
     """The waits of ``Run`` (a mixin ``Run`` inherits): the run parks as 'waiting'
     (no lease, no worker slot) until they end.
 
-    They record their entries through the history of ``Run`` (``_reserve``,
-    ``_checkpoint``), declared here for type checking only.
+    They record their entries through the run's history (``RunHistory``).
     """
-
-    _ex: Execution
-
-    if TYPE_CHECKING:
-
-        def _reserve(self, kind: str, name: str) -> tuple[int, str, StepRecord | None]: ...
-
-        def _went_past(self, position: int) -> bool: ...
-
-        async def _checkpoint(
-            self,
-            position: int,
-            name: str,
-            status: str,
-            attempts: int,
-            started_at: datetime,
-            *,
-            event: dict[str, Any],
-            output: bytes | None = None,
-            error: bytes | None = None,
-            kind: str = "step",
-            event_type: str = "",
-        ) -> None: ...
 
     async def sleep(self, name: str, duration: float | timedelta) -> None:
         """Wait ``duration`` (seconds or a timedelta) durably.
