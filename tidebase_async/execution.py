@@ -75,8 +75,10 @@ class Execution:
         on_queue: Callable[[str], None] | None = None,
         public_url: str | None = None,
         publish: Callable[[list[str]], bool] | None = None,
+        on_finishing: Callable[[UUID], None] | None = None,
     ) -> None:
         self.store = store
+        self._on_finishing = on_finishing
         self.publish = publish
         self.public_url = public_url
         self.workflows: Mapping[str, Workflow] = workflows or {}
@@ -122,6 +124,16 @@ class Execution:
     @property
     def attempt(self) -> int:
         return self.claimed.attempt
+
+    def begin_finishing(self) -> None:
+        """The workflow's code is done; only the outcome's write remains. The owner
+        may hand this run's slot to a new claim now (``on_finishing``): a write's
+        round trip is not user code, and overlapping it with the next claim is what
+        keeps a worker busy at low concurrency."""
+        if not self.finishing:
+            self.finishing = True
+            if self._on_finishing is not None:
+                self._on_finishing(self.claimed.id)
 
     def lease_lost(self, exc: errors.LeaseLost) -> errors.LeaseLost:
         self.lost = True

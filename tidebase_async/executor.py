@@ -67,6 +67,7 @@ async def execute(
     on_queue: Callable[[str], None] | None = None,
     public_url: str | None = None,
     publish: Callable[[list[str]], bool] | None = None,
+    on_finishing: Callable[[UUID], None] | None = None,
 ) -> ExecutionResult:
     """Run the workflow of ``claimed`` from the top (replaying its history) and write
     the outcome: completed, failed, or requeued for a retry with backoff.
@@ -86,6 +87,7 @@ async def execute(
         on_queue=on_queue,
         public_url=public_url,
         publish=publish,
+        on_finishing=on_finishing,
     )
     if ex_holder is not None:
         ex_holder[claimed.id] = ex
@@ -184,7 +186,7 @@ async def _execute(
         data = codec.encode(output, where="output", max_size=ex.max_payload)
     except errors.SerializationError as exc:
         return await _finish_failed(ex, exc, wf=None)
-    ex.finishing = True
+    ex.begin_finishing()
     try:
         await ex.write(
             "completing the run",
@@ -220,7 +222,7 @@ async def _finish_failed(
     retry_in: float | None = None
     if policy is not None and not isinstance(exc, _PERMANENT) and spent < ex.claimed.max_attempts:
         retry_in = backoff_delay(policy, spent)
-    ex.finishing = True
+    ex.begin_finishing()
     event = {"type": info["type"], "message": info["message"], "attempt": ex.attempt}
     if retry_in is not None:
         event["retry_in"] = round(retry_in, 3)
@@ -265,7 +267,7 @@ async def _finish_failed(
 async def _suspend(ex: Execution, signal: Suspend) -> ExecutionResult:
     """Park the run as waiting. Refused when the claim's wake_seq moved on (a wait
     ended meanwhile): the run is then handed back, to replay at once."""
-    ex.finishing = True
+    ex.begin_finishing()
     event = {"reason": signal.reason, **signal.data}
     if signal.wake_at is not None:
         event["wake_at"] = signal.wake_at.isoformat()
@@ -300,7 +302,7 @@ async def _suspend(ex: Execution, signal: Suspend) -> ExecutionResult:
 async def _cancel_for_deadline(ex: Execution) -> ExecutionResult:
     """The run passed its deadline: cancel it (and its children) with reason
     ``deadline``."""
-    ex.finishing = True
+    ex.begin_finishing()
     deadline = ex.claimed.deadline_at
     logger.warning(
         "run %s: deadline %s passed; cancelling it",

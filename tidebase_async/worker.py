@@ -133,6 +133,10 @@ class Worker:
         self._capacity = Signal()
         self._stop = anyio.Event()
         self._inflight: dict[UUID, anyio.CancelScope] = {}
+        # Runs among _inflight whose code is done and whose outcome is being written:
+        # their slots count as free (see _free), so the next claim's round trip
+        # overlaps their writes'. At most `concurrency` runs execute user code at once.
+        self._finishing: set[UUID] = set()
         self._executions: dict[UUID, Execution] = {}
         self._idle = Signal()
         self._idle.set()
@@ -159,6 +163,14 @@ class Worker:
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+
+    def _free(self) -> int:
+        return self._concurrency - len(self._inflight) + len(self._finishing)
+
+    def _on_finishing(self, run_id: UUID) -> None:
+        if run_id in self._inflight:
+            self._finishing.add(run_id)
+            self._capacity.set()
 
     async def run(self, *, started: anyio.Event | None = None) -> None:
         """Work until ``stop()``/SIGTERM (then drain and return) or cancellation."""
@@ -318,7 +330,7 @@ class Worker:
     async def _claim_loop(self, runs_tg: asyncio.TaskGroup) -> None:
         delay = 0.05
         while not self._stop.is_set():
-            free = self._concurrency - len(self._inflight)
+            free = self._free()
             if free <= 0:
                 self._capacity.clear()
                 await self._wait_or_stop(self._capacity, None)
@@ -329,7 +341,7 @@ class Worker:
                 # never holds back the others' successors for long.
                 self._capacity.clear()
                 await self._wait_or_stop(self._capacity, 0.002)
-                free = self._concurrency - len(self._inflight)
+                free = self._free()
                 if free <= 0:
                     continue
             # Clear before claiming: a notification that arrives during the claim
@@ -349,6 +361,9 @@ class Worker:
             if claimed:
                 self.stats.claimed += len(claimed)
                 self._notifier.runs_changed(*(c.id for c in claimed))
+                # Let the new runs reach their first await before this loop spends
+                # time on its own next statement.
+                await asyncio.sleep(0)
             if claimed and (len(claimed) == free or len(self._queues) > 1):
                 # There may be more (a claim over several queues takes at most each
                 # queue's share); the free-capacity check throttles.
@@ -426,6 +441,7 @@ class Worker:
                 on_queue=self._notifier.queues_changed,
                 public_url=self._public_url,
                 publish=self._notifier.publish,
+                on_finishing=self._on_finishing,
             )
         except errors.StoreError as exc:
             # The outcome could not be written (connection lost): try to hand the run
@@ -445,6 +461,7 @@ class Worker:
             else:
                 self._count(result)
             self._inflight.pop(run.id, None)
+            self._finishing.discard(run.id)
             self._capacity.set()
             if run.queue in self._controls:
                 # A slot of a capped queue may have freed: wake its other claimers.

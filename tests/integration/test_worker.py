@@ -284,3 +284,72 @@ async def test_bad_worker_options_raise_configuration_error(
         ):
             await tide.work(handle_signals=False, **options)
     assert await count_rows(db) == (0, 0, 0)
+
+
+async def test_a_slot_is_reused_while_the_previous_outcome_is_being_written(
+    tide: Tidebase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At concurrency 1 the next run starts while the previous run's completion is in
+    flight (its code is done), yet two runs' code never executes at once."""
+    write_may_finish = anyio.Event()
+    first_write_started = anyio.Event()
+    started: list[int] = []
+    active = 0
+    peak = 0
+    original = tide.store.complete_runs
+
+    async def slow_complete(**kwargs: Any) -> Any:
+        first_write_started.set()
+        await write_may_finish.wait()
+        return await original(**kwargs)
+
+    monkeypatch.setattr(tide.store, "complete_runs", slow_complete)
+
+    @tide.workflow("slot")
+    async def slot(run: Run, input: int) -> int:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        started.append(input)
+        await anyio.sleep(0.01)
+        active -= 1
+        return input
+
+    first = await tide.enqueue("slot", input=1)
+    async with working(tide, concurrency=1) as worker:
+        with anyio.fail_after(10):
+            await first_write_started.wait()
+        second = await tide.enqueue("slot", input=2)
+        await eventually(lambda: started == [1, 2])
+        # Run 1's completion is still held back: the slot went to run 2 meanwhile.
+        assert (await tide.runs.get(first.id)).status == "running"
+        assert worker.inflight == 2
+        write_may_finish.set()
+        assert await tide.runs.wait(first.id, timeout=10) == 1
+        assert await tide.runs.wait(second.id, timeout=10) == 2
+    assert peak == 1
+
+
+async def test_the_claims_asynchronous_commit_stays_inside_its_transaction(
+    tide: Tidebase,
+) -> None:
+    """Claims run with synchronous_commit off inside their own transaction only: every
+    pool connection still commits synchronously afterwards (a leaked setting would make
+    checkpoints and completions non-durable)."""
+
+    @tide.workflow("noop-claim")
+    async def noop(run: Run) -> None:
+        return None
+
+    handles = await tide.enqueue_many([("noop-claim", None)] * 20)
+    async with working(tide, concurrency=4):
+        for handle in handles:
+            await tide.runs.wait(handle.id, timeout=10)
+    pool = tide.store._pool
+    connections = [await pool.acquire() for _ in range(pool.get_size())]
+    try:
+        settings = {await c.fetchval("SHOW synchronous_commit") for c in connections}
+    finally:
+        for c in connections:
+            await pool.release(c)
+    assert settings == {"on"}
