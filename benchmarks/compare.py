@@ -8,7 +8,8 @@ Every system does the same work, each measurement in a fresh database of its own
 - drain: N queued no-op jobs, one in-process worker at concurrency C, timed from its
   first job claimed or started to its last job durably completed;
 - idle wake-up: sequential samples, the worker idle with a 30 s poll so that only
-  NOTIFY can wake it; latency = enqueue call to job start (NOTIFY alone for raw);
+  NOTIFY can wake it; latency = enqueue call to job start (for raw: the shortest
+  path, insert + NOTIFY, LISTEN callback, claim UPDATE);
 - pgqueuer's own drain-benchmark layout (5 consumers, batch 10), as an extra row.
 
 How each peer maps these and which of its settings it uses: the docstrings of
@@ -283,7 +284,8 @@ def _settings_notes(params: Params) -> list[str]:
         "wake-up: fetch_job_polling_interval=30s, C=16.",
         f"raw asyncpg: min(C, {MAX_TASKS}) tasks, each its own connection, claiming "
         f"min({CLAIM_BATCH}, C) per UPDATE ... FOR UPDATE SKIP LOCKED, then one UPDATE done; "
-        "its wake-up row is NOTIFY alone (no job).",
+        "its wake-up: one statement inserts and notifies, the LISTEN callback claims on "
+        "a third connection (the shortest path a Postgres queue can take).",
         "ratio = tidebase / best of pgqueuer and procrastinate: for jobs/s above 1 is "
         "better for us, for ms below 1 is. '-': not applicable.",
     ]

@@ -7,9 +7,10 @@ claim is durable), run the no-op, mark them done with one ``UPDATE`` (committed)
 A task stops when a claim finds nothing. Concurrency C maps to ``T = min(C,
 MAX_TASKS)`` and ``B = min(10, C)`` (the issue's limit: 16 tasks, batches of 10).
 
-Enqueue is a plain ``INSERT`` (one row, or ``unnest`` of a batch). It sends no
-NOTIFY, so the wake-up figure is NOTIFY alone: ``NOTIFY`` on one connection to the
-callback on another connection that ``LISTEN``s.
+Enqueue is a plain ``INSERT`` (one row, or ``unnest`` of a batch). The wake-up is the
+shortest path a Postgres queue can take: one statement inserts a job and notifies
+(committed, flushed), the LISTEN callback on a second connection triggers the claim
+``UPDATE`` on a third, and the job "starts" when the claim returns its row.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ WHERE j.id = c.id
 RETURNING j.id, j.payload
 """
 DONE = "UPDATE raw_jobs SET status = 2, finished_at = now() WHERE id = ANY($1::bigint[])"
+INSERT_NOTIFY = f"""
+WITH j AS (INSERT INTO raw_jobs (payload) VALUES (NULL) RETURNING id)
+SELECT pg_notify('{CHANNEL}', id::text) FROM j
+"""
 
 
 def layout_for(concurrency: int) -> tuple[int, int]:
@@ -139,18 +144,36 @@ class Raw:
 
     async def wakeup(self, dsn: str, params: WakeParams) -> WakeResult:
         probe = Probe()
+        wake = anyio.Event()
 
         def on_notify(conn: Any, pid: int, channel: str, payload: str) -> None:
-            probe.hit()
+            wake.set()
 
-        async with connect(dsn) as listener, connect(dsn) as sender:
+        async with connect(dsn) as listener, connect(dsn) as sender, connect(dsn) as worker:
+            await sender.execute(SCHEMA)
             await listener.add_listener(CHANNEL, on_notify)
 
-            async def notify() -> object:
-                return await sender.execute(f"NOTIFY {CHANNEL}")
+            async def work() -> None:
+                nonlocal wake
+                while True:
+                    await wake.wait()
+                    wake = anyio.Event()
+                    rows = await worker.fetch(CLAIM, 1)
+                    if rows:
+                        probe.hit()
+                        await worker.execute(DONE, [rows[0][0]])
 
-            latencies = await wake_samples(probe, notify, params)
+            async def enqueue() -> object:
+                return await sender.execute(INSERT_NOTIFY)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(work)
+                latencies = await wake_samples(probe, enqueue, params)
+                tg.cancel_scope.cancel()
         return WakeResult(
             latencies_ms=latencies,
-            settings={"measured": "NOTIFY alone: NOTIFY on one connection to the LISTEN callback"},
+            settings={
+                "measured": "INSERT + pg_notify in one committed statement, LISTEN callback "
+                "on a second connection, claim UPDATE ... SKIP LOCKED on a third"
+            },
         )
