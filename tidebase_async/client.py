@@ -720,6 +720,9 @@ class Tidebase:
         """Execute queued runs until cancelled or SIGTERM (which drains gracefully).
 
         ``queues`` defaults to the queues of the registered workflows (or ``default``).
+        ``concurrency`` bounds how many runs' workflow code executes at once; a run
+        whose code is done hands its slot to the next claim while its outcome is
+        being written, so briefly up to twice as many runs may hold leases here.
         Opens this Tidebase if it is not open yet.
         """
         if self._store is None:
