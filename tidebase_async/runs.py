@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+import asyncpg
+
 from tidebase_async import codec, errors
 from tidebase_async.models import (
     RUN_STATUSES,
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from tidebase_async.client import Tidebase
 
 _TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
+_EVENT_PAGE = 500
 # The default budget of a retried run whose workflow is not registered here.
 DEFAULT_RETRY_BUDGET = 3
 #: "No new input" for ``fork`` (None is an input).
@@ -280,33 +283,49 @@ class Runs:
             RunNotFound: no run has this id.
         """
         rid = as_uuid(run_id)
+        if await self._tide.store.run_status(rid) is None:
+            raise errors.RunNotFound(f"no run with id {rid}")
+        async for r in self.event_rows(rid, after=after, poll=poll):
+            if r is not None:
+                yield Event(seq=r["seq"], type=r["type"], at=r["at"], data=stored_json(r["data"]))
+
+    async def event_rows(
+        self, run_id: UUID, *, after: int, poll: float = 1.0, idle_s: float | None = None
+    ) -> AsyncIterator[asyncpg.Record | None]:
+        """The stored rows behind ``events`` (seq, type, at, data as stored JSON), the
+        same sequence: history, then live, gap-free, until the run's terminal event or
+        until the run is gone (pruned or deleted). With ``idle_s``, also yields None
+        after every ``idle_s`` seconds without an event (the SSE route's keepalive)."""
         store = self._tide.store
         last = after
-        with self.watch(rid) as sig:
-            if await store.run_status(rid) is None:
-                raise errors.RunNotFound(f"no run with id {rid}")
+        quiet = 0.0
+        # Watching starts before the first read: an event committed after that read
+        # sets the signal, so the next read finds it.
+        with self.watch(run_id) as changed:
             while True:
-                sig.clear()
-                rows = await store.list_events(rid, after=last, limit=500)
+                changed.clear()
+                rows = await store.list_events(run_id, after=last, limit=_EVENT_PAGE)
                 for r in rows:
                     last = r["seq"]
-                    yield Event(
-                        seq=r["seq"], type=r["type"], at=r["at"], data=stored_json(r["data"])
-                    )
-                if len(rows) == 500:
+                    yield r
+                if len(rows) == _EVENT_PAGE:
                     continue
-                if rows and rows[-1]["type"] in _TERMINAL_EVENTS:
-                    status = await store.run_status(rid)
-                    if status in TERMINAL_STATUSES:
-                        return
-                if not rows:
-                    status = await store.run_status(rid)
-                    if status in TERMINAL_STATUSES and last >= 1:
-                        tail = await store.list_events(rid, after=last, limit=1)
-                        if not tail:
+                if rows:
+                    quiet = 0.0
+                if not rows or rows[-1]["type"] in _TERMINAL_EVENTS:
+                    status = await store.run_status(run_id)
+                    if status is None or status in TERMINAL_STATUSES:
+                        # Finished (or gone): end once no event follows the last one
+                        # read, whichever event that was.
+                        if not await store.list_events(run_id, after=last, limit=1):
                             return
                         continue
-                await sig.wait_for(poll)
+                if await changed.wait_for(poll):
+                    continue
+                quiet += poll
+                if idle_s is not None and quiet >= idle_s:
+                    quiet = 0.0
+                    yield None
 
     async def cancel(
         self, run_id: UUID | str, *, reason: str | None = None, actor: str | None = None

@@ -266,3 +266,23 @@ async def test_retry_of_a_failed_run_resumes_from_its_checkpoints(
         await tide.runs.retry(handle.id)
     with pytest.raises(ConflictError, match="queued"):
         await tide.runs.retry((await tide.enqueue("pipeline")).id)
+
+
+async def test_events_end_when_the_run_is_deleted_meanwhile(
+    tide: Tidebase, db: asyncpg.Connection
+) -> None:
+    """A reader of a run's events is not left polling a run that no longer exists
+    (pruned by retention, or deleted by hand)."""
+    handle = await tide.enqueue("nobody-runs-this")
+    seen: list[str] = []
+
+    async def read() -> None:
+        async for event in tide.runs.events(handle.id, poll=0.05):
+            seen.append(event.type)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            await eventually(lambda: seen == ["run.created"])
+            await db.execute("DELETE FROM tidebase.runs WHERE id = $1", handle.id)
+    assert seen == ["run.created"]

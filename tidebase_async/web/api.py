@@ -41,7 +41,6 @@ from uuid import UUID
 import msgspec
 
 from tidebase_async import errors
-from tidebase_async.models import TERMINAL_STATUSES
 from tidebase_async.queues import UNSET
 from tidebase_async.runs import as_uuid
 from tidebase_async.wakeup import EVENTS_CHANNEL, WAKE_CHANNEL, Signal
@@ -62,7 +61,6 @@ if TYPE_CHECKING:
 _KEEPALIVE_S = 15.0
 _INT4_MAX = 2**31 - 1
 _INTEGER = re.compile(r"-?[0-9]{1,9}")
-_TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
 
 
 class EnqueueBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -442,41 +440,14 @@ class Api:
         )
 
     async def _event_stream(self, run_id: UUID, after: int) -> AsyncIterator[bytes]:
-        """Events with seq > ``after``, then live (LISTEN, polling each second as the
-        floor), each with its seq as the SSE id; a comment every 15 s keeps proxies
-        from closing an idle stream. Ends after the run's terminal event."""
-        store = self._tide.store
-        last = after
-        idle = 0.0
-        with self._tide.runs.watch(run_id) as changed:
-            while True:
-                changed.clear()
-                rows = await store.list_events(run_id, after=last, limit=500)
-                for r in rows:
-                    last = r["seq"]
-                    data = b"null" if r["data"] is None else bytes(r["data"])
-                    yield (
-                        f"id: {r['seq']}\nevent: {r['type']}\ndata: ".encode()
-                        + _one_line(data)
-                        + b"\n\n"
-                    )
-                if len(rows) == 500:
-                    continue
-                if rows:
-                    idle = 0.0
-                if (rows and rows[-1]["type"] in _TERMINAL_EVENTS) or not rows:
-                    status = await store.run_status(run_id)
-                    if status in TERMINAL_STATUSES or status is None:
-                        tail = await store.list_events(run_id, after=last, limit=1)
-                        if not tail:
-                            return
-                        continue
-                if await changed.wait_for(1.0):
-                    continue
-                idle += 1.0
-                if idle >= _KEEPALIVE_S:
-                    idle = 0.0
-                    yield b": keepalive\n\n"
+        """``runs.events`` as SSE: each event with its seq as the SSE id; a comment
+        every 15 s keeps proxies from closing an idle stream."""
+        async for r in self._tide.runs.event_rows(run_id, after=after, idle_s=_KEEPALIVE_S):
+            if r is None:
+                yield b": keepalive\n\n"
+                continue
+            data = b"null" if r["data"] is None else bytes(r["data"])
+            yield f"id: {r['seq']}\nevent: {r['type']}\ndata: ".encode() + _one_line(data) + b"\n\n"
 
 
 _STATIC = {
