@@ -1,0 +1,53 @@
+"""The benchmarks still measure: tiny versions of throughput, steps, wake-up, replay
+and the raw asyncpg peer, against the test server. No timing is asserted (figures
+belong in benchmarks/RESULTS.md); each benchmark checks its own outcome (every run
+completed, every sample seen) and raises BenchmarkError otherwise."""
+
+from __future__ import annotations
+
+import math
+
+from benchmarks import replay, steps, throughput, wakeup
+from benchmarks.common import Context, fresh_database, fresh_tidebase
+from benchmarks.peers.base import WakeParams
+from benchmarks.peers.raw import Raw
+
+
+def _ctx(server_dsn: str) -> Context:
+    return Context(mode="quick", admin_dsn=server_dsn)
+
+
+async def test_throughput_enqueues_and_drains(server_dsn: str) -> None:
+    params = throughput.Params(runs=300, concurrencies=(4,), one_at_a_time=20, batch=100)
+    drain = await throughput.enqueue_and_drain(_ctx(server_dsn), params, 4)
+    assert drain.runs == 300
+    assert drain.timing.stats["completed"] == 300
+    assert drain.rate > 0
+    assert await throughput.measure_one_at_a_time(_ctx(server_dsn), 20) > 0
+
+
+async def test_steps_drain_counts_every_checkpoint(server_dsn: str) -> None:
+    drain = await steps.enqueue_and_drain(_ctx(server_dsn), 20, 4)
+    assert drain.runs == 20
+    assert drain.checkpoints == 200
+
+
+async def test_wakeup_samples_every_run(server_dsn: str) -> None:
+    params = wakeup.Params(samples=5, warmup=1, idle_s=0.01)
+    async with fresh_tidebase(_ctx(server_dsn), wakeup.register) as tide:
+        samples = await wakeup.collect(tide, params)
+    assert len(samples) == 5
+    assert all(s.latency_ms > 0 and not math.isnan(s.notified_ms) for s in samples)
+
+
+async def test_replay_reaches_the_step_after_the_history(server_dsn: str) -> None:
+    params = replay.Params(sizes=(20,), samples=2, warmup=1, idle_s=0.01)
+    samples = await replay.collect(_ctx(server_dsn), params)
+    assert [s.steps for s in samples] == [20, 20]
+
+
+async def test_the_raw_peer_wakes_through_its_claim(server_dsn: str) -> None:
+    params = WakeParams(samples=3, warmup=1, idle_s=0.01)
+    async with fresh_database(server_dsn) as dsn:
+        result = await Raw().wakeup(dsn, params)
+    assert len(result.latencies_ms) == 3
