@@ -75,7 +75,7 @@ class Execution:
         on_queue: Callable[[str], None] | None = None,
         public_url: str | None = None,
         publish: Callable[[list[str]], bool] | None = None,
-        on_finishing: Callable[[UUID], None] | None = None,
+        on_finishing: Callable[[UUID, int], None] | None = None,
     ) -> None:
         self.store = store
         self._on_finishing = on_finishing
@@ -133,7 +133,7 @@ class Execution:
         if not self.finishing:
             self.finishing = True
             if self._on_finishing is not None:
-                self._on_finishing(self.claimed.id)
+                self._on_finishing(self.claimed.id, self.claimed.attempt)
 
     def lease_lost(self, exc: errors.LeaseLost) -> errors.LeaseLost:
         self.lost = True

@@ -67,7 +67,7 @@ async def execute(
     on_queue: Callable[[str], None] | None = None,
     public_url: str | None = None,
     publish: Callable[[list[str]], bool] | None = None,
-    on_finishing: Callable[[UUID], None] | None = None,
+    on_finishing: Callable[[UUID, int], None] | None = None,
 ) -> ExecutionResult:
     """Run the workflow of ``claimed`` from the top (replaying its history) and write
     the outcome: completed, failed, or requeued for a retry with backoff.
@@ -94,8 +94,10 @@ async def execute(
     try:
         return await _execute(ex, workflows, cancel_scope)
     finally:
-        if ex_holder is not None:
-            ex_holder.pop(claimed.id, None)
+        # Only our own entry: a later claim of the run (this worker may claim it again
+        # while this execution still writes its outcome) has replaced it.
+        if ex_holder is not None and ex_holder.get(claimed.id) is ex:
+            del ex_holder[claimed.id]
 
 
 async def _execute(

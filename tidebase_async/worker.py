@@ -132,11 +132,13 @@ class Worker:
         self._wake = Signal()
         self._capacity = Signal()
         self._stop = anyio.Event()
-        self._inflight: dict[UUID, anyio.CancelScope] = {}
-        # Runs among _inflight whose code is done and whose outcome is being written:
+        # Keyed by claim (run id, attempt): this worker may claim a run again while an
+        # earlier claim of it still writes its outcome (see _claim_loop).
+        self._inflight: dict[tuple[UUID, int], anyio.CancelScope] = {}
+        # Claims among _inflight whose code is done and whose outcome is being written:
         # their slots count as free (see _free), so the next claim's round trip
         # overlaps their writes'. At most `concurrency` runs execute user code at once.
-        self._finishing: set[UUID] = set()
+        self._finishing: set[tuple[UUID, int]] = set()
         self._executions: dict[UUID, Execution] = {}
         self._idle = Signal()
         self._idle.set()
@@ -167,9 +169,9 @@ class Worker:
     def _free(self) -> int:
         return self._concurrency - len(self._inflight) + len(self._finishing)
 
-    def _on_finishing(self, run_id: UUID) -> None:
-        if run_id in self._inflight:
-            self._finishing.add(run_id)
+    def _on_finishing(self, run_id: UUID, attempt: int) -> None:
+        if (run_id, attempt) in self._inflight:
+            self._finishing.add((run_id, attempt))
             self._capacity.set()
 
     async def run(self, *, started: anyio.Event | None = None) -> None:
@@ -306,7 +308,7 @@ class Worker:
     def _stop_cancelled(self, run_ids: Sequence[UUID]) -> None:
         for run_id in run_ids:
             ex = self._executions.get(run_id)
-            scope = self._inflight.get(run_id)
+            scope = None if ex is None else self._inflight.get((run_id, ex.attempt))
             if ex is None or scope is None or ex.finishing or ex.cancelled:
                 continue
             ex.cancelled = True
@@ -348,7 +350,8 @@ class Worker:
             # must cause another claim, not be lost.
             self._wake.clear()
             try:
-                claimed, retry_in, held = await self._claim(free)
+                got, retry_in, held = await self._claim(free)
+                claimed = self._not_held(got)
                 history = await self._load_history(claimed)
             except errors.StoreError as exc:
                 logger.warning("claim failed (%s); retrying in %.2fs", exc, delay)
@@ -364,7 +367,7 @@ class Worker:
                 # Let the new runs reach their first await before this loop spends
                 # time on its own next statement.
                 await asyncio.sleep(0)
-            if claimed and (len(claimed) == free or len(self._queues) > 1):
+            if got and (len(got) == free or len(self._queues) > 1):
                 # There may be more (a claim over several queues takes at most each
                 # queue's share); the free-capacity check throttles.
                 continue
@@ -379,6 +382,30 @@ class Worker:
             if due_in is not None:
                 wait_s = min(wait_s, max(due_in, 0.001))
             await self._wait_or_stop(self._wake, wait_s)
+
+    def _not_held(self, claimed: list[ClaimedRun]) -> list[ClaimedRun]:
+        """The claims among ``claimed`` that this worker is not executing already.
+
+        A claim commits without waiting for its WAL flush (see ``_lease_picked`` in
+        queries.sql). A server crash can undo it, and this worker's next claim of the
+        run then comes back with the same (run, attempt), the same fence as the
+        execution still in progress here. That execution goes on under the lease
+        re-established for it: none of its writes since its claim was acknowledged
+        (an acknowledged write would have flushed the claim with it). Starting a
+        second one beside it would let both write under one fence."""
+        fresh: list[ClaimedRun] = []
+        for run in claimed:
+            if (run.id, run.attempt) in self._inflight:
+                logger.warning(
+                    "run %s: claimed again as attempt %d, which runs here already (the "
+                    "database lost the claim in a crash); the execution in progress goes on",
+                    run.id,
+                    run.attempt,
+                    extra={"run_id": str(run.id)},
+                )
+                continue
+            fresh.append(run)
+        return fresh
 
     async def _load_history(self, claimed: list[ClaimedRun]) -> dict[UUID, list[StepRecord]]:
         """Checkpoints of the resumed runs among ``claimed``. If that fails (or we are
@@ -418,7 +445,7 @@ class Worker:
 
     def _start(self, tg: asyncio.TaskGroup, run: ClaimedRun, history: list[StepRecord]) -> None:
         scope = anyio.CancelScope()
-        self._inflight[run.id] = scope
+        self._inflight[(run.id, run.attempt)] = scope
         self._idle.clear()
         tg.create_task(self._execute(run, history, scope))
 
@@ -460,8 +487,8 @@ class Worker:
                     self.stats.woken += 1
             else:
                 self._count(result)
-            self._inflight.pop(run.id, None)
-            self._finishing.discard(run.id)
+            self._inflight.pop((run.id, run.attempt), None)
+            self._finishing.discard((run.id, run.attempt))
             self._capacity.set()
             if run.queue in self._controls:
                 # A slot of a capped queue may have freed: wake its other claimers.
@@ -561,7 +588,7 @@ class Worker:
             for run_id, ex in snapshot.items():
                 if (run_id, ex.attempt) in held:
                     continue
-                scope = self._inflight.get(run_id)
+                scope = self._inflight.get((run_id, ex.attempt))
                 if self._executions.get(run_id) is not ex or scope is None or ex.finishing:
                     continue
                 ex.lost = True

@@ -62,9 +62,12 @@ FROM unnest($1::text[], $2::text[]) AS m(c, p);
 -- transaction; saves a disk flush on every wake-up). Safe because nothing durable
 -- depends on a claim until the claimer writes: its first write (checkpoint,
 -- completion, ...) commits synchronously, and flushing that WAL flushes the claim's
--- earlier WAL with it. A server crash can undo only claims nobody has written under
--- yet; their runs are queued again after recovery, and the old claimer's writes are
--- refused by the fence (lease_owner, attempt, status = 'running') like a zombie's.
+-- earlier WAL with it. A server crash can undo only claims nobody has acknowledged a
+-- write under; their runs are queued again after recovery. Another worker's claim
+-- then fences the old claimer out (lease_owner, attempt, status = 'running') like a
+-- zombie. The same worker's claim comes back with the same (lease_owner, attempt):
+-- the worker then lets the execution it still has go on and starts no second one
+-- (Worker._not_held).
 claimed AS (
   UPDATE tidebase.runs r
   SET status = 'running', lease_owner = $1, attempt = r.attempt + 1,
