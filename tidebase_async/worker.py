@@ -491,8 +491,11 @@ class Worker:
             self._finishing.discard((run.id, run.attempt))
             self._capacity.set()
             if run.queue in self._controls:
-                # A slot of a capped queue may have freed: wake its other claimers.
+                # A slot of a capped queue may have freed: wake its other claimers, and
+                # this worker's claim loop at once (a claim made while this run was
+                # finishing still counted it against the cap).
                 self._notifier.queues_changed(run.queue)
+                self._wake.set()
             if not self._inflight:
                 self._idle.set()
             if result is not None and result.outcome in ("retrying", "woken"):

@@ -755,3 +755,23 @@ async def test_configure_accepts_the_extremes(tide: Tidebase, db: asyncpg.Connec
     info = await tide.queues.configure(odd, paused=True)
     assert (await tide.queues.get(odd)).paused
     assert [r[0] for r in await queue_rows(db)] == sorted(["edge", odd])
+
+
+async def test_a_capped_queue_moves_on_when_a_run_finishes_even_without_notifications(
+    tide: Tidebase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim made while the queue's running run was still writing its outcome finds
+    the cap reached. When that run is done, the worker claims again at once, from its
+    own bookkeeping: not only when a notification (lost here) or the next poll (30 s
+    here) says so."""
+    await tide.queues.configure("capped-one", concurrency=1)
+
+    @tide.workflow("capped-one-run", queue="capped-one")
+    async def capped(run: Run, input: int) -> int:
+        return input
+
+    monkeypatch.setattr(tide.notifier, "queues_changed", lambda *queues: None)
+    handles = await tide.enqueue_many([("capped-one-run", i) for i in range(5)])
+    async with working(tide, concurrency=2, poll_interval=30):
+        for i, handle in enumerate(handles):
+            assert await tide.runs.wait(handle.id, timeout=10) == i
