@@ -11,8 +11,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-import asyncpg
-
 from tidebase_async import codec, errors
 from tidebase_async.models import (
     RUN_STATUSES,
@@ -33,6 +31,8 @@ from tidebase_async.wakeup import EVENTS_CHANNEL, Signal
 from tidebase_async.workflows import check_name, check_text, is_utf8, uuid7
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from tidebase_async.client import Tidebase
 
 _TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -22,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 import pytest
 
+from tests.integration.server_support import alive, recorded_pid, wait_dead
 from tidebase_async import errors
 from tidebase_async.embedded import EmbeddedPostgres, start_embedded
 
@@ -40,41 +40,11 @@ pg.stop()
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # the postmaster is not our child; an init that does not reap leaves a zombie
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def _recorded_pid(data_dir: Path) -> int | None:
-    try:
-        return int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _wait_dead(pid: int, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def _kill_leftover(data_dir: Path) -> None:
-    pid = _recorded_pid(data_dir)
-    if pid is not None and _alive(pid):
+    pid = recorded_pid(data_dir)
+    if pid is not None and alive(pid):
         os.kill(pid, signal.SIGQUIT)  # immediate shutdown
-        if not _wait_dead(pid, 5.0):
+        if not wait_dead(pid, 5.0):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -184,7 +154,7 @@ async def test_started_server_runs_queries_notify_and_skip_locked(data_dir: Path
         assert server_pid is not None
     finally:
         pg.stop()
-    assert _wait_dead(server_pid)
+    assert wait_dead(server_pid)
     assert not (data_dir / "pgdata" / "postmaster.pid").exists()
 
 
@@ -201,14 +171,14 @@ async def test_second_instance_reuses_server_and_last_stop_stops_it(data_dir: Pa
         assert _handle_pids(data_dir) == [os.getpid(), os.getpid()]
 
         first.stop()
-        assert _alive(server_pid)
+        assert alive(server_pid)
         assert await _select_one(second.dsn) == 1
         with pytest.raises(errors.EmbeddedPostgresError, match="not started"):
             _ = first.dsn
     finally:
         first.stop()
         second.stop()
-    assert _wait_dead(server_pid)
+    assert wait_dead(server_pid)
     assert _handle_pids(data_dir) == []
 
     with EmbeddedPostgres(data_dir) as again:  # warm start of the existing cluster
@@ -227,10 +197,10 @@ def test_processes_share_one_server_started_concurrently(data_dir: Path) -> None
         for child in children[:-1]:
             child.communicate(timeout=20)  # closes stdin: the child stops its handle
             assert child.returncode == 0
-            assert _alive(server_pid)
+            assert alive(server_pid)
         children[-1].communicate(timeout=20)
         assert children[-1].returncode == 0
-        assert _wait_dead(server_pid)
+        assert wait_dead(server_pid)
 
 
 def test_killed_owner_is_pruned_and_next_stop_stops_server(data_dir: Path) -> None:
@@ -239,7 +209,7 @@ def test_killed_owner_is_pruned_and_next_stop_stops_server(data_dir: Path) -> No
         assert _handle_pids(data_dir) == [child.pid]
         child.send_signal(signal.SIGKILL)
         child.communicate()
-    assert _alive(server_pid)  # nobody stopped it
+    assert alive(server_pid)  # nobody stopped it
 
     pg = EmbeddedPostgres(data_dir)
     try:
@@ -248,7 +218,7 @@ def test_killed_owner_is_pruned_and_next_stop_stops_server(data_dir: Path) -> No
         assert _handle_pids(data_dir) == [os.getpid()]  # the dead pid was pruned
     finally:
         pg.stop()
-    assert _wait_dead(server_pid)
+    assert wait_dead(server_pid)
 
 
 async def test_crashed_server_restarts_despite_stale_pid_file(data_dir: Path) -> None:
@@ -258,8 +228,8 @@ async def test_crashed_server_restarts_despite_stale_pid_file(data_dir: Path) ->
         crashed = pg.server_pid
         assert crashed is not None
         os.kill(crashed, signal.SIGKILL)
-        assert _wait_dead(crashed)
-        assert _recorded_pid(data_dir) == crashed  # stale postmaster.pid left behind
+        assert wait_dead(crashed)
+        assert recorded_pid(data_dir) == crashed  # stale postmaster.pid left behind
 
         pg.start()  # idempotent start notices the server is gone
         assert pg.server_pid not in (None, crashed)
@@ -295,15 +265,15 @@ def test_cluster_of_another_major_version_is_refused(data_dir: Path) -> None:
     assert f"PostgreSQL {other}" in message
     assert f"PostgreSQL {ours}" in message
     assert "DSN" in message
-    assert _recorded_pid(data_dir) is None
+    assert recorded_pid(data_dir) is None
 
 
 def test_server_not_ready_in_time_is_reported_and_stopped(data_dir: Path) -> None:
     with pytest.raises(errors.EmbeddedPostgresError, match="did not become ready") as caught:
         EmbeddedPostgres(data_dir, startup_timeout=0).start()
     assert "postgres.log" in str(caught.value)
-    pid = _recorded_pid(data_dir)
-    assert pid is None or _wait_dead(pid)
+    pid = recorded_pid(data_dir)
+    assert pid is None or wait_dead(pid)
 
 
 @pytest.mark.parametrize("kind", ["parent-is-a-file", "read-only-directory"])
@@ -341,6 +311,6 @@ def test_full_disk_gives_clear_error(scratch: Path) -> None:
         with pytest.raises(errors.EmbeddedPostgresError, match="is full") as caught:
             EmbeddedPostgres(small / "pg").start()
         assert "No space left on device" in str(caught.value)
-        assert _recorded_pid(small / "pg") is None
+        assert recorded_pid(small / "pg") is None
     finally:
         subprocess.run(["umount", str(small)], check=True)

@@ -3,9 +3,6 @@ its outcome write is in flight, and claims commit without waiting for their WAL 
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +13,7 @@ import pytest
 
 from tests.conftest import opened
 from tests.integration.core_support import eventually, working
+from tests.integration.server_support import crash
 from tidebase_async import Run, Tidebase
 from tidebase_async.store import ClaimedRun
 
@@ -148,21 +146,6 @@ async def test_a_claim_that_comes_back_with_the_same_fence_starts_no_second_exec
     assert entered == 1
 
 
-def _crash(pgdata: Path) -> None:
-    """Immediate shutdown (SIGQUIT to the postmaster): WAL not yet flushed is lost, as
-    in a server crash."""
-    pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
-    os.kill(pid, signal.SIGQUIT)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.02)
-    raise AssertionError("the postmaster did not exit")
-
-
 async def test_a_server_crash_that_undoes_a_claim_never_runs_the_run_twice_at_once(
     tmp_path: Path,
 ) -> None:
@@ -212,7 +195,7 @@ async def test_a_server_crash_that_undoes_a_claim_never_runs_the_run_twice_at_on
             async with working(tide, concurrency=4, poll_interval=0.1, lease=5.0):
                 with anyio.fail_after(10):
                     await in_step.wait()
-                await anyio.to_thread.run_sync(_crash, tmp_path / "pg" / "pgdata")
+                await anyio.to_thread.run_sync(crash, tmp_path / "pg")
                 await anyio.to_thread.run_sync(server.start)
                 # Time for the worker to reconnect and claim again (with the same fence
                 # or after its heartbeat gave the first execution up).
