@@ -26,7 +26,7 @@ from benchmarks.common import (
 from benchmarks.environment import Mode
 from benchmarks.report import Figure, Target, percentile
 from tidebase_async import Run, Tidebase
-from tidebase_async.wakeup import WAKE_CHANNEL
+from tidebase_async.store.channels import WAKE_CHANNEL
 
 NAME = "wakeup"
 WORKFLOW = "wakeup-probe"

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from tidebase_async.client import Tidebase
+from tidebase_async.client.gates import Gates
+from tidebase_async.client.queues import UNSET, Queues
+from tidebase_async.client.runs import Runs
+from tidebase_async.client.schedules import Schedules
+from tidebase_async.client.tidebase import Tidebase
+from tidebase_async.engine.run import Run
+from tidebase_async.engine.state import RunState
+from tidebase_async.engine.worker import Worker
 from tidebase_async.errors import (
     ChildFailed,
     ConfigurationError,
@@ -31,7 +38,6 @@ from tidebase_async.errors import (
     WaitTimeout,
     WorkflowNotFound,
 )
-from tidebase_async.gates import Gates
 from tidebase_async.models import (
     Event,
     GateDecision,
@@ -50,11 +56,6 @@ from tidebase_async.models import (
     UsageSummary,
     UsageTotals,
 )
-from tidebase_async.queues import UNSET, Queues
-from tidebase_async.replay import Run, RunState
-from tidebase_async.runs import Runs
-from tidebase_async.schedules import Schedules
-from tidebase_async.worker import Worker
 
 __all__ = [
     "UNSET",

@@ -52,9 +52,9 @@ from tidebase_async import (
     Tidebase,
     TidebaseError,
 )
+from tidebase_async._util.ids import uuid7
 from tidebase_async.models import Page
 from tidebase_async.store import Store
-from tidebase_async.workflows import uuid7
 
 PROPERTY = settings(
     max_examples=100,

@@ -28,8 +28,9 @@ import pytest
 from tests.conftest import _with_database
 from tests.integration.core_support import working
 from tests.integration.procs import eventually
-from tidebase_async import Tidebase, demo_app
-from tidebase_async.cli import main
+from tidebase_async import Tidebase
+from tidebase_async.cli import demo_app
+from tidebase_async.cli.main import main
 from tidebase_async.store.sql import migrations
 
 Capture = pytest.CaptureFixture[str]
@@ -165,9 +166,9 @@ async def test_bad_app_says_so_in_one_line(
     monkeypatch.setattr(sys, "path", list(sys.path))
     cases = {
         "no_such_module_xyz:tide": "no module named 'no_such_module_xyz'",
-        "tidebase_async.demo_app:nothing": "has no attribute 'nothing'",
-        "tidebase_async.demo_app:WORKFLOW": "is a str, not a Tidebase",
-        "tidebase_async.demo_app": "expected module:attribute",
+        "tidebase_async.cli.demo_app:nothing": "has no attribute 'nothing'",
+        "tidebase_async.cli.demo_app:WORKFLOW": "is a str, not a Tidebase",
+        "tidebase_async.cli.demo_app": "expected module:attribute",
     }
     for spec, message in cases.items():
         for command in ("worker", "serve", "dev"):
@@ -361,7 +362,7 @@ async def get_json(http: httpx.AsyncClient, path: str) -> Any:
 async def test_serve_answers_health_and_dashboard(
     dsn: str, tmp_path: Path, services: list[Service]
 ) -> None:
-    app = "tidebase_async.demo_app:tide"
+    app = "tidebase_async.cli.demo_app:tide"
     service = Service(["serve", app, "--dsn", dsn, "--port", "0"], cwd=tmp_path)
     services.append(service)
     await service.wait_for("Ready.")
@@ -417,7 +418,7 @@ async def test_dev_serves_runs_the_demo_and_stops_on_sigint(
 async def test_worker_drains_on_sigterm_and_second_signal_interrupts(
     dsn: str, tmp_path: Path, services: list[Service], capsys: Capture
 ) -> None:
-    app = "tidebase_async.demo_app:tide"
+    app = "tidebase_async.cli.demo_app:tide"
     argv = ["worker", app, "--dsn", dsn, "--poll-interval", "0.2", "--shutdown-grace", "30"]
     service = Service(argv, cwd=tmp_path)
     services.append(service)

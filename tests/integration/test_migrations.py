@@ -11,12 +11,7 @@ import asyncpg
 import pytest
 
 from tests.integration.core_support import with_database
-from tidebase_async import (
-    ConfigurationError,
-    DatabaseUnreachable,
-    SchemaVersionError,
-    Tidebase,
-)
+from tidebase_async import ConfigurationError, DatabaseUnreachable, SchemaVersionError, Tidebase
 from tidebase_async.store import Store
 from tidebase_async.store.sql import migrations
 

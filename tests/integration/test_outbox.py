@@ -24,7 +24,6 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-import tidebase_async.outbox as outbox
 from tests.conftest import opened
 from tests.integration.core_support import eventually, working
 from tests.integration.procs import REPO_ROOT, create_step_log, step_log, wait_status
@@ -40,7 +39,8 @@ from tests.integration.web_support import (
 from tests.integration.worker_app import StepLog
 from tests.integration.worker_app import register as register_durable
 from tidebase_async import RunFailed, Tidebase
-from tidebase_async.outbox import redact_url
+from tidebase_async.engine import outbox as outbox
+from tidebase_async.engine.outbox import redact_url
 from tidebase_async.web import DELIVERY_HEADER, SIGNATURE_HEADER, verify
 
 PUBLIC = "https://app.example/tidebase"

@@ -12,8 +12,8 @@ import pytest
 
 from tests.integration.core_support import eventually, working
 from tidebase_async import Run, Tidebase
+from tidebase_async._util.timing import fire_times, next_fire, parse_timing
 from tidebase_async.store.sql import Q
-from tidebase_async.timing import fire_times, next_fire, parse_timing
 
 
 async def _backdate(db: asyncpg.Connection, name: str, *, anchor: datetime, due: datetime) -> None:

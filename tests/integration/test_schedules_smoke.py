@@ -92,7 +92,7 @@ async def _counts(tide: Tidebase, queue: str, status: str, n: int) -> bool:
 async def test_a_schedule_that_cannot_fire_does_not_stop_the_others(
     tide: Tidebase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tidebase_async.schedules import Schedules
+    from tidebase_async.client.schedules import Schedules
 
     @tide.workflow("tick")
     async def tick(run: Run) -> None:

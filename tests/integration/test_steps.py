@@ -15,13 +15,7 @@ import msgspec
 import pytest
 
 from tests.integration.core_support import FAST, run_row, working
-from tidebase_async import (
-    ConfigurationError,
-    Retry,
-    Run,
-    RunFailed,
-    Tidebase,
-)
+from tidebase_async import ConfigurationError, Retry, Run, RunFailed, Tidebase
 
 
 class Report(msgspec.Struct, frozen=True):

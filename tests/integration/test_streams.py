@@ -13,7 +13,7 @@ import pytest
 from tests.integration.core_support import eventually, working
 from tests.integration.procs import REPO_ROOT
 from tidebase_async import Run, Tidebase
-from tidebase_async.wakeup import STREAM_CHANNEL
+from tidebase_async.store.channels import STREAM_CHANNEL
 
 BIG = "x" * 50_000 + "é🙂" * 2_000  # far over the 8000 bytes one notification takes
 

@@ -146,7 +146,7 @@ async def test_deliveries_retry_and_gate_tokens(dsn: str) -> None:
                 d = await run.gate("ok", channels=[f"{base}/hook"])
                 return d.decision
 
-            import tidebase_async.outbox as outbox
+            from tidebase_async.engine import outbox as outbox
 
             original = outbox.backoff_s
             outbox.backoff_s = lambda attempts: 0.05

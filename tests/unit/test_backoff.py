@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tidebase_async import Retry, Run
-from tidebase_async.workflows import backoff_delay, make_workflow
+from tidebase_async.engine.workflows import backoff_delay, make_workflow
 
 
 @pytest.mark.parametrize(

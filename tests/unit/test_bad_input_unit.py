@@ -24,9 +24,10 @@ from tests.bad_inputs import (
     utf8,
     valid_name,
 )
-from tidebase_async import ConfigurationError, PayloadTooLarge, SerializationError, Tidebase, codec
-from tidebase_async.replay import error_info
-from tidebase_async.workflows import check_name
+from tidebase_async import ConfigurationError, PayloadTooLarge, SerializationError, Tidebase
+from tidebase_async._util import codec
+from tidebase_async._util.checks import check_name
+from tidebase_async._util.failures import error_info
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -9,7 +9,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from tidebase_async import PayloadTooLarge, SerializationError, codec
+from tidebase_async import PayloadTooLarge, SerializationError
+from tidebase_async._util import codec
 
 
 class Point(msgspec.Struct, frozen=True):

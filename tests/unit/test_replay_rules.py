@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from tidebase_async import ConfigurationError, Run, Tidebase
-from tidebase_async.replay import as_seconds, error_info, merge_patch
-from tidebase_async.workflows import MAX_NAME_LENGTH, check_name, uuid7
+from tidebase_async._util.checks import MAX_NAME_LENGTH, as_seconds, check_name
+from tidebase_async._util.failures import error_info
+from tidebase_async._util.ids import uuid7
+from tidebase_async.engine.state import merge_patch
 
 # RFC 7396, appendix A.
 RFC_7396_CASES: list[tuple[Any, Any, Any]] = [

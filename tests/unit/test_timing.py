@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidebase_async import InvalidSchedule
-from tidebase_async.timing import Timing, fire_times, latest_fire, next_fire, parse_timing
+from tidebase_async._util.timing import Timing, fire_times, latest_fire, next_fire, parse_timing
 
 NY = ZoneInfo("America/New_York")
 BERLIN = ZoneInfo("Europe/Berlin")

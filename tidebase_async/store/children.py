@@ -9,10 +9,7 @@ import asyncpg
 
 from tidebase_async import errors
 from tidebase_async.store.base import StoreBase
-from tidebase_async.store.records import (
-    NewRun,
-    _batch_encoder,
-)
+from tidebase_async.store.records import NewRun, _batch_encoder
 from tidebase_async.store.sql import Q
 from tidebase_async.store.translate import _translate
 

@@ -5,11 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tidebase_async.store.base import StoreBase
-from tidebase_async.store.records import (
-    EnqueueRow,
-    NewRun,
-    _batch_encoder,
-)
+from tidebase_async.store.records import EnqueueRow, NewRun, _batch_encoder
 from tidebase_async.store.sql import Q
 from tidebase_async.store.translate import _translate
 

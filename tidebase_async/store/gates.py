@@ -11,9 +11,7 @@ import msgspec
 
 from tidebase_async import errors
 from tidebase_async.store.base import StoreBase
-from tidebase_async.store.records import (
-    GateResolution,
-)
+from tidebase_async.store.records import GateResolution
 from tidebase_async.store.sql import Q
 from tidebase_async.store.translate import _translate
 

@@ -9,11 +9,7 @@ import anyio
 import asyncpg
 
 from tidebase_async.store.base import StoreBase
-from tidebase_async.store.connection import (
-    _clean_session,
-    _is_closed,
-    _lock_or_close,
-)
+from tidebase_async.store.connection import _clean_session, _is_closed, _lock_or_close
 from tidebase_async.store.translate import _translate
 
 

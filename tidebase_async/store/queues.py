@@ -7,11 +7,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from tidebase_async.store.base import StoreBase
-from tidebase_async.store.records import (
-    ControlledClaim,
-    QueueControl,
-    _claimed,
-)
+from tidebase_async.store.records import ControlledClaim, QueueControl, _claimed
 from tidebase_async.store.sql import Q
 from tidebase_async.store.translate import _translate
 

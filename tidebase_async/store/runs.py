@@ -7,13 +7,7 @@ from uuid import UUID
 
 from tidebase_async import errors
 from tidebase_async.store.base import StoreBase
-from tidebase_async.store.records import (
-    Checkpoint,
-    ClaimedRun,
-    Completion,
-    StepRecord,
-    _claimed,
-)
+from tidebase_async.store.records import Checkpoint, ClaimedRun, Completion, StepRecord, _claimed
 from tidebase_async.store.sql import Q
 from tidebase_async.store.translate import _translate
 

@@ -10,10 +10,7 @@ from uuid import UUID
 import asyncpg
 
 from tidebase_async.store.base import StoreBase
-from tidebase_async.store.records import (
-    ScheduledRun,
-    _batch_encoder,
-)
+from tidebase_async.store.records import ScheduledRun, _batch_encoder
 from tidebase_async.store.sql import Q
 from tidebase_async.store.translate import _translate
 

@@ -3,6 +3,6 @@ ASGI adapters (``tide.webhook()``, ``tide.http_app()``, ``tide.asgi_app()``)."""
 
 from __future__ import annotations
 
-from tidebase_async.web.signing import DELIVERY_HEADER, SIGNATURE_HEADER, sign, verify
+from tidebase_async._util.signing import DELIVERY_HEADER, SIGNATURE_HEADER, sign, verify
 
 __all__ = ["DELIVERY_HEADER", "SIGNATURE_HEADER", "sign", "verify"]

@@ -41,9 +41,11 @@ from uuid import UUID
 import msgspec
 
 from tidebase_async import errors
-from tidebase_async.queues import UNSET
-from tidebase_async.runs import as_uuid
-from tidebase_async.wakeup import EVENTS_CHANNEL, WAKE_CHANNEL, Signal
+from tidebase_async._util.checks import check_name
+from tidebase_async._util.signals import Signal
+from tidebase_async.client.queues import UNSET
+from tidebase_async.client.runs import as_uuid
+from tidebase_async.store.channels import EVENTS_CHANNEL, WAKE_CHANNEL
 from tidebase_async.web.core import (
     HttpError,
     HttpRequest,
@@ -53,10 +55,9 @@ from tidebase_async.web.core import (
     json_response,
 )
 from tidebase_async.web.openapi import openapi_document
-from tidebase_async.workflows import check_name
 
 if TYPE_CHECKING:
-    from tidebase_async.client import Tidebase
+    from tidebase_async.client.tidebase import Tidebase
 
 _KEEPALIVE_S = 15.0
 _INT4_MAX = 2**31 - 1

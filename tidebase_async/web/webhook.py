@@ -16,11 +16,11 @@ from uuid import UUID
 import msgspec
 
 from tidebase_async import errors
+from tidebase_async._util.signing import verify
 from tidebase_async.web.core import HttpError, HttpRequest, HttpResponse, error_for, json_response
-from tidebase_async.web.signing import verify
 
 if TYPE_CHECKING:
-    from tidebase_async.client import Tidebase
+    from tidebase_async.client.tidebase import Tidebase
 
 
 class RunResume(msgspec.Struct, kw_only=True):

@@ -20,14 +20,15 @@ from uuid import UUID
 
 import asyncpg
 
-from tidebase_async import codec, errors
-from tidebase_async.gate_tokens import hash_token, new_token, resolve_url
+from tidebase_async import errors
+from tidebase_async._util import codec
+from tidebase_async._util.checks import check_name, check_text
+from tidebase_async._util.tokens import hash_token, new_token, resolve_url
+from tidebase_async.client.runs import as_uuid, cursor_time, stored_json
 from tidebase_async.models import GateInfo
-from tidebase_async.runs import as_uuid, cursor_time, stored_json
-from tidebase_async.workflows import check_name, check_text
 
 if TYPE_CHECKING:
-    from tidebase_async.client import Tidebase
+    from tidebase_async.client.tidebase import Tidebase
 
 GATE_STATUSES = ("pending", "approved", "rejected", "expired", "cancelled")
 _MAX_TOKEN_LENGTH = 200

@@ -11,12 +11,15 @@ from uuid import UUID
 import anyio
 import msgspec
 
-from tidebase_async import codec, errors
+from tidebase_async import errors
+from tidebase_async._util import codec
+from tidebase_async._util.failures import error_info
+from tidebase_async.engine.execution import Execution, Suspend
+from tidebase_async.engine.run import Run
+from tidebase_async.engine.workflows import Workflow, backoff_delay
+from tidebase_async.engine.writes import RunWrites
 from tidebase_async.models import Retry
-from tidebase_async.replay import Execution, Run, Suspend, error_info
 from tidebase_async.store import ClaimedRun, Completion, StepRecord, Store
-from tidebase_async.workflows import Workflow, backoff_delay
-from tidebase_async.writes import RunWrites
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import TypeVar
 from uuid import UUID
 
 from tidebase_async import errors
-from tidebase_async.batching import Combiner
+from tidebase_async.engine.batching import Combiner
 from tidebase_async.store import Checkpoint, Completion, Store
 
 T = TypeVar("T", Checkpoint, Completion)

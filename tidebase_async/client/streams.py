@@ -1,12 +1,5 @@
-"""Live output of runs: ``run.emit`` publishes, ``tide.runs.stream`` subscribes.
-
-Chunks are ephemeral: published through NOTIFY (so every subscriber on any process
-gets them, in order), never stored; a subscriber sees what is emitted while it
-listens. A chunk is JSON; its encoding is split into parts that fit a notification
-(8000 bytes) and reassembled by subscribers, so a chunk of any size (up to the payload
-limit) arrives whole. Each part: ``{"r": run id, "s": stream, "a": attempt, "n": chunk
-number, "i": part, "k": parts, "d": base64}``.
-"""
+"""Live output, the subscribing half: ``tide.runs.stream`` reassembles the parts that
+``run.emit`` published (see ``engine.emit``) into chunks, until the run ends."""
 
 from __future__ import annotations
 
@@ -18,41 +11,18 @@ from uuid import UUID
 import anyio
 import msgspec
 
-from tidebase_async import codec, errors
+from tidebase_async import errors
+from tidebase_async._util import codec
+from tidebase_async._util.signals import Signal
+from tidebase_async.engine.emit import part_decoder
 from tidebase_async.models import TERMINAL_STATUSES
-from tidebase_async.wakeup import STREAM_CHANNEL, Signal
+from tidebase_async.store.channels import STREAM_CHANNEL
 
 if TYPE_CHECKING:
-    from tidebase_async.client import Tidebase
+    from tidebase_async.client.tidebase import Tidebase
 
-_PART = 6000  # base64 characters per notification, well under its 8000-byte limit
 # After the run ended: how long without new parts before the stream ends.
 _QUIET_S = 0.3
-
-
-class Part(msgspec.Struct, frozen=True):
-    r: str
-    s: str
-    a: int
-    n: int
-    i: int
-    k: int
-    d: str
-
-
-_part_decoder = msgspec.json.Decoder(Part)
-
-
-def parts_of(run_id: UUID, stream: str, attempt: int, number: int, chunk: bytes) -> list[str]:
-    """The notification payloads of one encoded chunk."""
-    text = base64.b64encode(chunk).decode("ascii")
-    pieces = [text[i : i + _PART] for i in range(0, len(text), _PART)] or [""]
-    return [
-        msgspec.json.encode(
-            Part(str(run_id), stream, attempt, number, i, len(pieces), piece)
-        ).decode()
-        for i, piece in enumerate(pieces)
-    ]
 
 
 async def subscribe(
@@ -71,7 +41,7 @@ async def subscribe(
 
     def on_part(payload: str) -> None:
         try:
-            part = _part_decoder.decode(payload)
+            part = part_decoder.decode(payload)
         except msgspec.DecodeError:
             return
         if part.r != key or part.s != stream or not 0 <= part.i < part.k <= 10_000:

@@ -23,9 +23,9 @@ import asyncpg
 import msgspec
 
 from tidebase_async import errors
+from tidebase_async._util.signals import Signal
+from tidebase_async._util.signing import DELIVERY_HEADER, SIGNATURE_HEADER, sign
 from tidebase_async.store import Store
-from tidebase_async.wakeup import Signal
-from tidebase_async.web.signing import DELIVERY_HEADER, SIGNATURE_HEADER, sign
 
 if TYPE_CHECKING:
     import aiohttp

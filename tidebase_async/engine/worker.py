@@ -23,16 +23,19 @@ import anyio.abc
 import msgspec
 
 from tidebase_async import errors
-from tidebase_async.executor import ExecutionResult, execute
-from tidebase_async.replay import Execution, error_info
+from tidebase_async._util.failures import error_info
+from tidebase_async._util.signals import Signal
+from tidebase_async.engine.execution import Execution
+from tidebase_async.engine.executor import ExecutionResult, execute
+from tidebase_async.engine.workflows import Workflow
+from tidebase_async.engine.writes import RunWrites
 from tidebase_async.store import ClaimedRun, QueueControl, SessionLock, Store
+from tidebase_async.store.channels import CANCEL_CHANNEL, QUEUES_CHANNEL, WAKE_CHANNEL
 from tidebase_async.store.listener import Listener
-from tidebase_async.wakeup import CANCEL_CHANNEL, QUEUES_CHANNEL, WAKE_CHANNEL, Notifier, Signal
-from tidebase_async.workflows import Workflow
-from tidebase_async.writes import RunWrites
+from tidebase_async.store.notifier import Notifier
 
 if TYPE_CHECKING:
-    from tidebase_async.outbox import Deliverer
+    from tidebase_async.engine.outbox import Deliverer
     from tidebase_async.store import StepRecord
 
 logger = logging.getLogger(__name__)

@@ -27,26 +27,23 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from tidebase_async import codec, errors
-from tidebase_async.models import Schedule, ScheduleInfo
-from tidebase_async.store import ScheduledRun
-from tidebase_async.timing import (
+from tidebase_async import errors
+from tidebase_async._util import codec
+from tidebase_async._util.checks import check_name
+from tidebase_async._util.ids import uuid7
+from tidebase_async._util.timing import (
     Timing,
     latest_fire,
     latest_fire_times,
     next_fire,
     parse_timing,
 )
-from tidebase_async.workflows import (
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_QUEUE,
-    Workflow,
-    check_name,
-    uuid7,
-)
+from tidebase_async.engine.workflows import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Workflow
+from tidebase_async.models import Schedule, ScheduleInfo
+from tidebase_async.store import ScheduledRun
 
 if TYPE_CHECKING:
-    from tidebase_async.client import Tidebase
+    from tidebase_async.client.tidebase import Tidebase
 
 logger = logging.getLogger(__name__)
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import decimal
 from typing import TYPE_CHECKING, Any
 
-from tidebase_async import codec, errors
-from tidebase_async.execution import _BRANCH, _ENTRY
-from tidebase_async.workflows import is_utf8
+from tidebase_async import errors
+from tidebase_async._util import codec
+from tidebase_async._util.checks import is_utf8
+from tidebase_async.engine.execution import _BRANCH, _ENTRY
 
 if TYPE_CHECKING:
-    from tidebase_async.replay import Run
+    from tidebase_async.engine.run import Run
 
 #: Larger costs are refused: sums of them must stay readable as floats.
 _MAX_COST_USD = 1e12

@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from tidebase_async import codec, errors
-from tidebase_async.execution import _ENTRY
-from tidebase_async.workflows import is_utf8
+from tidebase_async import errors
+from tidebase_async._util import codec
+from tidebase_async._util.checks import is_utf8
+from tidebase_async.engine.execution import _ENTRY
 
 if TYPE_CHECKING:
-    from tidebase_async.replay import Run
+    from tidebase_async.engine.run import Run
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -9,7 +9,7 @@ the network; each step sleeps ``step_delay`` seconds so that progress is visible
 ``{"fail": true}`` in the input makes the ``write`` step raise, to show a failed run
 (``tidebase runs retry`` puts it back; it fails again, being a demo).
 
-Run it elsewhere with ``tidebase worker tidebase_async.demo_app:tide``.
+Run it elsewhere with ``tidebase worker tidebase_async.cli.demo_app:tide``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import anyio
 import msgspec
 
-from tidebase_async.client import Tidebase
-from tidebase_async.replay import Run
+from tidebase_async.client.tidebase import Tidebase
+from tidebase_async.engine.run import Run
 
 WORKFLOW = "demo.report"
 QUEUE = "demo"
@@ -119,6 +119,6 @@ async def enqueue_demo_runs(tide: Tidebase, count: int, *, step_delay: float = 0
     return [str(h.id) for h in handles]
 
 
-#: For ``tidebase worker tidebase_async.demo_app:tide`` (the database comes from
+#: For ``tidebase worker tidebase_async.cli.demo_app:tide`` (the database comes from
 #: ``TIDEBASE_DATABASE_URL``, else the embedded Postgres in ``./.tidebase``).
 tide = create_app()

@@ -15,9 +15,9 @@ from uuid import UUID
 import anyio
 
 from tidebase_async import errors
+from tidebase_async.engine.workflows import Workflow
+from tidebase_async.engine.writes import RunWrites
 from tidebase_async.store import ClaimedRun, StepRecord, Store
-from tidebase_async.workflows import Workflow
-from tidebase_async.writes import RunWrites
 
 logger = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ import math
 from typing import TYPE_CHECKING, Final
 
 from tidebase_async import errors
+from tidebase_async._util.checks import check_name
 from tidebase_async.models import QueueInfo
 from tidebase_async.store import QueueControl
-from tidebase_async.workflows import check_name
 
 if TYPE_CHECKING:
-    from tidebase_async.client import Tidebase
+    from tidebase_async.client.tidebase import Tidebase
 
 
 class _Unset:

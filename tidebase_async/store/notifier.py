@@ -1,24 +1,22 @@
-"""In-process wake-up primitives: a resettable signal and the coalescing notifier."""
+"""The coalescing notifier: 'run changed', 'queue has work' and live-output
+notifications sent after their writes commit, as few ``pg_notify`` calls as possible."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import anyio
 
-from tidebase_async.store import Store
+from tidebase_async._util.signals import Signal
+from tidebase_async.store.channels import EVENTS_CHANNEL, STREAM_CHANNEL, WAKE_CHANNEL
+
+if TYPE_CHECKING:
+    from tidebase_async.store import Store
 
 logger = logging.getLogger(__name__)
 
-WAKE_CHANNEL = "tidebase_wake"
-EVENTS_CHANNEL = "tidebase_events"
-# Ids of runs cancelled while running, sent in the cancelling transaction.
-CANCEL_CHANNEL = "tidebase_cancel"
-# Names of queues whose controls changed (tide.queues.configure).
-QUEUES_CHANNEL = "tidebase_queues"
-# Live output of runs (run.emit): parts of chunks, see ``streams``.
-STREAM_CHANNEL = "tidebase_stream"
 # Output waiting to be published beyond this is dropped (a publisher that cannot keep
 # up must not grow without bound; emitting never blocks a workflow).
 _MAX_STREAM_BACKLOG = 16 * 1024 * 1024
@@ -27,32 +25,6 @@ _MAX_STREAM_BACKLOG = 16 * 1024 * 1024
 _IDS_PER_NOTIFICATION = 200
 # How long 'run changed' notifications may wait to share one statement.
 _COALESCE_S = 0.002
-
-
-class Signal:
-    """A level-triggered wake-up that can be reset (anyio.Event cannot)."""
-
-    def __init__(self) -> None:
-        self._event = anyio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    def clear(self) -> None:
-        if self._event.is_set():
-            self._event = anyio.Event()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-
-    async def wait_for(self, timeout_s: float) -> bool:
-        """Wait at most ``timeout_s``; True when the signal was set."""
-        with anyio.move_on_after(max(0.0, timeout_s)):
-            await self._event.wait()
-        return self._event.is_set()
 
 
 def pack_ids(ids: Iterable[str]) -> list[str]:

@@ -15,43 +15,38 @@ import anyio
 import anyio.abc
 import msgspec
 
-from tidebase_async import codec, errors
-from tidebase_async.executor import execute
-from tidebase_async.gates import Gates
-from tidebase_async.models import (
-    Retry,
-    RunHandle,
-    RunSpec,
-    Schedule,
+from tidebase_async import errors
+from tidebase_async._util import codec
+from tidebase_async._util.checks import as_seconds, check_channels, check_name, is_utf8
+from tidebase_async._util.ids import uuid7
+from tidebase_async.client.gates import Gates
+from tidebase_async.client.queues import Queues
+from tidebase_async.client.runs import Runs, as_uuid
+from tidebase_async.client.schedules import Schedules, schedule_of
+from tidebase_async.client.usage import Usage
+from tidebase_async.engine.execution import Execution
+from tidebase_async.engine.executor import execute
+from tidebase_async.engine.outbox import Deliverer
+from tidebase_async.engine.worker import Worker, new_worker_id
+from tidebase_async.engine.workflows import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_QUEUE,
+    Workflow,
+    WorkflowFn,
+    make_workflow,
 )
-from tidebase_async.outbox import Deliverer
-from tidebase_async.queues import Queues
-from tidebase_async.replay import Execution, as_seconds, check_channels
-from tidebase_async.runs import Runs, as_uuid
-from tidebase_async.schedules import Schedules, schedule_of
+from tidebase_async.engine.writes import RunWrites
+from tidebase_async.models import Retry, RunHandle, RunSpec, Schedule
 from tidebase_async.store import ClaimedRun, NewRun, StepRecord, Store
-from tidebase_async.store.listener import Listener
-from tidebase_async.usage import Usage
-from tidebase_async.wakeup import (
+from tidebase_async.store.channels import (
     CANCEL_CHANNEL,
     EVENTS_CHANNEL,
     QUEUES_CHANNEL,
     STREAM_CHANNEL,
     WAKE_CHANNEL,
-    Notifier,
 )
-from tidebase_async.worker import Worker, new_worker_id
-from tidebase_async.workflows import (
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_QUEUE,
-    Workflow,
-    WorkflowFn,
-    check_name,
-    is_utf8,
-    make_workflow,
-    uuid7,
-)
-from tidebase_async.writes import RunWrites
+from tidebase_async.store.listener import Listener
+from tidebase_async.store.notifier import Notifier
 
 if TYPE_CHECKING:
     from aiohttp import web

@@ -28,16 +28,17 @@ from uuid import UUID
 
 import anyio
 
-from tidebase_async import codec, errors
-from tidebase_async.arguments import as_seconds, check_channels, check_history_name
-from tidebase_async.execution import _ENTRY, WRITE_RETRY_S, Execution, Suspend
-from tidebase_async.failures import error_info
+from tidebase_async import errors
+from tidebase_async._util import codec
+from tidebase_async._util.checks import as_seconds, check_channels, check_history_name, check_name
+from tidebase_async._util.failures import error_info
+from tidebase_async.engine.emit import parts_of
+from tidebase_async.engine.execution import _ENTRY, WRITE_RETRY_S, Execution, Suspend
+from tidebase_async.engine.state import RunState, merge_patch
+from tidebase_async.engine.usage import RunUsage
+from tidebase_async.engine.waits import RunWaits
+from tidebase_async.engine.workflows import backoff_delay
 from tidebase_async.models import Retry
-from tidebase_async.run_state import RunState, merge_patch
-from tidebase_async.streams import parts_of
-from tidebase_async.usage_ledger import RunUsage
-from tidebase_async.waits import RunWaits
-from tidebase_async.workflows import backoff_delay, check_name
 
 # Everything importable from here before the split into modules still is.
 __all__ = [

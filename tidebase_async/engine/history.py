@@ -11,8 +11,8 @@ from typing import Any
 import msgspec
 
 from tidebase_async import errors
-from tidebase_async.execution import _BRANCH, _ENTRY, Execution
-from tidebase_async.failures import error_info
+from tidebase_async._util.failures import error_info
+from tidebase_async.engine.execution import _BRANCH, _ENTRY, Execution
 from tidebase_async.store import Checkpoint, StepRecord
 
 

@@ -56,11 +56,11 @@ from typing import Any
 import anyio
 import msgspec
 
-from tidebase_async import cli_render as render
-from tidebase_async import cli_services as services
 from tidebase_async import errors
-from tidebase_async.client import Tidebase
-from tidebase_async.gates import GATE_STATUSES
+from tidebase_async.cli import render as render
+from tidebase_async.cli import services as services
+from tidebase_async.client.gates import GATE_STATUSES
+from tidebase_async.client.tidebase import Tidebase
 from tidebase_async.models import RUN_STATUSES, TERMINAL_STATUSES
 
 EXIT_OK = 0
@@ -383,7 +383,7 @@ async def _gates(args: argparse.Namespace) -> int:
 
 
 async def _enqueue(args: argparse.Namespace) -> int:
-    from tidebase_async import demo_app
+    from tidebase_async.cli import demo_app
 
     data = _json_arg(args.input, "--input")
     if args.app is not None:
@@ -544,7 +544,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 async def _dev(args: argparse.Namespace) -> int:
-    from tidebase_async import demo_app
+    from tidebase_async.cli import demo_app
 
     if args.app is not None and args.enqueue:
         raise UsageError(

@@ -11,7 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from tidebase_async import codec, errors
+from tidebase_async import errors
+from tidebase_async._util import codec
+from tidebase_async._util.checks import as_seconds, check_name, check_text, is_utf8
+from tidebase_async._util.ids import uuid7
+from tidebase_async._util.signals import Signal
+from tidebase_async.client.streams import subscribe
+from tidebase_async.engine.outbox import redact_url
 from tidebase_async.models import (
     RUN_STATUSES,
     TERMINAL_STATUSES,
@@ -24,16 +30,12 @@ from tidebase_async.models import (
     StepInfo,
     UsageTotals,
 )
-from tidebase_async.outbox import redact_url
-from tidebase_async.replay import as_seconds
-from tidebase_async.streams import subscribe
-from tidebase_async.wakeup import EVENTS_CHANNEL, Signal
-from tidebase_async.workflows import check_name, check_text, is_utf8, uuid7
+from tidebase_async.store.channels import EVENTS_CHANNEL
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from tidebase_async.client import Tidebase
+    from tidebase_async.client.tidebase import Tidebase
 
 _TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
 _EVENT_PAGE = 500

@@ -22,8 +22,8 @@ import anyio
 import anyio.to_thread
 
 from tidebase_async import errors
-from tidebase_async.client import Tidebase
-from tidebase_async.worker import Worker
+from tidebase_async.client.tidebase import Tidebase
+from tidebase_async.engine.worker import Worker
 
 if TYPE_CHECKING:
     from aiohttp import web

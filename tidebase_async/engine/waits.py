@@ -14,14 +14,21 @@ from uuid import UUID
 import anyio
 import msgspec
 
-from tidebase_async import codec, errors
-from tidebase_async.arguments import as_seconds, check_channels, check_history_name
-from tidebase_async.failures import error_info
-from tidebase_async.gate_tokens import hash_token, new_token, resolve_url
-from tidebase_async.history import RunHistory
+from tidebase_async import errors
+from tidebase_async._util import codec
+from tidebase_async._util.checks import (
+    as_seconds,
+    check_channels,
+    check_history_name,
+    check_name,
+    is_utf8,
+)
+from tidebase_async._util.failures import error_info
+from tidebase_async._util.tokens import hash_token, new_token, resolve_url
+from tidebase_async.engine.history import RunHistory
+from tidebase_async.engine.workflows import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE
 from tidebase_async.models import TERMINAL_STATUSES, GateDecision
 from tidebase_async.store import NewRun
-from tidebase_async.workflows import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, check_name, is_utf8
 
 if TYPE_CHECKING:
     pass

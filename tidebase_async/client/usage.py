@@ -7,11 +7,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from tidebase_async import errors
+from tidebase_async._util.checks import check_name
 from tidebase_async.models import UsageSummary
-from tidebase_async.workflows import check_name
 
 if TYPE_CHECKING:
-    from tidebase_async.client import Tidebase
+    from tidebase_async.client.tidebase import Tidebase
 
 #: The dimensions a summary can group by, in the order of the statement's GROUPING().
 DIMENSIONS = ("workflow", "model", "provider", "kind")
