@@ -92,20 +92,20 @@ async def _counts(tide: Tidebase, queue: str, status: str, n: int) -> bool:
 async def test_a_schedule_that_cannot_fire_does_not_stop_the_others(
     tide: Tidebase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tidebase_async.client.schedules import Schedules
+    from tidebase_async.engine import firing
 
     @tide.workflow("tick")
     async def tick(run: Run) -> None:
         return None
 
-    plan = Schedules._plan
+    plan = firing._plan
 
-    def broken(self: Schedules, row: Any, active: bool) -> Any:
+    def broken(workflows: Any, row: Any, active: bool) -> Any:
         if row["name"] == "broken":
             raise RuntimeError("a bug in planning")
-        return plan(self, row, active)
+        return plan(workflows, row, active)
 
-    monkeypatch.setattr(Schedules, "_plan", broken)
+    monkeypatch.setattr(firing, "_plan", broken)
     await tide.schedules.set("broken", every=0.3, workflow="tick")
     await tide.schedules.set("fine", every=0.3, workflow="tick")
     async with working(tide, maintenance_interval=0.1) as worker:

@@ -20,27 +20,23 @@ from __future__ import annotations
 import builtins
 import logging
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
-import msgspec
 
 from tidebase_async import errors
 from tidebase_async._util import codec
 from tidebase_async._util.checks import check_name
-from tidebase_async._util.ids import uuid7
 from tidebase_async._util.timing import (
     Timing,
-    latest_fire,
-    latest_fire_times,
     next_fire,
     parse_timing,
 )
-from tidebase_async.engine.workflows import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Workflow
+from tidebase_async.engine.firing import fire_due, timing_of
+from tidebase_async.engine.workflows import Workflow
 from tidebase_async.models import Schedule, ScheduleInfo
-from tidebase_async.store import ScheduledRun
 
 if TYPE_CHECKING:
     from tidebase_async.client.tidebase import Tidebase
@@ -49,8 +45,6 @@ logger = logging.getLogger(__name__)
 
 CATCHUP = ("latest", "all", "skip")
 OVERLAP = ("allow", "skip", "queue")
-#: With catchup "skip", a due tick older than this counts as missed.
-SKIP_GRACE_S = 60.0
 
 
 class Schedules:
@@ -209,7 +203,7 @@ class Schedules:
         if row is None:
             raise errors.NotFoundError(f"no schedule named {name!r}")
         now = await store.db_now()
-        timing = _timing(row)
+        timing = timing_of(row)
         anchor = now if row["every_s"] is not None else row["anchor_at"]
         resumed = await store.resume_schedule(
             name, next_fire_at=next_fire(timing, now, anchor=anchor), anchor_at=anchor
@@ -245,80 +239,9 @@ class Schedules:
         await self._tide.store.delete_code_schedules(workflows=list(workflows), keep=list(declared))
 
     async def fire_due(self, *, limit: int = 100) -> builtins.list[tuple[UUID, str]]:
-        """Enqueue the runs of every due tick (the reconciler calls this). Returns the
-        (id, queue) of the runs created."""
-        store = self._tide.store
-        created: builtins.list[tuple[UUID, str]] = []
-        for name in await store.due_schedules(limit=limit):
-            try:
-                fired = await store.fire_schedule(name, self._plan)
-            except errors.StoreError:
-                raise
-            except Exception:
-                # One schedule that cannot be planned (a bug, odd stored data) must not
-                # keep the others from firing; its transaction rolled back, it stays due.
-                logger.exception("schedule %r could not fire; skipping it this tick", name)
-                continue
-            if fired:
-                created.extend(fired)
-        return created
-
-    def _plan(
-        self, row: asyncpg.Record, active: bool
-    ) -> tuple[builtins.list[ScheduledRun], datetime]:
-        """The runs of the due ticks of ``row`` (a locked, due schedule) and its next fire
-        time, per its catchup and overlap policies."""
-        timing = _timing(row)
-        now: datetime = row["now"]
-        anchor: datetime = row["anchor_at"]
-        following = next_fire(timing, now, anchor=anchor)
-        if row["overlap"] == "skip" and active:
-            return [], following
-        due_from: datetime = row["next_fire_at"]
-        catchup = row["catchup"]
-        if catchup == "all":
-            ticks = latest_fire_times(
-                timing, due_from, now, anchor=anchor, limit=row["catchup_limit"]
-            ) or [due_from]
-            if row["overlap"] == "skip" and len(ticks) > 1:
-                # Several runs at once would overlap each other: the latest only.
-                ticks = ticks[-1:]
-            elif row["overlap"] == "queue" and len(ticks) > 1:
-                # One at a time: the oldest now; the schedule stays due at the next
-                # missed tick, which fires once this run has finished.
-                return [self._run_of(row, ticks[0])], ticks[1]
-        else:
-            latest = latest_fire(timing, now, anchor=anchor) or due_from
-            latest = max(latest, due_from)
-            ticks = [latest]
-            if catchup == "skip" and (now - latest).total_seconds() > SKIP_GRACE_S:
-                ticks = []
-        if row["overlap"] == "queue" and active:
-            # Not due to fire yet after all (the previous run is still active): keep
-            # the schedule due; it fires once that run has finished.
-            return [], due_from
-        return [self._run_of(row, tick) for tick in ticks], following
-
-    def _run_of(self, row: asyncpg.Record, tick: datetime) -> ScheduledRun:
-        wf = self._tide.workflows.get(row["workflow"])
-        queue = row["queue"] or (wf.queue if wf else DEFAULT_QUEUE)
-        metadata = msgspec.json.encode({"schedule": row["name"], "fire_time": tick.isoformat()})
-        return ScheduledRun(
-            id=uuid7(),
-            workflow=row["workflow"],
-            queue=queue,
-            input=msgspec.Raw(bytes(row["input"]) if row["input"] is not None else b"null"),
-            priority=row["priority"],
-            dedupe_key=None,
-            metadata=msgspec.Raw(metadata),
-            parent_id=None,
-            max_attempts=wf.max_attempts if wf else DEFAULT_MAX_ATTEMPTS,
-            run_at=None,
-            delay_s=0.0,
-            deadline_at=None,
-            schedule=row["name"],
-            fire_time=tick,
-        )
+        """Enqueue the runs of every due tick now (the reconciler does this on each
+        tick). Returns the (id, queue) of the runs created."""
+        return await fire_due(self._tide.store, self._tide.workflows, limit=limit)
 
 
 def schedule_of(spec: object, *, workflow: str) -> Schedule | None:
@@ -351,10 +274,6 @@ def schedule_of(spec: object, *, workflow: str) -> Schedule | None:
     except (errors.InvalidSchedule, errors.SerializationError) as exc:
         raise errors.InvalidSchedule(f"workflow {workflow!r}: {exc}") from exc
     return spec
-
-
-def _timing(row: asyncpg.Record) -> Timing:
-    return Timing(cron=row["cron"], every_s=row["every_s"], timezone=row["timezone"])
 
 
 def _info(row: asyncpg.Record) -> ScheduleInfo:

@@ -757,7 +757,6 @@ class Tidebase:
             max_payload=self.max_payload_bytes,
             handle_signals=handle_signals,
             retention_s=self.retention_s,
-            fire_schedules=self.schedules.fire_due,
             deliverer=Deliverer(self.store, secret=self.webhook_secret),
             public_url=self.public_url,
         )

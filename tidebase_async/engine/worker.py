@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 from uuid import UUID
 
@@ -27,9 +27,10 @@ from tidebase_async._util.failures import error_info
 from tidebase_async._util.signals import Signal
 from tidebase_async.engine.execution import Execution
 from tidebase_async.engine.executor import ExecutionResult, execute
+from tidebase_async.engine.reconciler import Reconciler
 from tidebase_async.engine.workflows import Workflow
 from tidebase_async.engine.writes import RunWrites
-from tidebase_async.store import ClaimedRun, QueueControl, SessionLock, Store
+from tidebase_async.store import ClaimedRun, QueueControl, Store
 from tidebase_async.store.channels import CANCEL_CHANNEL, QUEUES_CHANNEL, WAKE_CHANNEL
 from tidebase_async.store.listener import Listener
 from tidebase_async.store.notifier import Notifier
@@ -40,13 +41,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Session advisory lock that elects the one active reconciler among all workers.
-MAINTENANCE_LOCK = 7_321_094_451_006_132_812
-_SWEEP_LIMIT = 500
-_PRUNE_BATCHES = 4
 _CANCEL_POLL_S = 1.0
-# Only when the server runs without autovacuum (see Worker._lead).
-_VACUUM_EVERY_S = 10.0
 
 
 def new_worker_id() -> str:
@@ -101,7 +96,6 @@ class Worker:
         max_payload: int,
         handle_signals: bool,
         retention_s: float | None = None,
-        fire_schedules: Callable[[], Awaitable[list[tuple[UUID, str]]]] | None = None,
         deliverer: Deliverer | None = None,
         public_url: str | None = None,
     ) -> None:
@@ -124,12 +118,6 @@ class Worker:
         self._lease_s = lease_s
         self._poll_s = poll_interval_s
         self._grace_s = shutdown_grace_s
-        self._maintenance_s = maintenance_interval_s
-        self._retention_s = retention_s
-        self._self_vacuum = False
-        self._after_outage = False
-        self._pruned_since_vacuum = False
-        self._last_vacuum = 0.0
         self._max_payload = max_payload
         self._handle_signals = handle_signals
         self._wake = Signal()
@@ -146,8 +134,18 @@ class Worker:
         self._idle = Signal()
         self._idle.set()
         self._heartbeat_now = Signal()
-        self._fire_schedules = fire_schedules
         self._deliverer = deliverer
+        self._reconciler = Reconciler(
+            store=store,
+            notifier=notifier,
+            workflows=workflows,
+            stats=self.stats,
+            on_work=self._on_work,
+            lease_s=lease_s,
+            interval_s=maintenance_interval_s,
+            retention_s=retention_s,
+            deliverer=deliverer,
+        )
         self._public_url = public_url
         # Controls of this worker's controlled queues (paused, capped, rate limited);
         # refreshed on NOTIFY and every poll interval. The database enforces them
@@ -203,7 +201,7 @@ class Worker:
             async with asyncio.TaskGroup() as runs_tg, anyio.create_task_group() as services:
                 services.start_soon(self._heartbeat_loop)
                 services.start_soon(self._cancel_poll_loop)
-                services.start_soon(self._maintenance_loop)
+                services.start_soon(self._reconciler.run)
                 if self._handle_signals:
                     services.start_soon(self._signal_loop)
                 if started is not None:
@@ -222,6 +220,11 @@ class Worker:
 
     def _on_wake(self, payload: str) -> None:
         if payload in self._queues:
+            self._wake.set()
+
+    def _on_work(self, queues: set[str]) -> None:
+        """The reconciler made runs of ``queues`` runnable."""
+        if any(q in self._queues for q in queues):
             self._wake.set()
 
     def _on_queue_config(self, payload: str) -> None:
@@ -604,163 +607,3 @@ class Worker:
                     extra={"run_id": str(run_id)},
                 )
                 scope.cancel()
-
-    async def _maintenance_loop(self) -> None:
-        """The reconciler. Every worker runs it; a session advisory lock makes one of
-        them active at a time. A crashed holder's lock goes with its session; a frozen
-        holder's session is ended by the server's idle timeout (see ``_maintain``)."""
-        while True:
-            try:
-                await self._maintain()
-            except* errors.StoreError as group:
-                first: BaseException = group
-                while isinstance(first, BaseExceptionGroup):
-                    first = first.exceptions[0]
-                logger.warning("maintenance failed (%s); retrying", first)
-                self._after_outage = True
-                await anyio.sleep(self._maintenance_s)
-            except* Exception as group:
-                # A bug (ours, or in a schedule's data): it must not take the worker and
-                # its runs down. Logged with its traceback; the next tick tries again.
-                logger.error("maintenance failed unexpectedly; retrying", exc_info=group)
-                await anyio.sleep(self._maintenance_s)
-
-    async def _maintain(self) -> None:
-        # A frozen worker (SIGSTOP, VM pause) keeps its sockets open: without the idle
-        # timeout it would hold the lock, and no expired lease would ever be requeued.
-        idle_timeout_s = max(2.0, 5 * self._maintenance_s)
-        async with self._store.try_advisory_lock(
-            MAINTENANCE_LOCK, idle_timeout_s=idle_timeout_s
-        ) as lock:
-            if lock.held:
-                await self._lead(lock)
-                return
-        # Not elected: give the connection back while waiting for the next try.
-        await anyio.sleep(self._maintenance_s * 5)
-
-    async def _lead(self, lock: SessionLock) -> None:
-        if self._retention_s is not None and not await self._store.autovacuum_enabled():
-            # Deleted runs only free their space once vacuumed; without autovacuum the
-            # tables would grow with every run ever executed.
-            logger.warning(
-                "autovacuum is off on this server; the reconciler will VACUUM the "
-                "tidebase tables itself every %.0fs while it prunes runs",
-                _VACUUM_EVERY_S,
-            )
-            self._self_vacuum = True
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(lock.keep_alive)
-            if self._deliverer is not None:
-                # Beside the ticks, not in them: a slow receiver must not hold up the
-                # requeueing of expired leases.
-                tg.start_soon(self._deliverer.run)
-            if self._after_outage:
-                # The database was unreachable: every lease may have run out meanwhile,
-                # though their workers live and are retrying their writes. Give their
-                # heartbeats one lease to renew them before requeueing what expired.
-                await anyio.sleep(self._lease_s)
-                self._after_outage = False
-            while True:
-                await self._maintenance_tick()
-                await anyio.sleep(await self._until_next_tick())
-
-    async def _until_next_tick(self) -> float:
-        """The maintenance interval, or less when a waiting run's timer is due sooner:
-        durable sleeps and gate expiries fire on time, not on the next tick."""
-        wait_s = self._maintenance_s
-        for upcoming in (
-            await self._store.next_wake_in(),
-            await self._store.next_tick_in(),
-        ):
-            if upcoming is not None:
-                wait_s = min(wait_s, max(upcoming, 0.0) + 0.001)
-        return wait_s
-
-    async def _maintenance_tick(self) -> None:
-        await self._requeue_expired()
-        await self._wake_due()
-        await self._cancel_overdue()
-        await self._fire_due_schedules()
-        await self._prune()
-        self.stats.maintenance_ticks += 1
-        if self._self_vacuum and self._pruned_since_vacuum:
-            now = anyio.current_time()
-            if now - self._last_vacuum >= _VACUUM_EVERY_S:
-                await self._store.vacuum()
-                self._last_vacuum = now
-                self._pruned_since_vacuum = False
-
-    async def _prune(self) -> None:
-        """Retention: a bounded number of batches per tick, so a backlog of old runs
-        cannot starve the requeueing of expired leases (which runs first each tick)."""
-        if self._retention_s is None:
-            return
-        for _ in range(_PRUNE_BATCHES):
-            pruned = await self._store.prune_finished(
-                older_than_s=self._retention_s, limit=_SWEEP_LIMIT
-            )
-            self.stats.pruned += pruned
-            self._pruned_since_vacuum |= pruned > 0
-            if pruned < _SWEEP_LIMIT:
-                return
-
-    async def _fire_due_schedules(self) -> None:
-        if self._fire_schedules is None:
-            return
-        created = await self._fire_schedules()
-        if created:
-            self.stats.scheduled += len(created)
-            self._notifier.queues_changed(*{q for _, q in created})
-            self._notifier.runs_changed(*(r for r, _ in created))
-            if any(q in self._queues for _, q in created):
-                self._wake.set()
-
-    async def _wake_due(self) -> None:
-        """Waiting runs whose timer is due (sleep over, gate expired) go back to their
-        queue."""
-        while True:
-            woken = await self._store.wake_due(limit=_SWEEP_LIMIT)
-            if woken:
-                self.stats.timers_fired += len(woken)
-                self._notifier.queues_changed(*{q for _, q in woken})
-                self._notifier.runs_changed(*(r for r, _ in woken))
-                if any(q in self._queues for _, q in woken):
-                    self._wake.set()
-            if len(woken) < _SWEEP_LIMIT:
-                return
-
-    async def _cancel_overdue(self) -> None:
-        """Runs past their deadline are cancelled (reason ``deadline``) whatever their
-        status; a worker executing one is told to stop."""
-        overdue = await self._store.overdue_runs(limit=_SWEEP_LIMIT)
-        if not overdue:
-            return
-        cancelled = await self._store.cancel_runs(run_ids=overdue, reason="deadline", actor=None)
-        self.stats.deadlines_fired += len(cancelled)
-        for run_id, _queue, before in cancelled:
-            logger.warning(
-                "run %s: deadline passed while %s; cancelled",
-                run_id,
-                before,
-                extra={"run_id": str(run_id)},
-            )
-        self._notifier.runs_changed(*(r for r, _, _ in cancelled))
-
-    async def _requeue_expired(self) -> None:
-        while True:
-            swept = await self._store.requeue_expired(limit=_SWEEP_LIMIT)
-            if swept:
-                self.stats.requeued_expired += len(swept)
-                for run_id, _queue, status in swept:
-                    logger.warning(
-                        "run %s: lease expired, %s",
-                        run_id,
-                        "requeued" if status == "queued" else "failed (no attempts left)",
-                        extra={"run_id": str(run_id)},
-                    )
-                self._notifier.queues_changed(*{q for _, q, s in swept if s == "queued"})
-                self._notifier.runs_changed(*(r for r, _, _ in swept))
-                if any(q in self._queues for _, q, s in swept if s == "queued"):
-                    self._wake.set()
-            if len(swept) < _SWEEP_LIMIT:
-                return

@@ -1,0 +1,226 @@
+"""The reconciler: every worker runs one, a session advisory lock makes one of them
+active at a time. Its ticks requeue runs whose lease expired, wake waiting runs whose
+timer is due (durable sleeps, gate expiries), cancel runs past their deadline, fire due
+schedule ticks, deliver the outbox, and prune finished runs past retention.
+
+Correctness never depends on the election: every tick's statements are safe to run
+twice (each takes its rows with ``FOR UPDATE SKIP LOCKED`` or a unique key).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import anyio
+
+from tidebase_async import errors
+from tidebase_async.engine.firing import fire_due
+from tidebase_async.engine.workflows import Workflow
+from tidebase_async.store import SessionLock, Store
+from tidebase_async.store.notifier import Notifier
+
+if TYPE_CHECKING:
+    from tidebase_async.engine.outbox import Deliverer
+    from tidebase_async.engine.worker import WorkerStats
+
+logger = logging.getLogger(__name__)
+
+# Session advisory lock that elects the one active reconciler among all workers.
+MAINTENANCE_LOCK = 7_321_094_451_006_132_812
+_SWEEP_LIMIT = 500
+_PRUNE_BATCHES = 4
+# Only when the server runs without autovacuum (see Reconciler._lead).
+_VACUUM_EVERY_S = 10.0
+
+
+class Reconciler:
+    """One worker's candidate reconciler; ``run()`` until cancelled.
+
+    ``on_work`` is called with the queues that got runnable runs from a tick (requeued,
+    woken, scheduled), so the worker that owns this reconciler claims them at once
+    instead of waiting for NOTIFY. Counters go to the worker's ``stats``.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        notifier: Notifier,
+        workflows: Mapping[str, Workflow],
+        stats: WorkerStats,
+        on_work: Callable[[set[str]], None],
+        lease_s: float,
+        interval_s: float,
+        retention_s: float | None,
+        deliverer: Deliverer | None,
+    ) -> None:
+        self._store = store
+        self._notifier = notifier
+        self._workflows = workflows
+        self.stats = stats
+        self._on_work = on_work
+        self._lease_s = lease_s
+        self._maintenance_s = interval_s
+        self._retention_s = retention_s
+        self._deliverer = deliverer
+        self._self_vacuum = False
+        self._after_outage = False
+        self._pruned_since_vacuum = False
+        self._last_vacuum = 0.0
+
+    async def run(self) -> None:
+        """The reconciler. Every worker runs it; a session advisory lock makes one of
+        them active at a time. A crashed holder's lock goes with its session; a frozen
+        holder's session is ended by the server's idle timeout (see ``_maintain``)."""
+        while True:
+            try:
+                await self._maintain()
+            except* errors.StoreError as group:
+                first: BaseException = group
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                logger.warning("maintenance failed (%s); retrying", first)
+                self._after_outage = True
+                await anyio.sleep(self._maintenance_s)
+            except* Exception as group:
+                # A bug (ours, or in a schedule's data): it must not take the worker and
+                # its runs down. Logged with its traceback; the next tick tries again.
+                logger.error("maintenance failed unexpectedly; retrying", exc_info=group)
+                await anyio.sleep(self._maintenance_s)
+
+    async def _maintain(self) -> None:
+        # A frozen worker (SIGSTOP, VM pause) keeps its sockets open: without the idle
+        # timeout it would hold the lock, and no expired lease would ever be requeued.
+        idle_timeout_s = max(2.0, 5 * self._maintenance_s)
+        async with self._store.try_advisory_lock(
+            MAINTENANCE_LOCK, idle_timeout_s=idle_timeout_s
+        ) as lock:
+            if lock.held:
+                await self._lead(lock)
+                return
+        # Not elected: give the connection back while waiting for the next try.
+        await anyio.sleep(self._maintenance_s * 5)
+
+    async def _lead(self, lock: SessionLock) -> None:
+        if self._retention_s is not None and not await self._store.autovacuum_enabled():
+            # Deleted runs only free their space once vacuumed; without autovacuum the
+            # tables would grow with every run ever executed.
+            logger.warning(
+                "autovacuum is off on this server; the reconciler will VACUUM the "
+                "tidebase tables itself every %.0fs while it prunes runs",
+                _VACUUM_EVERY_S,
+            )
+            self._self_vacuum = True
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lock.keep_alive)
+            if self._deliverer is not None:
+                # Beside the ticks, not in them: a slow receiver must not hold up the
+                # requeueing of expired leases.
+                tg.start_soon(self._deliverer.run)
+            if self._after_outage:
+                # The database was unreachable: every lease may have run out meanwhile,
+                # though their workers live and are retrying their writes. Give their
+                # heartbeats one lease to renew them before requeueing what expired.
+                await anyio.sleep(self._lease_s)
+                self._after_outage = False
+            while True:
+                await self._maintenance_tick()
+                await anyio.sleep(await self._until_next_tick())
+
+    async def _until_next_tick(self) -> float:
+        """The maintenance interval, or less when a waiting run's timer is due sooner:
+        durable sleeps and gate expiries fire on time, not on the next tick."""
+        wait_s = self._maintenance_s
+        for upcoming in (
+            await self._store.next_wake_in(),
+            await self._store.next_tick_in(),
+        ):
+            if upcoming is not None:
+                wait_s = min(wait_s, max(upcoming, 0.0) + 0.001)
+        return wait_s
+
+    async def _maintenance_tick(self) -> None:
+        await self._requeue_expired()
+        await self._wake_due()
+        await self._cancel_overdue()
+        await self._fire_due_schedules()
+        await self._prune()
+        self.stats.maintenance_ticks += 1
+        if self._self_vacuum and self._pruned_since_vacuum:
+            now = anyio.current_time()
+            if now - self._last_vacuum >= _VACUUM_EVERY_S:
+                await self._store.vacuum()
+                self._last_vacuum = now
+                self._pruned_since_vacuum = False
+
+    async def _prune(self) -> None:
+        """Retention: a bounded number of batches per tick, so a backlog of old runs
+        cannot starve the requeueing of expired leases (which runs first each tick)."""
+        if self._retention_s is None:
+            return
+        for _ in range(_PRUNE_BATCHES):
+            pruned = await self._store.prune_finished(
+                older_than_s=self._retention_s, limit=_SWEEP_LIMIT
+            )
+            self.stats.pruned += pruned
+            self._pruned_since_vacuum |= pruned > 0
+            if pruned < _SWEEP_LIMIT:
+                return
+
+    async def _fire_due_schedules(self) -> None:
+        created = await fire_due(self._store, self._workflows)
+        if created:
+            self.stats.scheduled += len(created)
+            self._notifier.queues_changed(*{q for _, q in created})
+            self._notifier.runs_changed(*(r for r, _ in created))
+            self._on_work({q for _, q in created})
+
+    async def _wake_due(self) -> None:
+        """Waiting runs whose timer is due (sleep over, gate expired) go back to their
+        queue."""
+        while True:
+            woken = await self._store.wake_due(limit=_SWEEP_LIMIT)
+            if woken:
+                self.stats.timers_fired += len(woken)
+                self._notifier.queues_changed(*{q for _, q in woken})
+                self._notifier.runs_changed(*(r for r, _ in woken))
+                self._on_work({q for _, q in woken})
+            if len(woken) < _SWEEP_LIMIT:
+                return
+
+    async def _cancel_overdue(self) -> None:
+        """Runs past their deadline are cancelled (reason ``deadline``) whatever their
+        status; a worker executing one is told to stop."""
+        overdue = await self._store.overdue_runs(limit=_SWEEP_LIMIT)
+        if not overdue:
+            return
+        cancelled = await self._store.cancel_runs(run_ids=overdue, reason="deadline", actor=None)
+        self.stats.deadlines_fired += len(cancelled)
+        for run_id, _queue, before in cancelled:
+            logger.warning(
+                "run %s: deadline passed while %s; cancelled",
+                run_id,
+                before,
+                extra={"run_id": str(run_id)},
+            )
+        self._notifier.runs_changed(*(r for r, _, _ in cancelled))
+
+    async def _requeue_expired(self) -> None:
+        while True:
+            swept = await self._store.requeue_expired(limit=_SWEEP_LIMIT)
+            if swept:
+                self.stats.requeued_expired += len(swept)
+                for run_id, _queue, status in swept:
+                    logger.warning(
+                        "run %s: lease expired, %s",
+                        run_id,
+                        "requeued" if status == "queued" else "failed (no attempts left)",
+                        extra={"run_id": str(run_id)},
+                    )
+                self._notifier.queues_changed(*{q for _, q, s in swept if s == "queued"})
+                self._notifier.runs_changed(*(r for r, _, _ in swept))
+                self._on_work({q for _, q, s in swept if s == "queued"})
+            if len(swept) < _SWEEP_LIMIT:
+                return
