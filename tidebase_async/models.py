@@ -36,6 +36,16 @@ class Retry(msgspec.Struct, frozen=True, kw_only=True):
     jitter: bool = True
 
 
+class MigrationStep(msgspec.Struct, frozen=True, kw_only=True):
+    """One schema migration just applied (``tide.migrate(progress=...)``)."""
+
+    version: int
+    name: str
+    #: The newest version this release knows: the one being migrated to.
+    latest: int
+    seconds: float
+
+
 class RunHandle(msgspec.Struct, frozen=True, kw_only=True):
     """What ``enqueue`` returns: the run's id, and whether an active run with the same
     dedupe key already existed (then ``id`` is that run's)."""

@@ -9,7 +9,30 @@ from uuid import UUID
 import asyncpg
 
 from tests.integration.core_support import eventually, status_of
+from tidebase_async import Tidebase
+from tidebase_async.store import ClaimedRun
 from tidebase_async.store.sql import Q
+
+
+async def claim_one(tide: Tidebase, workflow: str, worker_id: str = "w-direct") -> ClaimedRun:
+    """Enqueue a run of ``workflow`` and lease it to ``worker_id`` (no worker runs)."""
+    handle = await tide.enqueue(workflow)
+    claimed = await tide.store.claim(worker_id=worker_id, queues=["default"], limit=1, lease_s=60.0)
+    assert [c.id for c in claimed] == [handle.id]
+    return claimed[0]
+
+
+async def lock_waiters(db: asyncpg.Connection, n: int) -> None:
+    """Wait until ``n`` other sessions are blocked on a lock."""
+
+    async def blocked() -> bool:
+        count = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return int(count) >= n
+
+    await eventually(blocked, timeout=5, what=f"{n} sessions waiting on a lock")
 
 
 async def wait_status(

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
 import asyncpg
+import msgspec
 import pytest
 
-from tests.integration.control_support import events, gate_row, wait_status
-from tests.integration.core_support import eventually, run_row, working
+from tests.integration.control_support import claim_one, events, gate_row, lock_waiters, wait_status
+from tests.integration.core_support import eventually, run_row, status_of, working
 from tidebase_async import (
     ConflictError,
     GateAlreadyResolved,
@@ -23,6 +25,7 @@ from tidebase_async import (
     RunNotFound,
     Tidebase,
 )
+from tidebase_async.store import NewRun
 
 
 def _long_step(log: list[str]) -> Any:
@@ -77,6 +80,23 @@ async def test_cancelling_a_run_inside_a_long_step_stops_it_within_a_second(
     assert (
         await db.fetchval("SELECT count(*) FROM tidebase.steps WHERE run_id = $1", handle.id) == 0
     )
+
+
+async def test_cancel_running(tide: Tidebase, db: asyncpg.Connection) -> None:
+    @tide.workflow("long")
+    async def long(run: Run) -> None:
+        await run.step("forever", anyio.sleep, 60)
+
+    async with working(tide, concurrency=2) as worker:
+        h = await tide.enqueue("long")
+        await wait_status(db, h.id, "running")
+        await anyio.sleep(0.2)
+        t0 = anyio.current_time()
+        await tide.runs.cancel(h.id, reason="stop", actor="me")
+        with pytest.raises(RunCancelled):
+            await tide.runs.wait(h.id, timeout=5)
+        await eventually(lambda: worker.stats.cancelled == 1, timeout=2, what="worker stopped it")
+        assert anyio.current_time() - t0 < 1.0
 
 
 async def test_the_heartbeat_stops_a_cancelled_run_when_the_notification_is_lost(
@@ -229,8 +249,77 @@ async def test_cancelling_a_parent_cancels_its_waiting_and_queued_children(
     assert (await run_row(db, handle.id))["cancel_reason"] == "abort"
 
 
+async def test_a_cancel_racing_the_creation_of_children_cancels_them_too(
+    tide: Tidebase, db: asyncpg.Connection, dsn: str
+) -> None:
+    """Regression: a cancel that waited for the parent's row while start_children was
+    inserting children cancelled the parent but left the new children running."""
+    parent = await claim_one(tide, "parent")
+    child_id = uuid.uuid4()
+    # Stall start_children after it locked the parent (lock_claim) and before its
+    # insert lands: another session holds an uncommitted row with the child's id, so
+    # insert_children's ON CONFLICT waits for that session.
+    blocker = await asyncpg.connect(dsn)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute(
+            "INSERT INTO tidebase.runs"
+            " (id, workflow, queue, status, max_attempts, run_at, created_at, updated_at)"
+            " VALUES ($1, 'leaf', 'default', 'queued', 3, now(), now(), now())",
+            child_id,
+        )
+        start = asyncio.create_task(
+            tide.store.start_children(
+                run_id=parent.id,
+                worker_id="w-direct",
+                attempt=parent.attempt,
+                children=[
+                    NewRun(
+                        id=child_id,
+                        workflow="leaf",
+                        queue="default",
+                        input=msgspec.Raw(b"null"),
+                        priority=0,
+                        dedupe_key=None,
+                        metadata=None,
+                        parent_id=parent.id,
+                        max_attempts=3,
+                        run_at=None,
+                        delay_s=0.0,
+                        deadline_at=None,
+                    )
+                ],
+                event_data=b"{}",
+            )
+        )
+        await lock_waiters(db, 1)  # start_children holds the parent, waits on the id
+        cancel = asyncio.create_task(tide.runs.cancel(parent.id, reason="stop"))
+        await lock_waiters(db, 2)  # the cancel waits for the parent's row
+        await tx.rollback()  # the child's id is free: start_children inserts and commits
+        await start
+        await cancel
+    finally:
+        await blocker.close()
+    assert await status_of(db, parent.id) == "cancelled"
+    # "children are cancelled too"
+    assert await status_of(db, child_id) == "cancelled"
+
+
 async def _eq(got: Any, want: Any) -> bool:
     return bool(await got == want)
+
+
+async def test_deadline(tide: Tidebase) -> None:
+    @tide.workflow("slow")
+    async def slow(run: Run) -> None:
+        await run.step("wait", anyio.sleep, 30)
+
+    async with working(tide, concurrency=2, maintenance_interval=0.2):
+        h = await tide.enqueue("slow", deadline=datetime.now(UTC) + timedelta(seconds=0.5))
+        with pytest.raises(RunCancelled) as exc:
+            await tide.runs.wait(h.id, timeout=5)
+        assert exc.value.reason == "deadline"
 
 
 async def test_deadline_cancels_a_queued_run(tide: Tidebase, db: asyncpg.Connection) -> None:

@@ -1,4 +1,6 @@
 """A worker process dies or freezes in the middle of a step; another one finishes the run.
+The database server crashes and loses a claim while the run executes; the run still
+executes once at a time and completes.
 
 Worker processes run ``tests.integration.worker_app``; its steps record every execution
 in ``step_log`` (run, step, pid) through their own connection, so executions by a
@@ -11,10 +13,14 @@ import signal
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import asyncpg
 
+from tests.conftest import opened
 from tests.integration import procs
-from tidebase_async import Tidebase
+from tests.integration.core_support import working
+from tests.integration.server_support import crash
+from tidebase_async import Run, Tidebase
 
 
 async def test_killed_worker_run_resumes_elsewhere_without_repeating_completed_steps(
@@ -153,3 +159,68 @@ async def test_frozen_worker_cannot_overwrite_the_run_another_worker_took_over(
     assert [c["name"] for c in checkpoints] == ["s1", "s2", "s3"]
     assert checkpoints[2]["run_attempt"] == 2
     assert bytes(checkpoints[2]["output"]) == f'"s3@{heir.pid}"'.encode()
+
+
+async def test_a_server_crash_that_undoes_a_claim_never_runs_the_run_twice_at_once(
+    tmp_path: Path,
+) -> None:
+    """Claims commit without waiting for their WAL flush; a server crash that loses one
+    must not let the run execute twice at once.
+
+    A worker claims a run (the claim's WAL not yet flushed: wal_writer_delay is
+    stretched so that the crash surely loses it), the server crashes while the run's
+    first step executes, and comes back. However the worker learns of it (its heartbeat
+    finds the lease gone, or its next claim returns the same fence), the run's code
+    never executes twice at once, and the run completes."""
+    from tidebase_async.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres(tmp_path / "pg")
+    await anyio.to_thread.run_sync(server.start)
+    try:
+        admin = await asyncpg.connect(server.dsn)
+        try:
+            await admin.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+            await admin.execute("SELECT pg_reload_conf()")
+        finally:
+            await admin.close()
+        active = 0
+        peak = 0
+        entered = 0
+        in_step = anyio.Event()
+        may_finish = anyio.Event()
+
+        async def step() -> str:
+            nonlocal active, peak
+            active += 1
+            peak = max(peak, active)
+            try:
+                in_step.set()
+                await may_finish.wait()
+                return "done"
+            finally:
+                active -= 1
+
+        tide = Tidebase(server.dsn)
+
+        @tide.workflow("crash-once")
+        async def crash_once(run: Run) -> str:
+            nonlocal entered
+            entered += 1
+            return str(await run.step("wait", step))
+
+        async with opened(tide):
+            handle = await tide.enqueue("crash-once")
+            async with working(tide, concurrency=4, poll_interval=0.1, lease=5.0):
+                with anyio.fail_after(10):
+                    await in_step.wait()
+                await anyio.to_thread.run_sync(crash, tmp_path / "pg")
+                await anyio.to_thread.run_sync(server.start)
+                # Time for the worker to reconnect and claim again (with the same fence
+                # or after its heartbeat gave the first execution up).
+                await anyio.sleep(2)
+                may_finish.set()
+                assert await tide.runs.wait(handle.id, timeout=30) == "done"
+        assert peak == 1
+        assert entered >= 1
+    finally:
+        await anyio.to_thread.run_sync(server.stop)

@@ -292,6 +292,17 @@ async def test_enqueue_many_writes_nothing_when_one_spec_is_bad(
     assert await count_rows(db) == (0, 0, 0)
 
 
+async def test_a_raw_input_cannot_smuggle_fields_into_the_enqueue_batch(
+    tide: Tidebase, db: asyncpg.Connection
+) -> None:
+    """Regression: a ``msgspec.Raw`` input was spliced into the enqueue batch's JSON as
+    it was, so a crafted one could add fields (another queue, another run) to the batch."""
+    smuggled = msgspec.Raw(b'1, "queue": "evil"}, {"workflow": "smuggled"')
+    with pytest.raises(SerializationError):
+        await tide.enqueue_many([("unregistered-wf", smuggled)])
+    assert await db.fetchval("SELECT count(*) FROM tidebase.runs") == 0
+
+
 async def test_a_run_of_an_unknown_workflow_is_queued_and_fails_when_claimed(
     tide: Tidebase, db: asyncpg.Connection
 ) -> None:

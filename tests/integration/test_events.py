@@ -96,7 +96,7 @@ async def test_run_created_is_listed_once_whether_derived_or_stored(
             handle.id, after=seqs[-1] if seqs else 0, limit=limit
         ):
             assert len(page) <= limit
-            seqs += [r["seq"] for r in page]
+            seqs += [r.seq for r in page]
         assert seqs == [e.seq for e in events], limit
 
 

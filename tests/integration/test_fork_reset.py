@@ -87,6 +87,60 @@ async def test_reset_of_a_failed_run_resumes_at_the_failed_step(tide: Tidebase) 
     assert "run.reset" in types and types.count("step.failed") == 1
 
 
+async def test_a_fork_of_a_fork_starts_from_the_state_at_the_fork_point(
+    tide: Tidebase,
+) -> None:
+    """Regression: a fork of a fork started from the wrong state instead of the state
+    its parent fork had when the step before the fork point finished."""
+
+    @tide.workflow("counted", max_attempts=1)
+    async def counted(run: Run) -> int:
+        for i in range(1, 5):
+            await run.step(f"s{i}", lambda: None)
+            await run.state.patch({"done": i})
+        return 4
+
+    async with working(tide):
+        original = await tide.enqueue("counted")
+        await tide.runs.wait(original.id, timeout=10)
+        first = await tide.runs.fork(original.id, from_step="s4")
+        assert (await tide.runs.get(first)).state == {"done": 2}  # as when s3 finished
+        await tide.runs.wait(first, timeout=10)
+        second = await tide.runs.fork(first, from_step="s3")
+        # As the first fork's state was when its step s2 finished.
+        assert (await tide.runs.get(second)).state == {"done": 1}
+
+
+async def test_reset_to_a_failed_child_runs_the_child_again(tide: Tidebase) -> None:
+    """Regression: resetting a parent to the step of a failed child replayed the child's
+    failure instead of running the child again."""
+    fail = [True]
+
+    @tide.workflow("flaky-child", max_attempts=1)
+    async def flaky_child(run: Run) -> str:
+        def work() -> str:
+            if fail[0]:
+                raise RuntimeError("child broke")
+            return "child ok"
+
+        result: str = await run.step("work", work)
+        return result
+
+    @tide.workflow("parent", max_attempts=1)
+    async def parent(run: Run) -> str:
+        await run.step("before", lambda: None)
+        result: str = await run.child("flaky-child")
+        return result
+
+    async with working(tide):
+        h = await tide.enqueue("parent")
+        with pytest.raises(RunFailed):
+            await tide.runs.wait(h.id, timeout=10)
+        fail[0] = False
+        await tide.runs.reset(h.id, to_step=2)
+        assert await tide.runs.wait(h.id, timeout=10) == "child ok"
+
+
 async def test_fork_and_reset_refuse_what_they_cannot_do(tide: Tidebase) -> None:
     executed: list[str] = []
     five_steps(tide, executed, fail_at=set())

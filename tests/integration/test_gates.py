@@ -13,10 +13,12 @@ import asyncpg
 import pytest
 
 from tests.integration.control_support import (
+    claim_one,
     events,
     gate_names,
     gate_row,
     history,
+    lock_waiters,
     snapshot,
     subsequence,
     wait_status,
@@ -44,6 +46,29 @@ def _decision(d: GateDecision) -> dict[str, Any]:
         "actor": d.actor,
         "payload": d.payload,
     }
+
+
+async def test_gate_suspends_and_resumes(tide: Tidebase, db: asyncpg.Connection) -> None:
+    executed: list[str] = []
+
+    @tide.workflow("approve-me")
+    async def approve_me(run: Run) -> str:
+        await run.step("before", lambda: executed.append("before"))
+        d = await run.gate("ok", prompt="go?", data={"x": 1})
+        assert isinstance(d, GateDecision)
+        await run.step("after", lambda: executed.append("after"))
+        return f"{d.decision}:{d.actor}"
+
+    async with working(tide, concurrency=1) as worker:
+        h = await tide.enqueue("approve-me")
+        await wait_status(db, h.id, "waiting")
+        gates = await tide.gates.list()
+        assert [g.name for g in gates] == ["ok"]
+        info = await tide.gates.resolve(h.id, "ok", approved=True, actor="alice")
+        assert info.status == "approved"
+        assert await tide.runs.wait(h.id, timeout=10) == "approved:alice"
+        assert executed == ["before", "after"]
+        assert worker.stats.suspended == 1
 
 
 async def test_worker_with_concurrency_one_runs_other_work_while_a_gate_is_pending(
@@ -298,6 +323,61 @@ async def test_a_resolve_after_the_timeout_expires_the_gate_instead_of_deciding_
     assert out["actor"] is None
 
 
+async def test_a_gate_expiring_while_it_is_resolved_does_not_deadlock(
+    tide: Tidebase, db: asyncpg.Connection, dsn: str
+) -> None:
+    """Regression: a gate's expiry (by its worker) and its resolution (by a client) took the
+    gate's and the run's rows in opposite orders, and deadlocked when both queued behind
+    another session holding the run row."""
+    claimed = await claim_one(tide, "gated")
+    store = tide.store
+    # The worker reaches the gate; its timeout is over (timeout 0): it is due.
+    gate = await store.open_gate(
+        run_id=claimed.id,
+        worker_id="w-direct",
+        attempt=claimed.attempt,
+        name="g",
+        prompt=None,
+        data=None,
+        channels=None,
+        timeout_s=0.0,
+    )
+    assert gate.status == "pending"
+    # A third session holds the run row a moment (any fenced write of the worker, a
+    # heartbeat), so that the resolver and the expirer queue up behind it.
+    holder = await asyncpg.connect(dsn)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute(
+            "SELECT 1 FROM tidebase.runs WHERE id = $1 FOR NO KEY UPDATE", claimed.id
+        )
+        resolve = asyncio.create_task(
+            store.resolve_gate(
+                run_id=claimed.id,
+                name="g",
+                status="approved",
+                actor="alice",
+                payload=None,
+                token_hash=None,
+                check_token=False,
+            )
+        )
+        await lock_waiters(db, 1)  # the resolver waits for the run row
+        expire = asyncio.create_task(
+            store.expire_gate(
+                run_id=claimed.id, worker_id="w-direct", attempt=claimed.attempt, name="g"
+            )
+        )
+        await lock_waiters(db, 2)  # the expirer holds the gate row, waits for the run
+        await tx.commit()
+        outcomes = await asyncio.gather(resolve, expire, return_exceptions=True)
+    finally:
+        await holder.close()
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    assert not failures, f"a side failed: {failures!r}"
+
+
 async def test_resolve_token_is_single_use_and_stored_hashed(
     tide: Tidebase, db: asyncpg.Connection
 ) -> None:
@@ -470,6 +550,25 @@ async def test_a_gate_named_like_an_ordinal_does_not_alias_a_later_gate(
         assert "'#'" in info.error["message"]
     else:
         assert (await tide.gates.list(run_id=handle.id))[-1].status == "pending"
+
+
+async def test_a_wait_name_with_a_hash_is_refused(tide: Tidebase) -> None:
+    """Regression: a gate named 'ok#2' by its workflow was the name the ordinal rule gives
+    the second gate 'ok', so the two were one gate, decided by whoever resolved either.
+    Names with '#' are refused."""
+
+    @tide.workflow("hash-gate")
+    async def hash_gate(run: Run) -> str:
+        await run.gate("ok#2")
+        return "passed"
+
+    async with working(tide, concurrency=1, maintenance_interval=0.2):
+        h = await tide.enqueue("hash-gate")
+        with pytest.raises(RunFailed) as failed:
+            await tide.runs.wait(h.id, timeout=10)
+    assert failed.value.error["type"] == "ConfigurationError"
+    assert "may not contain '#'" in failed.value.error["message"]
+    assert await tide.gates.list(run_id=h.id, status=None) == []
 
 
 @pytest.mark.parametrize(

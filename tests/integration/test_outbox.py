@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 import asyncpg
+import msgspec
 import pytest
 from aiohttp import web
 
@@ -34,11 +36,12 @@ from tests.integration.web_support import (
     aiohttp_server,
     bearer,
     serve,
+    serve_aiohttp,
     snapshot,
 )
 from tests.integration.worker_app import StepLog
 from tests.integration.worker_app import register as register_durable
-from tidebase_async import RunFailed, Tidebase
+from tidebase_async import GateTokenInvalid, Run, RunFailed, Tidebase
 from tidebase_async.engine import outbox as outbox
 from tidebase_async.engine.outbox import redact_url
 from tidebase_async.web import DELIVERY_HEADER, SIGNATURE_HEADER, verify
@@ -183,6 +186,72 @@ async def test_deliveries_are_retried_with_one_id_and_secrets_never_leak(
             assert secret not in repr(record.__dict__)
         for text in responses:
             assert secret not in text
+
+
+async def test_deliveries_retry_and_gate_tokens(dsn: str) -> None:
+    received: list[dict[str, Any]] = []
+    failures = [2]
+
+    async def receiver(request: web.Request) -> web.Response:
+        body = await request.read()
+        verify(request.headers.get("Tidebase-Signature"), body, "s3cret")
+        if failures[0] > 0:
+            failures[0] -= 1
+            return web.Response(status=500)
+        received.append({"id": request.headers["Tidebase-Delivery"], **json.loads(body)})
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", receiver)
+    runner, base = await serve_aiohttp(app)
+    try:
+        async with opened(Tidebase(dsn, webhook_secret="s3cret", public_url="http://x")) as tide:
+
+            @tide.workflow("gated")
+            async def gated(run: Run) -> str:
+                d = await run.gate("ok", channels=[f"{base}/hook"])
+                return d.decision
+
+            original = outbox.backoff_s
+            outbox.backoff_s = lambda attempts: 0.05
+            try:
+                h = await tide.enqueue("gated", webhooks=[f"{base}/hook"])
+                async with working(tide, maintenance_interval=0.1):
+                    for _ in range(200):
+                        if received:
+                            break
+                        await anyio.sleep(0.05)
+                    created = received[0]
+                    assert created["type"] == "gate.created"
+                    assert created["resolve_url"].startswith("http://x/runs/")
+                    token = created["resolve_token"]
+                    with pytest.raises(GateTokenInvalid):
+                        await tide.gates.resolve(h.id, "ok", approved=True, token="nope")
+                    await tide.gates.resolve(h.id, "ok", approved=True, token=token)
+                    assert await tide.runs.wait(h.id, timeout=10) == "approved"
+                    for _ in range(200):
+                        info = await tide.runs.get(h.id)
+                        if len(info.deliveries) == 3 and all(
+                            d.status == "delivered" for d in info.deliveries
+                        ):
+                            break
+                        await anyio.sleep(0.05)
+                info = await tide.runs.get(h.id)
+            finally:
+                outbox.backoff_s = original
+            assert sorted(d.event for d in info.deliveries) == [
+                "gate.created",
+                "gate.resolved",
+                "run.completed",
+            ]
+            assert all(d.status == "delivered" for d in info.deliveries)
+            assert max(d.attempts for d in info.deliveries) == 3
+            stored = await tide.store.get_deliveries(h.id)
+            assert stored and "resolve_token" not in json.dumps(
+                [msgspec.structs.asdict(r) for r in stored], default=str
+            )
+    finally:
+        await runner.cleanup()
 
 
 async def test_run_channels_get_failed_and_cancelled(

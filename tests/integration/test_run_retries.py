@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from tests.integration.core_support import FAST, event_types, eventually, run_row, working
-from tidebase_async import Retry, Run, RunFailed, Tidebase
+from tidebase_async import Retry, Run, RunFailed, StoreError, Tidebase
 
 
 async def test_a_run_that_fails_twice_completes_on_its_third_attempt(
@@ -75,6 +75,30 @@ async def test_a_run_fails_when_its_attempts_are_spent(
     types = await event_types(db, handle.id)
     assert types.count("run.retrying") == 1
     assert types[-1] == "run.failed"
+
+
+async def test_a_store_error_raised_by_workflow_code_spends_attempts_and_fails(
+    tide: Tidebase, db: asyncpg.Connection
+) -> None:
+    """Regression: a StoreError raised by the workflow's own code was taken for the store
+    failing, so the claim was handed back and the run executed again in a loop instead of
+    spending its attempts and failing."""
+    executions: list[int] = []
+
+    @tide.workflow("raises-store-error", max_attempts=2, retry=FAST)
+    async def raises_store_error(run: Run) -> None:
+        executions.append(run.attempt)
+        raise StoreError("boom")
+
+    handle = await tide.enqueue("raises-store-error")
+    async with working(tide):
+        with pytest.raises(RunFailed) as failed:
+            await tide.runs.wait(handle.id, timeout=5)
+
+    assert (failed.value.error["type"], failed.value.error["message"]) == ("StoreError", "boom")
+    assert executions == [1, 2]  # not handed back and re-executed in a loop
+    row = await run_row(db, handle.id)
+    assert (row["status"], row["attempt"]) == ("failed", 2)
 
 
 async def test_max_attempts_given_at_enqueue_overrides_the_workflow(tide: Tidebase) -> None:

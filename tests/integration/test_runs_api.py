@@ -19,6 +19,8 @@ from tidebase_async import (
     RunFailed,
     RunNotFound,
     Tidebase,
+    TidebaseError,
+    WaitTimeout,
 )
 from tidebase_async.models import RunSummary
 
@@ -126,6 +128,27 @@ async def test_list_rejects_a_bad_limit_or_cursor(tide: Tidebase) -> None:
             await tide.runs.list(limit=limit, cursor=cursor)
 
 
+async def test_list_rejects_an_unknown_status_and_run_info_tells_inline_runs(
+    tide: Tidebase,
+) -> None:
+    """Regression: runs.list took an unknown status (and matched nothing) instead of
+    refusing it, and RunInfo did not tell inline runs from queued ones."""
+
+    @tide.workflow("plain")
+    async def plain(run: Run) -> str:
+        return "ok"
+
+    with pytest.raises(ConfigurationError, match="bogus"):
+        await tide.runs.list(status="bogus")
+
+    assert (await tide.runs.list(status="queued")).items == []  # a known status is fine
+    assert await tide.run("plain") == "ok"
+    inline = (await tide.runs.list(workflow="plain")).items[0]
+    queued = await tide.enqueue("plain")
+    assert (await tide.runs.get(inline.id)).inline is True
+    assert (await tide.runs.get(queued.id)).inline is False
+
+
 async def test_wait_with_a_timeout_raises_timeout_error(tide: Tidebase) -> None:
     handle = await tide.enqueue("never-worked")
     t0 = time.monotonic()
@@ -152,6 +175,23 @@ async def test_wait_with_timeout_zero_returns_a_finished_run_at_once(tide: Tideb
     queued = await tide.enqueue("quick", input=1)
     with pytest.raises(TimeoutError):
         await tide.runs.wait(queued.id, timeout=0)
+
+
+async def test_wait_timeout_is_a_tidebase_error_and_a_timeout_error(tide: Tidebase) -> None:
+    """Regression: runs.wait gave up with a bare TimeoutError that ``except
+    TidebaseError`` does not catch; it raises WaitTimeout, which is both."""
+
+    @tide.workflow("never-claimed")
+    async def never_claimed(run: Run) -> None:
+        return None
+
+    handle = await tide.enqueue("never-claimed")  # no worker runs it
+    with pytest.raises(TimeoutError) as timed_out:
+        await tide.runs.wait(handle.id, timeout=0.2)
+    exc: BaseException = timed_out.value
+    assert isinstance(exc, TidebaseError)  # catchable with the library's other errors
+    assert type(exc) is WaitTimeout
+    assert "still queued" in str(exc)
 
 
 async def test_cancel_a_queued_run(tide: Tidebase, db: asyncpg.Connection) -> None:
@@ -266,6 +306,31 @@ async def test_retry_of_a_failed_run_resumes_from_its_checkpoints(
         await tide.runs.retry(handle.id)
     with pytest.raises(ConflictError, match="queued"):
         await tide.runs.retry((await tide.enqueue("pipeline")).id)
+
+
+async def test_retry_of_a_failed_run_whose_dedupe_key_is_taken_raises_conflict(
+    tide: Tidebase, db: asyncpg.Connection
+) -> None:
+    """Regression: retrying a failed run whose dedupe key another active run now holds
+    was not refused cleanly; it must raise ConflictError naming the dedupe key and leave
+    both runs as they were."""
+
+    @tide.workflow("deduped", max_attempts=1)
+    async def deduped(run: Run) -> None:
+        raise RuntimeError("fails")
+
+    first = await tide.enqueue("deduped", dedupe_key="k")
+    async with working(tide):
+        with pytest.raises(RunFailed):
+            await tide.runs.wait(first.id, timeout=10)
+    second = await tide.enqueue("deduped", dedupe_key="k")  # no worker: stays queued
+    assert not second.deduplicated and second.id != first.id
+
+    with pytest.raises(ConflictError) as conflict:
+        await tide.runs.retry(first.id)
+    assert "dedupe key" in str(conflict.value)
+    assert (await run_row(db, first.id))["status"] == "failed"
+    assert (await run_row(db, second.id))["status"] == "queued"
 
 
 async def test_events_end_when_the_run_is_deleted_meanwhile(

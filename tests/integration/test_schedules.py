@@ -1,22 +1,18 @@
-"""Schedules on a real Postgres: exactly one run per tick (several tickers, several worker
-processes, a crash between insert and advance), catchup and overlap policies, schedules
-declared in code, pause/resume, get/list/delete and bad input.
+"""Managing schedules on a real Postgres: schedules declared in code, pause/resume,
+get/list/delete and bad input. How due ticks fire (exactly once, catchup, overlap) is in
+test_schedules_firing.py.
 
 Downtime is simulated by moving a schedule's ``anchor_at``/``next_fire_at`` into the past
-in SQL; ``tide.schedules.fire_due()`` is the reconciler's firing step, called directly
-where a worker would only add timing noise.
+in SQL (``schedule_support.shift_back``); ``tide.schedules.fire_due()`` is the
+reconciler's firing step, called directly where a worker would only add timing noise.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
-from uuid import uuid4
 from zoneinfo import ZoneInfo
 
 import anyio
@@ -24,78 +20,20 @@ import asyncpg
 import pytest
 
 from tests.conftest import opened
-from tests.integration import procs
 from tests.integration.core_support import eventually, working
-from tidebase_async import InvalidSchedule, NotFoundError, Run, StoreError, Tidebase
+from tests.integration.schedule_support import (
+    count_schedules,
+    db_now,
+    fire_times_of,
+    runs_at_least,
+    runs_in_status,
+    runs_of,
+    shift_back,
+)
+from tidebase_async import InvalidSchedule, NotFoundError, Run, Tidebase
 from tidebase_async.store.sql import Q
 
-SECOND = timedelta(seconds=1)
-
-
-# -- helpers ---------------------------------------------------------------------------
-
-
-async def runs_of(db: asyncpg.Connection, schedule: str) -> list[dict[str, Any]]:
-    """The schedule's runs, oldest tick first, jsonb columns decoded."""
-    rows = await db.fetch(
-        "SELECT id, workflow, queue, status, fire_time, metadata::text AS metadata,"
-        " error::text AS error, created_at, started_at, finished_at"
-        " FROM tidebase.runs WHERE schedule = $1 ORDER BY fire_time",
-        schedule,
-    )
-    out = []
-    for row in rows:
-        item = dict(row)
-        for key in ("metadata", "error"):
-            item[key] = None if item[key] is None else json.loads(item[key])
-        out.append(item)
-    return out
-
-
-async def fire_times_of(db: asyncpg.Connection, schedule: str) -> list[datetime]:
-    return [r["fire_time"] for r in await runs_of(db, schedule)]
-
-
-async def schedule_row(db: asyncpg.Connection, name: str) -> dict[str, Any]:
-    row = await db.fetchrow("SELECT * FROM tidebase.schedules WHERE name = $1", name)
-    assert row is not None, f"schedule {name!r} does not exist"
-    return dict(row)
-
-
-async def shift_back(db: asyncpg.Connection, name: str, seconds: float) -> dict[str, Any]:
-    """Simulate ``seconds`` of downtime: move the schedule's anchor and next tick back
-    (interval schedules keep their grid). Returns the schedule row afterwards."""
-    await db.execute(
-        "UPDATE tidebase.schedules SET anchor_at = anchor_at - make_interval(secs => $2),"
-        " next_fire_at = next_fire_at - make_interval(secs => $2) WHERE name = $1",
-        name,
-        seconds,
-    )
-    return await schedule_row(db, name)
-
-
-async def db_now(db: asyncpg.Connection) -> datetime:
-    now: datetime = await db.fetchval("SELECT tidebase.now()")
-    return now
-
-
-async def count_schedules(db: asyncpg.Connection) -> int:
-    n: int = await db.fetchval("SELECT count(*) FROM tidebase.schedules")
-    return n
-
-
-def assert_on_grid(fires: list[datetime], anchor: datetime, every_s: float) -> None:
-    for fire in fires:
-        k = (fire - anchor).total_seconds() / every_s
-        assert abs(k - round(k)) < 1e-3, f"{fire} is not on the grid of {anchor} + k*{every_s}"
-
-
-async def wait_until_mid_tick(db: asyncpg.Connection, name: str, every_s: float) -> None:
-    """Sleep until the database clock is half an interval away from the schedule's ticks,
-    so that an action taken now is unambiguously between two ticks."""
-    anchor = (await schedule_row(db, name))["anchor_at"]
-    phase = ((await db_now(db)) - anchor).total_seconds() % every_s
-    await anyio.sleep((every_s / 2 - phase) % every_s)
+# -- fixtures --------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -103,344 +41,6 @@ async def other(dsn: str) -> AsyncIterator[Tidebase]:
     """A second client on the test's database (another process's view)."""
     async with opened(Tidebase(dsn)) as t:
         yield t
-
-
-# -- exactly once per tick ---------------------------------------------------------------
-
-
-async def test_two_worker_processes_fire_one_run_per_tick(
-    tide: Tidebase, db: asyncpg.Connection, dsn: str, tmp_path: Path
-) -> None:
-    await procs.create_step_log(db)
-    async with procs.Workers(dsn, tmp_path) as workers:
-        first = await workers.start(maintenance_interval=0.2)
-        second = await workers.start(maintenance_interval=0.2)
-        # Set once both workers are up: every tick from now on has a live ticker.
-        info = await tide.schedules.set("each-second", every=1, workflow="nap", input=0)
-        row = await schedule_row(db, "each-second")
-        await anyio.sleep(5.3)
-        fires = await fire_times_of(db, "each-second")
-        assert first.returncode is None, first.describe()
-        assert second.returncode is None, second.describe()
-        runs = await runs_of(db, "each-second")
-        await eventually(
-            lambda: _all_completed(db, "each-second", len(runs)),
-            timeout=10,
-            what="every scheduled run completed",
-        )
-    assert info.every == 1.0
-    assert len(fires) == len(set(fires)), f"duplicate fire times: {fires}"
-    assert 4 <= len(fires) <= 6, fires
-    # One run per tick and no tick missed: consecutive ticks one second apart.
-    assert fires[0] == row["next_fire_at"]
-    assert [b - a for a, b in itertools.pairwise(fires)] == [SECOND] * (len(fires) - 1)
-    assert_on_grid(fires, row["anchor_at"], 1.0)
-    for run in runs:
-        assert run["metadata"] == {
-            "schedule": "each-second",
-            "fire_time": run["fire_time"].isoformat(),
-        }
-    # Each run executed once (the step log counts executions across both processes).
-    executions = await db.fetch("SELECT run_id, count(*) AS n FROM step_log GROUP BY run_id")
-    assert {r["run_id"]: r["n"] for r in executions} == {r["id"]: 1 for r in runs}
-
-
-async def _all_completed(db: asyncpg.Connection, schedule: str, at_least: int) -> bool:
-    runs = await runs_of(db, schedule)
-    return len(runs) >= at_least and all(r["status"] == "completed" for r in runs[:at_least])
-
-
-async def test_racing_tickers_enqueue_each_tick_once(
-    tide: Tidebase, db: asyncpg.Connection, dsn: str
-) -> None:
-    await tide.schedules.set("race", every=0.1, workflow="nothing")
-    clients = [tide]
-    async with (
-        opened(Tidebase(dsn)) as t2,
-        opened(Tidebase(dsn)) as t3,
-        opened(Tidebase(dsn)) as t4,
-    ):
-        clients += [t2, t3, t4]
-        created: list[Any] = []
-        deadline = time.monotonic() + 2.0
-
-        async def tick(client: Tidebase) -> None:
-            while time.monotonic() < deadline:
-                created.extend(await client.schedules.fire_due())
-                await anyio.sleep(0.001)
-
-        async with anyio.create_task_group() as tg:
-            for client in clients:
-                tg.start_soon(tick, client)
-    fires = await fire_times_of(db, "race")
-    row = await schedule_row(db, "race")
-    assert len(fires) == len(set(fires)) == len(created)
-    assert len({run_id for run_id, _ in created}) == len(created)
-    assert 12 <= len(fires) <= 21, fires
-    assert_on_grid(fires, row["anchor_at"], 0.1)
-    assert row["last_fire_at"] == fires[-1]
-
-
-async def test_a_crash_between_insert_and_advance_does_not_double_fire(
-    tide: Tidebase, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    await tide.schedules.set("crashy", every=60, workflow="nothing", catchup="all")
-    before = await shift_back(db, "crashy", 180.5)  # three missed ticks
-    # The advance fails after the runs were inserted in the same transaction.
-    monkeypatch.setitem(
-        Q,
-        "advance_schedule",
-        "UPDATE tidebase.schedules SET next_fire_at = $2, last_fire_at = $3,"
-        " last_run_id = $4 WHERE name = $1 AND 1 / 0 = 1",
-    )
-    with pytest.raises(StoreError, match="crashy"):
-        await tide.schedules.fire_due()
-    # Nothing of the failed attempt stayed: no run, the schedule still due.
-    assert await runs_of(db, "crashy") == []
-    assert (await schedule_row(db, "crashy"))["next_fire_at"] == before["next_fire_at"]
-
-    monkeypatch.undo()
-    created = await tide.schedules.fire_due()
-    assert len(created) == 3
-    assert await tide.schedules.fire_due() == []
-    fires = await fire_times_of(db, "crashy")
-    anchor = before["anchor_at"]
-    assert fires == [anchor + timedelta(seconds=s) for s in (60, 120, 180)]
-    after = await schedule_row(db, "crashy")
-    assert after["next_fire_at"] == anchor + timedelta(seconds=240)
-    assert after["last_fire_at"] == fires[-1]
-
-
-async def test_a_tick_enqueued_by_a_ticker_that_died_before_advancing_is_not_enqueued_again(
-    tide: Tidebase, db: asyncpg.Connection
-) -> None:
-    await tide.schedules.set("orphan", every=60, workflow="nothing")
-    row = await shift_back(db, "orphan", 60.5)  # one tick due, half a second ago
-    due = row["next_fire_at"]
-    ghost = uuid4()
-    await db.execute(
-        "INSERT INTO tidebase.runs (id, workflow, queue, status, max_attempts, run_at,"
-        " created_at, updated_at, event_seq, schedule, fire_time, metadata)"
-        " VALUES ($1, 'nothing', 'default', 'queued', 3, now(), now(), now(), 1, 'orphan', $2,"
-        " $3::jsonb)",
-        ghost,
-        due,
-        json.dumps({"schedule": "orphan", "fire_time": due.isoformat()}),
-    )
-    assert await tide.schedules.fire_due() == []
-    runs = await runs_of(db, "orphan")
-    assert [(r["id"], r["fire_time"]) for r in runs] == [(ghost, due)]
-    after = await schedule_row(db, "orphan")
-    assert after["next_fire_at"] == due + timedelta(seconds=60)
-    assert after["next_fire_at"] > await db_now(db)
-    assert await tide.schedules.fire_due() == []
-
-
-# -- catchup ------------------------------------------------------------------------------
-
-
-async def test_catchup_latest_enqueues_only_the_most_recent_missed_tick(
-    tide: Tidebase, db: asyncpg.Connection
-) -> None:
-    info = await tide.schedules.set("latest", every=60, workflow="nothing", input={"k": 1})
-    assert info.catchup == "latest"  # the default
-    row = await shift_back(db, "latest", 600.5)  # ten missed ticks
-    anchor = row["anchor_at"]
-    created = await tide.schedules.fire_due()
-    runs = await runs_of(db, "latest")
-    assert [r["id"] for r in runs] == [run_id for run_id, _ in created]
-    assert [r["fire_time"] for r in runs] == [anchor + timedelta(seconds=600)]
-    assert runs[0]["metadata"] == {
-        "schedule": "latest",
-        "fire_time": runs[0]["fire_time"].isoformat(),
-    }
-    assert datetime.fromisoformat(runs[0]["metadata"]["fire_time"]) == runs[0]["fire_time"]
-    got = await tide.runs.get(runs[0]["id"])
-    assert got.metadata == runs[0]["metadata"]
-    assert got.input == {"k": 1}
-    after = await tide.schedules.get("latest")
-    assert after.next_fire_at == anchor + timedelta(seconds=660)
-    assert after.last_fire_at == runs[0]["fire_time"]
-    assert after.last_run_id == runs[0]["id"]
-    assert await tide.schedules.fire_due() == []
-
-
-async def test_catchup_all_enqueues_the_latest_missed_ticks_up_to_the_limit(
-    tide: Tidebase, db: asyncpg.Connection
-) -> None:
-    await tide.schedules.set("all4", every=60, workflow="nothing", catchup="all", catchup_limit=4)
-    await tide.schedules.set("all100", every=60, workflow="nothing", catchup="all")
-    a4 = (await shift_back(db, "all4", 600.5))["anchor_at"]
-    a100 = (await shift_back(db, "all100", 600.5))["anchor_at"]
-    created = await tide.schedules.fire_due()
-    assert len(created) == 14
-    assert await fire_times_of(db, "all4") == [
-        a4 + timedelta(seconds=s) for s in (420, 480, 540, 600)
-    ]
-    assert await fire_times_of(db, "all100") == [
-        a100 + timedelta(seconds=60 * k) for k in range(1, 11)
-    ]
-    for name, anchor in (("all4", a4), ("all100", a100)):
-        assert (await tide.schedules.get(name)).next_fire_at == anchor + timedelta(seconds=660)
-    assert await tide.schedules.fire_due() == []
-
-
-async def test_catchup_all_of_a_cron_schedule_enqueues_the_latest_missed_minutes(
-    tide: Tidebase, db: asyncpg.Connection
-) -> None:
-    await tide.schedules.set(
-        "cron-all", cron="* * * * *", workflow="nothing", catchup="all", catchup_limit=3
-    )
-    await shift_back(db, "cron-all", 600)
-    before = await db_now(db)
-    await tide.schedules.fire_due()
-    after = await db_now(db)
-    # The firing read the clock somewhere in [before, after]: its minute is the latest
-    # tick, whichever side of a minute boundary that fell on.
-    next_fire_at = (await tide.schedules.get("cron-all")).next_fire_at
-    assert next_fire_at is not None
-    minute = next_fire_at - timedelta(minutes=1)
-    assert minute in {t.replace(second=0, microsecond=0) for t in (before, after)}
-    assert await fire_times_of(db, "cron-all") == [minute - timedelta(minutes=m) for m in (2, 1, 0)]
-
-
-async def test_catchup_skip_drops_missed_ticks_but_fires_a_tick_due_just_now(
-    tide: Tidebase, db: asyncpg.Connection
-) -> None:
-    await tide.schedules.set("skipped", every=600, workflow="nothing", catchup="skip")
-    # Down for 35 minutes: three ticks missed, the latest five minutes ago.
-    row = await shift_back(db, "skipped", 2100)
-    assert await tide.schedules.fire_due() == []
-    assert await runs_of(db, "skipped") == []
-    after = await schedule_row(db, "skipped")
-    assert after["next_fire_at"] == row["anchor_at"] + timedelta(seconds=2400)
-    assert after["next_fire_at"] > await db_now(db)
-    assert await tide.schedules.fire_due() == []
-
-    # The same down time with catchup "latest" does enqueue that tick.
-    await tide.schedules.set("caught", every=600, workflow="nothing")
-    row = await shift_back(db, "caught", 2100)
-    assert len(await tide.schedules.fire_due()) == 1
-    assert await fire_times_of(db, "caught") == [row["anchor_at"] + timedelta(seconds=1800)]
-
-    # A tick due just now is not a missed one.
-    await tide.schedules.set("on-time", every=60, workflow="nothing", catchup="skip")
-    row = await shift_back(db, "on-time", 60.5)  # one tick due half a second ago
-    assert len(await tide.schedules.fire_due()) == 1
-    assert await fire_times_of(db, "on-time") == [row["next_fire_at"]]
-
-
-# -- overlap ------------------------------------------------------------------------------
-
-
-async def test_overlap_allow_starts_ticks_while_the_previous_run_is_running(
-    tide: Tidebase, db: asyncpg.Connection
-) -> None:
-    release = anyio.Event()
-
-    @tide.workflow("slow")
-    async def slow(run: Run) -> None:
-        await release.wait()
-
-    await tide.schedules.set("allow", every=0.2, workflow="slow")
-    async with working(tide, concurrency=8, maintenance_interval=0.2):
-        await eventually(
-            lambda: _count_status(db, "allow", "running", 3),
-            timeout=5,
-            what="three runs of the schedule running at once",
-        )
-        release.set()
-    fires = await fire_times_of(db, "allow")
-    assert len(fires) == len(set(fires)) >= 3
-
-
-async def _count_status(db: asyncpg.Connection, schedule: str, status: str, n: int) -> bool:
-    runs = await runs_of(db, schedule)
-    return sum(1 for r in runs if r["status"] == status) >= n
-
-
-async def _hold_first_run(
-    tide: Tidebase, db: asyncpg.Connection, name: str, overlap: str
-) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
-    """Schedule ``name`` every second; its first run blocks for about two ticks. Returns
-    the runs while it blocked, the blocked run as it finished, and the runs once a
-    second run exists."""
-    release = anyio.Event()
-
-    @tide.workflow("slow")
-    async def slow(run: Run) -> None:
-        await release.wait()
-
-    await tide.schedules.set(name, every=1, workflow="slow", overlap=overlap)
-    async with working(tide, concurrency=8, maintenance_interval=0.2):
-        await eventually(
-            lambda: _count_status(db, name, "running", 1), timeout=5, what="the first run running"
-        )
-        await anyio.sleep(2.0)
-        await wait_until_mid_tick(db, name, 1.0)
-        during = await runs_of(db, name)
-        release.set()
-        await eventually(
-            lambda: _count_at_least(db, name, 2), timeout=5, what="a second run of the schedule"
-        )
-        await anyio.sleep(0.1)
-        after = await runs_of(db, name)
-    first = after[0]
-    assert first["id"] == during[0]["id"]
-    assert first["status"] == "completed"
-    return during, first, after
-
-
-async def _count_at_least(db: asyncpg.Connection, schedule: str, n: int) -> bool:
-    return len(await runs_of(db, schedule)) >= n
-
-
-async def test_overlap_skip_drops_ticks_while_the_previous_run_is_active(
-    tide: Tidebase, db: asyncpg.Connection
-) -> None:
-    during, first, after = await _hold_first_run(tide, db, "skip", "skip")
-    assert len(during) == 1, "a tick fired while the previous run was active"
-    second = after[1]
-    # The ticks of the blocked period were dropped: the next run is a later tick's.
-    assert second["fire_time"] > first["finished_at"]
-    assert second["created_at"] >= first["finished_at"]
-
-
-async def test_overlap_queue_fires_the_waiting_tick_once_the_previous_run_finished(
-    tide: Tidebase, db: asyncpg.Connection
-) -> None:
-    during, first, after = await _hold_first_run(tide, db, "queued", "queue")
-    assert len(during) == 1, "a tick fired while the previous run was active"
-    second = after[1]
-    # The tick that waited fires right after the first run finished (not at the next
-    # tick), once (catchup "latest"), for a tick from before the finish.
-    assert second["created_at"] >= first["finished_at"]
-    assert second["fire_time"] < first["finished_at"]
-    assert second["created_at"] - first["finished_at"] < timedelta(seconds=0.45)
-    assert sum(r["fire_time"] < first["finished_at"] for r in after) == 2
-
-
-async def test_a_queue_overlap_schedule_held_back_by_an_active_run_does_not_spin_maintenance(
-    tide: Tidebase, db: asyncpg.Connection
-) -> None:
-    release = anyio.Event()
-
-    @tide.workflow("slow")
-    async def slow(run: Run) -> None:
-        await release.wait()
-
-    await tide.schedules.set("held", every=0.2, workflow="slow", overlap="queue")
-    async with working(tide, maintenance_interval=0.2) as worker:
-        await eventually(
-            lambda: _count_status(db, "held", "running", 1), timeout=5, what="the first run"
-        )
-        await anyio.sleep(0.5)  # the schedule is due again, and held back
-        ticks = worker.stats.maintenance_ticks
-        await anyio.sleep(1.0)
-        spent = worker.stats.maintenance_ticks - ticks
-        release.set()
-    # One second at a 0.2 s interval (plus 0.2 s ticks of the schedule): ~5-10 ticks.
-    assert spent <= 20, f"{spent} maintenance ticks in one second"
 
 
 # -- schedules declared in code ----------------------------------------------------------
@@ -470,7 +70,7 @@ async def test_code_schedules_are_synced_at_worker_start_updated_and_deleted(
         # It fires: make its tick due now and wait for the worker's run.
         await db.execute("UPDATE tidebase.schedules SET next_fire_at = now() WHERE name = 'x'")
         await eventually(
-            lambda: _count_status(db, "x", "completed", 1), timeout=5, what="a run of x"
+            lambda: runs_in_status(db, "x", "completed", 1), timeout=5, what="a run of x"
         )
     assert (await tide.schedules.get("y")).every == 3600.0
     unchanged = await tide.schedules.get("y")
@@ -510,6 +110,23 @@ async def test_code_schedules_are_synced_at_worker_start_updated_and_deleted(
     assert len(await runs_of(db, "x")) >= 1  # its runs stay
 
 
+async def test_worker_start_keeps_a_paused_code_schedule_paused(tide: Tidebase) -> None:
+    """Regression: schedules declared in code were re-enabled at every worker start,
+    undoing a pause."""
+
+    @tide.workflow("nightly", schedule="0 3 * * *")
+    async def nightly(run: Run) -> None:
+        return None
+
+    async with working(tide, concurrency=1):
+        pass
+    assert (await tide.schedules.get("nightly")).enabled
+    await tide.schedules.pause("nightly")
+    async with working(tide, concurrency=1):
+        pass
+    assert not (await tide.schedules.get("nightly")).enabled, "the worker start resumed it"
+
+
 # -- pause, resume, get, list, delete -------------------------------------------------------
 
 
@@ -542,7 +159,7 @@ async def test_a_schedule_paused_under_a_worker_fires_again_after_resume(
 
     await tide.schedules.set("live", every=0.2, workflow="tick", catchup="all")
     async with working(tide, maintenance_interval=0.2):
-        await eventually(lambda: _count_at_least(db, "live", 2), timeout=5, what="two runs")
+        await eventually(lambda: runs_at_least(db, "live", 2), timeout=5, what="two runs")
         await tide.schedules.pause("live")
         await anyio.sleep(0.3)  # a fire in flight lands
         paused_at = await db_now(db)
@@ -552,7 +169,7 @@ async def test_a_schedule_paused_under_a_worker_fires_again_after_resume(
         resumed_at = await db_now(db)
         await tide.schedules.resume("live")
         await eventually(
-            lambda: _count_at_least(db, "live", n_paused + 2), timeout=5, what="runs after resume"
+            lambda: runs_at_least(db, "live", n_paused + 2), timeout=5, what="runs after resume"
         )
     fires = await fire_times_of(db, "live")
     assert not [f for f in fires if paused_at < f <= resumed_at], "a tick of the pause fired"
@@ -686,3 +303,13 @@ async def test_a_schedule_of_an_unregistered_workflow_is_stored_and_its_runs_fai
         json.loads(e["data"]) for e in events if e["type"] in ("run.retrying", "run.failed")
     ]
     assert failures and failures[0]["type"] == "WorkflowNotFound"
+
+
+async def test_bad_schedule_stores_nothing(tide: Tidebase) -> None:
+    with pytest.raises(InvalidSchedule, match="cron"):
+        await tide.schedules.set("x", cron="61 * * * *", workflow="w")
+    with pytest.raises(InvalidSchedule, match="time zone"):
+        await tide.schedules.set("x", cron="* * * * *", workflow="w", timezone="Mars/Base")
+    with pytest.raises(InvalidSchedule, match="exactly one"):
+        await tide.schedules.set("x", cron="* * * * *", every=5, workflow="w")
+    assert await tide.schedules.list() == []

@@ -17,7 +17,7 @@ import asyncpg
 from tests.integration import procs
 from tests.integration.control_support import events, history, subsequence, wait_status
 from tests.integration.core_support import FAST, run_row, working
-from tidebase_async import ChildFailed, Run, Tidebase
+from tidebase_async import ChildFailed, ConfigurationError, Run, Tidebase
 
 
 async def _sleep_until(db: asyncpg.Connection, run_id: uuid.UUID, name: str) -> datetime:
@@ -29,6 +29,38 @@ async def _sleep_until(db: asyncpg.Connection, run_id: uuid.UUID, name: str) -> 
     )
     assert raw is not None, f"no sleep {name!r} recorded"
     return datetime.fromisoformat(json.loads(bytes(raw)))
+
+
+async def test_sleep_and_children(tide: Tidebase) -> None:
+    @tide.workflow("leaf")
+    async def leaf(run: Run, n: int) -> int:
+        if n < 0:
+            raise ValueError("negative")
+        return n * 2
+
+    @tide.workflow("parent")
+    async def parent(run: Run) -> list[int]:
+        await run.sleep("nap", 0.3)
+        one = await run.child("leaf", input=5)
+        many = await run.fanout("many", [("leaf", i) for i in range(4)])
+        return [one, *many]
+
+    @tide.workflow("bad-parent")
+    async def bad_parent(run: Run) -> str:
+        try:
+            await run.child("leaf", input=-1)
+        except ChildFailed as exc:
+            return f"caught {exc.error.get('type')}"
+        return "no"
+
+    async with working(tide, concurrency=4, maintenance_interval=0.2):
+        h = await tide.enqueue("parent")
+        assert await tide.runs.wait(h.id, timeout=20) == [10, 0, 2, 4, 6]
+        info = await tide.runs.get(h.id)
+        assert len(info.children) == 5
+        assert [s.kind for s in info.steps] == ["sleep", "child", "fanout"]
+        b = await tide.enqueue("bad-parent")
+        assert await tide.runs.wait(b.id, timeout=20) == "caught ValueError"
 
 
 async def test_sleep_survives_the_death_of_its_worker(
@@ -154,6 +186,47 @@ async def test_sleep_until_a_past_time_does_not_wait(
         assert await tide.runs.wait(handle.id, timeout=10) == "done"
     assert worker.stats.suspended == 0
     assert "run.waiting" not in [t for t, _ in await events(db, handle.id)]
+
+
+async def test_inline_run_with_sleep_and_no_worker_finishes(tide: Tidebase) -> None:
+    """Regression: nothing woke an inline run's durable sleep when no worker ran, so
+    tide.run blocked for good."""
+
+    @tide.workflow("inline-nap")
+    async def inline_nap(run: Run) -> str:
+        await run.sleep("nap", 0.3)
+        return "rested"
+
+    run_id = uuid.uuid4()
+    result: list[Any] = []
+    with anyio.move_on_after(5):
+        result.append(await tide.run("inline-nap", run_id=run_id))
+    assert result == ["rested"], (
+        f"tide.run still blocked after 5 s; the run is {await tide.store.run_status(run_id)!r}"
+    )
+
+
+async def test_sleep_with_an_infinite_duration_is_a_configuration_error(
+    tide: Tidebase,
+) -> None:
+    """Regression: a sleep too long for a datetime (inf, 1e12 s) raised OverflowError
+    instead of a ConfigurationError."""
+    seen: list[str] = []
+
+    @tide.workflow("forever-nap")
+    async def forever_nap(run: Run) -> str:
+        for duration in (float("inf"), 1e12):
+            try:
+                await run.sleep(f"nap-{duration}", duration)
+            except ConfigurationError:
+                seen.append("ConfigurationError")
+            except Exception as exc:
+                seen.append(type(exc).__name__)
+        return "done"
+
+    with anyio.fail_after(10):
+        await tide.run("forever-nap")
+    assert seen == ["ConfigurationError", "ConfigurationError"]
 
 
 async def test_reused_sleep_and_child_names_follow_the_ordinal_rule(
@@ -355,3 +428,46 @@ async def test_a_child_and_a_fanout_of_the_same_name_do_not_share_a_run(
     assert (
         await db.fetchval("SELECT count(*) FROM tidebase.runs WHERE parent_id = $1", handle.id) == 3
     )
+
+
+async def test_a_child_with_the_default_name_and_a_fanout_of_that_name_do_not_share_a_run(
+    tide: Tidebase,
+) -> None:
+    """Regression: a child whose name defaulted to its workflow's ('leaf') and a fanout
+    named 'leaf' were given the same child run."""
+
+    @tide.workflow("leaf")
+    async def leaf(run: Run, n: int) -> int:
+        return n * 10
+
+    @tide.workflow("tree")
+    async def tree(run: Run) -> list[int]:
+        one = await run.child("leaf", input=1)  # name defaults to the workflow name
+        many = await run.fanout("leaf", [("leaf", 2), ("leaf", 3)])
+        return [one, *many]
+
+    async with working(tide, concurrency=4, maintenance_interval=0.2):
+        h = await tide.enqueue("tree")
+        result = await tide.runs.wait(h.id, timeout=20)
+        info = await tide.runs.get(h.id)
+    assert (result, len(info.children)) == ([10, 20, 30], 3)
+
+
+async def test_fanout_of_a_non_iterable_is_a_configuration_error(tide: Tidebase) -> None:
+    """Regression: run.fanout of something that is not iterable failed with a bare
+    TypeError instead of a ConfigurationError."""
+    seen: list[str] = []
+
+    @tide.workflow("bad-fanout")
+    async def bad_fanout(run: Run) -> str:
+        try:
+            await run.fanout("many", None)  # type: ignore[arg-type]
+        except ConfigurationError:
+            seen.append("ConfigurationError")
+        except Exception as exc:
+            seen.append(type(exc).__name__)
+        return "done"
+
+    with anyio.fail_after(10):
+        await tide.run("bad-fanout")
+    assert seen == ["ConfigurationError"]

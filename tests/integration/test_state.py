@@ -124,6 +124,33 @@ async def test_state_read_between_steps_is_the_same_on_replay(tide: Tidebase) ->
     assert (await tide.runs.get(handle.id)).state == {"count": 3}
 
 
+async def test_a_patch_inside_a_step_survives_a_replay(tide: Tidebase) -> None:
+    """Regression: a state patch made inside a step was lost when a later step failed
+    and the next attempt replayed that step from its checkpoint."""
+    fail = [True]
+
+    @tide.workflow("patch-in-step", max_attempts=2, retry=FAST)
+    async def patch_in_step(run: Run) -> None:
+        async def one() -> None:
+            await run.state.patch({"one": 1})
+
+        await run.step("one", one)
+
+        async def two() -> None:
+            if fail[0]:
+                fail[0] = False
+                raise RuntimeError("flaky")
+            await run.state.patch({"two": 2})
+
+        await run.step("two", two)
+
+    async with working(tide):
+        h = await tide.enqueue("patch-in-step")
+        await tide.runs.wait(h.id, timeout=10)
+    # Without the failure the state would be {"one": 1, "two": 2}.
+    assert (await tide.runs.get(h.id)).state == {"one": 1, "two": 2}
+
+
 class Opaque:
     """Something msgspec cannot encode."""
 

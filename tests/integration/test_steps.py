@@ -3,6 +3,7 @@ determinism, and the checkpointed helpers."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from datetime import datetime
@@ -14,7 +15,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from tests.integration.core_support import FAST, run_row, working
+from tests.integration.core_support import FAST, eventually, run_row, working
 from tidebase_async import ConfigurationError, Retry, Run, RunFailed, Tidebase
 
 
@@ -185,6 +186,89 @@ async def test_a_step_that_exhausts_its_retries_fails_the_run(tide: Tidebase) ->
     assert step.error is not None and step.error["message"] == "boom number 2"
 
 
+async def _step_completed(db: asyncpg.Connection, run_id: UUID, name: str) -> bool:
+    status = await db.fetchval(
+        "SELECT status FROM tidebase.steps WHERE run_id = $1 AND name = $2", run_id, name
+    )
+    return bool(status == "completed")
+
+
+async def test_concurrent_steps_where_the_first_fails_after_the_second_completed_recover(
+    tide: Tidebase, db: asyncpg.Connection
+) -> None:
+    """Regression: a failed step was replayed as StepFailed even when the workflow never
+    went past its failure, so this run failed every attempt.
+
+    gather(step a, step b): b (position 2) is checkpointed, then a (position 1) fails
+    and ends the attempt. a's failure was never handled, so the next attempt executes a
+    again instead of replaying it as StepFailed."""
+    calls = {"a": 0, "b": 0}
+
+    async def a(run_id: UUID) -> int:
+        calls["a"] += 1
+        if calls["a"] == 1:
+            # Slowly: only once b's checkpoint is in the history.
+            await eventually(lambda: _step_completed(db, run_id, "b"), what="b's checkpoint")
+            raise RuntimeError("a failed once")
+        return 1
+
+    async def b() -> int:
+        calls["b"] += 1
+        return 2
+
+    @tide.workflow("concurrent", max_attempts=2, retry=FAST)
+    async def concurrent(run: Run) -> int:
+        first, second = await asyncio.gather(run.step("a", a, run.id), run.step("b", b))
+        return int(first) + int(second)
+
+    handle = await tide.enqueue("concurrent")
+    async with working(tide):
+        assert await tide.runs.wait(handle.id, timeout=10) == 3
+
+    assert calls == {"a": 2, "b": 1}  # b was replayed, a executed again
+    row = await run_row(db, handle.id)
+    assert (row["status"], row["attempt"]) == ("completed", 2)
+
+
+async def test_a_handled_step_failure_is_executed_again_after_the_attempt_failed_later(
+    tide: Tidebase, db: asyncpg.Connection
+) -> None:
+    """Regression: a step failure the workflow had handled stayed marked as handled after
+    the attempt failed later, so the next attempt replayed it instead of executing it.
+
+    The workflow catches x's failure, goes on to y, then fails the attempt. That
+    attempt's failure clears the "handled" mark: attempt 2 executes x again."""
+    calls = {"x": 0, "y": 0}
+    caught: list[int] = []
+
+    def x() -> None:
+        calls["x"] += 1
+        raise ValueError("x always fails")
+
+    def y() -> str:
+        calls["y"] += 1
+        return "y"
+
+    @tide.workflow("handled-then-crash", max_attempts=2, retry=FAST)
+    async def handled_then_crash(run: Run) -> str:
+        try:
+            await run.step("x", x)
+        except ValueError:
+            caught.append(run.attempt)
+        await run.step("y", y)
+        if run.attempt == 1:
+            raise RuntimeError("the attempt fails after the handled failure")
+        return "done"
+
+    handle = await tide.enqueue("handled-then-crash")
+    async with working(tide):
+        assert await tide.runs.wait(handle.id, timeout=10) == "done"
+
+    assert calls == {"x": 2, "y": 1}
+    assert caught == [1, 2]  # a ValueError both times, never a replayed StepFailed
+    assert (await run_row(db, handle.id))["attempt"] == 2
+
+
 async def test_a_step_timeout_cancels_the_async_step(tide: Tidebase) -> None:
     cancelled = anyio.Event()
 
@@ -210,6 +294,42 @@ async def test_a_step_timeout_cancels_the_async_step(tide: Tidebase) -> None:
     assert failed.value.error["type"] == "StepTimeout"
     assert "'hang'" in failed.value.error["message"]
     assert "0.2s" in failed.value.error["message"]
+
+
+async def test_a_timeout_error_raised_by_a_step_is_not_reported_as_step_timeout(
+    tide: Tidebase,
+) -> None:
+    """Regression: any TimeoutError raised inside a step that has a timeout was reported
+    as StepTimeout; only the step's own deadline is one."""
+
+    async def upstream() -> None:
+        raise TimeoutError("upstream")
+
+    async def too_slow() -> None:
+        await anyio.sleep(10)
+
+    @tide.workflow("upstream-timeout", max_attempts=1)
+    async def upstream_timeout(run: Run) -> None:
+        await run.step("call", upstream, timeout=10)
+
+    @tide.workflow("real-timeout", max_attempts=1)
+    async def real_timeout(run: Run) -> None:
+        await run.step("call", too_slow, timeout=0.05)
+
+    with pytest.raises(RunFailed) as failed:
+        await tide.run("upstream-timeout")
+    assert (failed.value.error["type"], failed.value.error["message"]) == (
+        "TimeoutError",
+        "upstream",
+    )
+    info = await tide.runs.get(failed.value.run_id)
+    assert info.steps[0].error is not None
+    assert info.steps[0].error["type"] == "TimeoutError"
+
+    with pytest.raises(RunFailed) as failed:
+        await tide.run("real-timeout")
+    assert failed.value.error["type"] == "StepTimeout"
+    assert "timed out after 0.05s" in failed.value.error["message"]
 
 
 async def test_a_step_annotated_with_a_struct_returns_that_struct_on_replay_too(
@@ -284,6 +404,28 @@ async def test_a_step_returning_an_unencodable_value_fails_the_run_without_retri
     info = await tide.runs.get(handle.id)
     assert info.attempt == 1
     assert [(s.name, s.status) for s in info.steps] == [("make-opaque", "failed")]
+
+
+def _undecodable() -> list[int] | tuple[int, ...]:
+    """msgspec refuses this annotation (two array-like types in one union)."""
+    return [1]
+
+
+async def test_a_step_return_type_msgspec_cannot_decode_is_a_serialization_error(
+    tide: Tidebase,
+) -> None:
+    """Regression: a step whose return annotation msgspec cannot build a decoder for
+    failed the run with msgspec's own error instead of a SerializationError naming the
+    step."""
+
+    @tide.workflow("bad-step-type", max_attempts=1)
+    async def bad_step_type(run: Run) -> None:
+        await run.step("shape", _undecodable)
+
+    with pytest.raises(RunFailed) as failed:
+        await tide.run("bad-step-type")
+    assert failed.value.error["type"] == "SerializationError"
+    assert "step 'shape'" in failed.value.error["message"]
 
 
 async def test_a_replay_that_reaches_another_step_raises_non_determinism(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import decimal
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -135,6 +136,85 @@ async def test_bad_usage_is_a_clear_error_and_records_nothing(
     assert failed.value.error["type"] == "ConfigurationError"
     assert "usage" in failed.value.error["message"]
     assert await db.fetchval("SELECT count(*) FROM tidebase.usage") == 0
+
+
+async def test_a_huge_decimal_cost_is_refused_not_poisoning_reads(tide: Tidebase) -> None:
+    """Regression: a cost too large for the ledger's numeric column (Decimal("1e400"))
+    was stored and then broke every read of the run and of the usage summary; it must be
+    refused up front or stay readable."""
+
+    @tide.workflow("huge-cost", max_attempts=1)
+    async def huge_cost(run: Run) -> None:
+        await run.usage.record(model="m", cost_usd=decimal.Decimal("1e400"))
+
+    async with working(tide):
+        h = await tide.enqueue("huge-cost")
+        try:
+            await tide.runs.wait(h.id, timeout=10)
+        except RunFailed as failed:
+            assert failed.error["type"] == "ConfigurationError"
+    # Either refused up front, or readable afterwards: never a broken runs.get.
+    await tide.runs.get(h.id)
+    await tide.usage.summary()
+
+
+async def test_a_huge_int_cost_is_a_configuration_error(tide: Tidebase) -> None:
+    """Regression: an int cost too large for the ledger (10**5000) failed the run with a
+    low-level error instead of a ConfigurationError."""
+
+    @tide.workflow("huge-int-cost", max_attempts=1)
+    async def huge_int_cost(run: Run) -> None:
+        await run.usage.record(model="m", cost_usd=10**5000)
+
+    async with working(tide):
+        h = await tide.enqueue("huge-int-cost")
+        with pytest.raises(RunFailed) as failed:
+            await tide.runs.wait(h.id, timeout=10)
+    assert failed.value.error["type"] == "ConfigurationError"
+
+
+async def test_usage_between_steps_in_gather_does_not_swallow_a_later_steps_usage(
+    tide: Tidebase, db: asyncpg.Connection
+) -> None:
+    """Regression: usage recorded between steps inside a gather, in an attempt that
+    failed and was retried, made a later step's usage count as already recorded and be
+    dropped."""
+    fail = [True]
+
+    @tide.workflow("gathered", max_attempts=2, retry=FAST)
+    async def gathered(run: Run) -> None:
+        async def slow_a() -> None:
+            await asyncio.sleep(0.2)
+
+        async def branch_a() -> None:
+            await run.step("a", slow_a)
+            await run.usage.record(model="A", input_tokens=1)
+
+        async def slow_b2() -> None:
+            await asyncio.sleep(0.5)
+            if fail[0]:
+                fail[0] = False
+                raise RuntimeError("flaky")
+
+        async def branch_b() -> None:
+            await run.step("b1", lambda: None)
+            await run.step("b2", slow_b2)
+
+        await asyncio.gather(branch_a(), branch_b())
+
+        async def c() -> None:
+            await run.usage.record(model="C", input_tokens=10)
+
+        await run.step("c", c)
+
+    async with working(tide):
+        h = await tide.enqueue("gathered")
+        await tide.runs.wait(h.id, timeout=20)
+    models = await db.fetch(
+        "SELECT model, step FROM tidebase.usage WHERE run_id = $1 ORDER BY model", h.id
+    )
+    assert [r["model"] for r in models] == ["A", "C"]
+    assert (await tide.runs.get(h.id)).usage.input_tokens == 11
 
 
 async def test_state_history_is_gap_free_under_concurrent_patches(tide: Tidebase) -> None:

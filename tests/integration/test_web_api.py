@@ -1,16 +1,22 @@
 """The HTTP API (``tide.http_app()`` on a real aiohttp server, ``tide.asgi_app()`` mounted
-in Starlette): authentication, every 400/401/404/405/409 path, gate resolution by token,
-and the OpenAPI document against the routes actually served."""
+in Starlette): authentication, every 400/401/404/405/409 path, gate resolution by token
+and by resolve URL, the routes used end to end (enqueue, read, resolve, events, queues,
+schedules), and the OpenAPI document against the routes actually served."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
+import anyio
 import asyncpg
 import httpx
 import pytest
+from aiohttp import web
 
 from tests.conftest import opened
 from tests.integration.core_support import eventually, status_of, working
@@ -21,11 +27,18 @@ from tests.integration.web_support import (
     bearer,
     error_of,
     serve,
+    serve_aiohttp,
     snapshot,
 )
 from tidebase_async import Run, Tidebase
 
-pytestmark = pytest.mark.parametrize("kind", KINDS)
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """Each test that takes ``kind`` runs once per way of serving the app."""
+    served: str = request.param
+    return served
+
 
 #: Every route of the API (API.md), with the methods it takes.
 ROUTES = {
@@ -56,6 +69,8 @@ METHODS = ("get", "post", "put", "patch", "delete")
 # No key needed: health, and the dashboard's page and assets (they hold no data; the
 # page asks for the key).
 PUBLIC = {"/health", "/", "/assets/{name}"}
+#: A gate name that is legal (check_name) and holds a percent sign followed by hex.
+PERCENT_GATE = "50%41 off"
 
 
 def register(tide: Tidebase) -> None:
@@ -72,11 +87,20 @@ def register(tide: Tidebase) -> None:
         decision = await run.gate("ok", prompt="go?")
         return str(decision.decision)
 
+    @tide.workflow("ask-percent")
+    async def ask_percent(run: Run, n: Any) -> str:
+        decision = await run.gate(PERCENT_GATE)
+        return str(decision.decision)
+
 
 @pytest.fixture
 async def keyed(dsn: str) -> AsyncIterator[Tidebase]:
-    """A Tidebase with an API key and a webhook secret, its test workflows registered."""
-    async with opened(Tidebase(dsn, api_key=API_KEY, webhook_secret=SECRET)) as tide:
+    """A Tidebase with an API key, a webhook secret and a public URL (gates get resolve
+    URLs), its test workflows registered."""
+    tide = Tidebase(
+        dsn, api_key=API_KEY, webhook_secret=SECRET, public_url="https://app.example/tidebase"
+    )
+    async with opened(tide):
         register(tide)
         yield tide
 
@@ -87,9 +111,9 @@ async def client(keyed: Tidebase, kind: str) -> AsyncIterator[httpx.AsyncClient]
         yield c
 
 
-async def waiting_run(tide: Tidebase, db: asyncpg.Connection) -> uuid.UUID:
-    """A run of ``ask`` that waits at its gate ``ok``."""
-    handle = await tide.enqueue("ask", input=1)
+async def waiting_run(tide: Tidebase, db: asyncpg.Connection, workflow: str = "ask") -> uuid.UUID:
+    """A run of ``workflow`` (``ask``: at its gate ``ok``) that waits at its gate."""
+    handle = await tide.enqueue(workflow, input=1)
     async with working(tide):
         await eventually(lambda: _is(db, handle.id, "waiting"), what="the run to wait at its gate")
     return handle.id
@@ -213,6 +237,45 @@ async def test_second_gate_resolution_is_409(
     assert (gate["decision"], gate["actor"]) == ("approved", "a")
 
 
+async def test_resolve_url_of_a_gate_with_a_percent_in_its_name_works(
+    kind: str, keyed: Tidebase, db: asyncpg.Connection
+) -> None:
+    """Regression: path parameters were percent-decoded twice, so the resolve URL of a
+    gate whose name holds "%41" named another gate."""
+    rid = await waiting_run(keyed, db, "ask-percent")
+    gate = (await keyed.runs.get(rid)).gates[0]
+    assert gate.name == PERCENT_GATE and gate.resolve_url is not None
+    path = "/tidebase" + gate.resolve_url.split("/tidebase", 1)[1]
+    async with serve(keyed, kind) as client:
+        resp = await client.post(path, json={"approved": True, "actor": "a"}, headers=bearer())
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["name"] == PERCENT_GATE
+
+
+async def test_resolve_with_a_bogus_token_reveals_nothing_without_the_key(
+    kind: str, keyed: Tidebase, db: asyncpg.Connection
+) -> None:
+    """Regression: without the API key, a resolve with a bogus token answered
+    differently for an unknown run, an unknown gate and a decided gate (naming the decision
+    and its actor): an oracle."""
+    rid = await waiting_run(keyed, db)
+    await keyed.gates.resolve(rid, "ok", approved=False, actor="alice")
+    before = await snapshot(db)
+    async with serve(keyed, kind) as client:
+        answers = {}
+        for label, path in {
+            "unknown run": f"/tidebase/runs/{uuid.uuid4()}/gates/ok/resolve",
+            "unknown gate": f"/tidebase/runs/{rid}/gates/nope/resolve",
+            "decided gate": f"/tidebase/runs/{rid}/gates/ok/resolve",
+        }.items():
+            resp = await client.post(path, json={"approved": True, "token": "bogus"})
+            answers[label] = (resp.status_code, error_of(resp)["message"])
+        assert await snapshot(db) == before
+        # Every probe gets the same 401: nothing distinguishes them.
+        assert {status for status, _ in answers.values()} == {401}, answers
+        assert "rejected" not in str(answers) and "alice" not in str(answers)
+
+
 # -- 400 ------------------------------------------------------------------------------------
 
 
@@ -293,6 +356,53 @@ async def test_invalid_json_and_unknown_fields_are_400(
     )
     assert resp.status_code == 400, resp.text
     assert await snapshot(db) == before
+
+
+def _cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize("route", ["/tidebase/runs", "/tidebase/gates"])
+async def test_limit_with_two_minus_signs_is_400(kind: str, route: str, keyed: Tidebase) -> None:
+    """Regression: a limit of "--5" got past the parameter check and the route answered
+    500."""
+    async with serve(keyed, kind) as client:
+        resp = await client.get(route, params={"limit": "--5"}, headers=bearer())
+        assert resp.status_code == 400, resp.text
+        assert error_of(resp)["code"] == "bad_request"
+
+
+@pytest.mark.parametrize("where", ["query", "header"])
+async def test_events_after_beyond_int4_is_400(kind: str, where: str, keyed: Tidebase) -> None:
+    """Regression: an ``after`` (or ``Last-Event-ID``) beyond int4 broke the event stream
+    mid-response instead of being refused with 400."""
+    handle = await keyed.enqueue("done", input=1)
+    url = f"/tidebase/runs/{handle.id}/events"
+    headers = bearer()
+    params: dict[str, str] = {}
+    if where == "query":
+        params["after"] = "9999999999"
+    else:
+        headers["Last-Event-ID"] = "9999999999"
+    async with serve(keyed, kind) as client:
+        try:
+            resp = await asyncio.wait_for(client.get(url, params=params, headers=headers), 10)
+        except (httpx.HTTPError, Exception) as exc:  # the stream dies mid-response
+            pytest.fail(f"the request broke instead of answering 400: {exc!r}")
+        assert resp.status_code == 400, resp.text
+
+
+@pytest.mark.parametrize("route", ["/tidebase/runs", "/tidebase/gates"])
+async def test_cursor_with_an_unbindable_time_is_400(
+    kind: str, route: str, keyed: Tidebase
+) -> None:
+    """Regression: a cursor whose time Postgres cannot bind (year 1 at +14:00) was
+    answered 503 "database unavailable" instead of 400."""
+    at = "0001-01-01T00:00:00+14:00"
+    cursor = _cursor(f"{at}|{uuid.uuid4()}" + ("|ok" if route.endswith("gates") else ""))
+    async with serve(keyed, kind) as client:
+        resp = await client.get(route, params={"cursor": cursor}, headers=bearer())
+        assert resp.status_code == 400, resp.text
 
 
 # -- 404 ------------------------------------------------------------------------------------
@@ -430,6 +540,84 @@ async def test_enqueue_dedupes_and_reads_back(
     page = (await client.get("/tidebase/runs?workflow=done", headers=bearer())).json()
     assert [item["id"] for item in page["items"]] == [first.json()["id"]]
     assert await db.fetchval("SELECT count(*) FROM tidebase.runs") == 1
+
+
+async def test_http_api_enqueue_get_resolve_and_events(tide: Tidebase) -> None:
+    @tide.workflow("ask")
+    async def ask(run: Run, n: int) -> str:
+        d = await run.gate("ok")
+        return f"{n}:{d.decision}"
+
+    app = web.Application()
+    app.add_subapp("/tidebase/", tide.http_app())
+    runner, base = await serve_aiohttp(app)
+    try:
+        async with aiohttp.ClientSession() as http, working(tide):
+            r = await http.post(f"{base}/tidebase/runs", json={"workflow": "ask", "input": 3})
+            assert r.status == 201, await r.text()
+            rid = (await r.json())["id"]
+            r = await http.post(f"{base}/tidebase/runs", json={"workflow": "ask", "nope": 1})
+            assert r.status == 400
+            assert (await r.json())["error"]["code"] == "bad_request"
+            for _ in range(200):
+                info = await (await http.get(f"{base}/tidebase/runs/{rid}")).json()
+                if info["status"] == "waiting":
+                    break
+                await anyio.sleep(0.05)
+            gates = await (await http.get(f"{base}/tidebase/gates")).json()
+            assert [g["name"] for g in gates["items"]] == ["ok"]
+            r = await http.post(
+                f"{base}/tidebase/runs/{rid}/gates/ok/resolve", json={"approved": True}
+            )
+            assert r.status == 200, await r.text()
+            r = await http.post(
+                f"{base}/tidebase/runs/{rid}/gates/ok/resolve", json={"approved": True}
+            )
+            assert r.status == 409
+            assert await tide.runs.wait(rid, timeout=10) == "3:approved"
+            r = await http.get(f"{base}/tidebase/runs/{rid}/events")
+            text = await r.text()
+            assert r.headers["Content-Type"] == "text/event-stream"
+            assert "event: run.completed" in text
+            r = await http.get(f"{base}/tidebase/runs/{rid}/events", headers={"Last-Event-ID": "3"})
+            ids = [
+                int(line[4:]) for line in (await r.text()).splitlines() if line.startswith("id: ")
+            ]
+            assert ids[0] == 4 and ids == list(range(4, 4 + len(ids)))
+            assert (await http.get(f"{base}/tidebase/openapi.json")).status == 200
+            assert (await http.get(f"{base}/tidebase/runs/not-a-uuid")).status == 400
+            assert (await http.delete(f"{base}/tidebase/runs")).status == 405
+    finally:
+        await runner.cleanup()
+
+
+async def test_queue_schedule_and_search_routes(tide: Tidebase) -> None:
+    @tide.workflow("noop", queue="jobs")
+    async def noop(run: Run) -> None:
+        return None
+
+    transport = httpx.ASGITransport(app=tide.asgi_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        r = await http.post("/queues/jobs", json={"concurrency": 2, "paused": True})
+        assert r.status_code == 200, r.text
+        assert (r.json()["concurrency"], r.json()["paused"]) == (2, True)
+        r = await http.post("/queues/jobs", json={"concurrency": None})
+        assert (r.json()["concurrency"], r.json()["paused"]) == (None, True)
+        assert (await http.post("/queues/jobs", json={"concurrency": 0})).status_code == 400
+        assert (await http.post("/queues/jobs", json={"nope": 1})).status_code == 400
+        h = await tide.enqueue("noop", dedupe_key="find-me")
+        await tide.enqueue("noop")
+        items = (await http.get("/queues")).json()["items"]
+        assert [(q["name"], q["counts"]) for q in items] == [("jobs", {"queued": 2})]
+        page = (await http.get("/runs", params={"dedupe_key": "find-me"})).json()
+        assert [r["id"] for r in page["items"]] == [str(h.id)]
+        await tide.schedules.set("s", every=60, workflow="noop")
+        assert [s["name"] for s in (await http.get("/schedules")).json()["items"]] == ["s"]
+        r = await http.post("/schedules/s/pause")
+        assert (r.status_code, r.json()["enabled"]) == (200, False)
+        r = await http.post("/schedules/s/resume")
+        assert (r.status_code, r.json()["enabled"]) == (200, True)
+        assert (await http.post("/schedules/nope/pause")).status_code == 404
 
 
 # -- OpenAPI --------------------------------------------------------------------------------

@@ -1,10 +1,14 @@
 """The SSE event stream (``GET /runs/{id}/events``) on real servers (aiohttp, and the
 Starlette app under uvicorn): resuming with ``Last-Event-ID`` while the run is still
-producing events loses nothing and repeats nothing."""
+producing events loses nothing and repeats nothing, and the stream ends once its client
+has gone."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from collections.abc import MutableMapping
 from typing import Any
 
 import anyio
@@ -12,8 +16,9 @@ import asyncpg
 import httpx
 import pytest
 
+from tests.conftest import opened
 from tests.integration.core_support import working
-from tests.integration.web_support import serve, sse_events
+from tests.integration.web_support import API_KEY, serve, sse_events
 from tidebase_async import Run, Tidebase
 from tidebase_async.store.sql import Q
 
@@ -99,3 +104,55 @@ async def test_sse_of_a_finished_run_ends_and_honours_after(
             f"/tidebase/runs/{handle.id}/events", headers={"Last-Event-ID": str(last)}
         )
         assert resp.status_code == 200 and sse_events(resp.text) == []
+
+
+async def test_asgi_event_stream_ends_when_the_client_disconnects(dsn: str) -> None:
+    """Regression: the ASGI adapter's event stream kept running after its client
+    disconnected (as under uvicorn, where sending to a gone client is a silent no-op)."""
+    async with opened(Tidebase(dsn, api_key=API_KEY)) as keyed:
+        register(keyed)
+        handle = await keyed.enqueue("chatty", input=1)  # stays queued: no worker
+        app = keyed.asgi_app()
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": f"/tidebase/runs/{handle.id}/events",
+            "raw_path": f"/tidebase/runs/{handle.id}/events".encode(),
+            "root_path": "/tidebase",
+            "query_string": b"",
+            "headers": [(b"authorization", f"Bearer {API_KEY}".encode())],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+        requested = False
+        gone = asyncio.Event()
+        sent: list[MutableMapping[str, Any]] = []
+
+        async def receive() -> MutableMapping[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            # As uvicorn does: once the client is gone, sending is a silent no-op.
+            if not gone.is_set():
+                sent.append(message)
+                if message.get("body"):
+                    gone.set()  # the client read the first event and went away
+
+        task = asyncio.create_task(app(scope, receive, send))
+        try:
+            await asyncio.wait_for(gone.wait(), 10)
+            done, _ = await asyncio.wait({task}, timeout=5)
+            assert task in done, "the SSE stream still runs 5 s after its client disconnected"
+        finally:
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -20,7 +20,12 @@ from tests.integration.web_support import KINDS, OLD_SECRET, SECRET, error_of, s
 from tidebase_async import Run, Tidebase
 from tidebase_async.web import sign
 
-pytestmark = pytest.mark.parametrize("kind", KINDS)
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """Each test that takes ``kind`` runs once per way of serving the app."""
+    served: str = request.param
+    return served
 
 
 def register(tide: Tidebase) -> None:
@@ -169,6 +174,50 @@ async def test_without_a_secret_every_request_is_refused(
                 assert "secret" in error_of(resp)["message"]
         assert await snapshot(db) == before
         assert await status_of(db, handle.id) == "queued"
+
+
+async def test_webhook_signatures(dsn: str) -> None:
+    async with opened(Tidebase(dsn, webhook_secret="s3cret")) as tide:
+
+        @tide.workflow("w")
+        async def w(run: Run) -> int:
+            return 1
+
+        handle = await tide.enqueue("w")
+        endpoint = tide.webhook()
+        body = json.dumps(
+            {"type": "run.resume", "run_id": str(handle.id), "workflow": "w"}
+        ).encode()
+
+        async def call(headers: dict[str, str], payload: bytes = body) -> tuple[int, Any]:
+            sent: list[dict[str, Any]] = []
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": payload, "more_body": False}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            scope = {
+                "type": "http",
+                "method": "POST",
+                "path": "/hook",
+                "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+                "query_string": b"",
+            }
+            await endpoint(scope, receive, send)
+            return sent[0]["status"], json.loads(sent[1]["body"])
+
+        assert (await call({}))[0] == 401
+        assert (await call({"Tidebase-Signature": sign("wrong", body)}))[0] == 401
+        stale = sign("s3cret", body, timestamp=1)
+        assert (await call({"Tidebase-Signature": stale}))[0] == 401
+        status, answer = await call({"Tidebase-Signature": sign(["old", "s3cret"], body)})
+        assert (status, answer["status"]) == (202, "queued")
+        tampered = body.replace(b"run.resume", b"run.resumf")
+        assert (await call({"Tidebase-Signature": sign("s3cret", body)}, tampered))[0] == 401
+        other = json.dumps({"type": "x"}).encode()
+        assert (await call({"Tidebase-Signature": sign("s3cret", other)}, other))[0] == 400
 
 
 async def test_execute_runs_the_workflow_in_the_request(

@@ -190,3 +190,37 @@ def test_a_workflow_name_cannot_be_registered_twice() -> None:
     tide.workflow("w")(first)  # the same function again is harmless
     with pytest.raises(ConfigurationError, match="registered twice"):
         tide.workflow("w")(second)
+
+
+#: An annotation msgspec refuses to build a decoder for (two array-like types in a union).
+Undecodable = list[int] | tuple[int, ...]
+
+
+def test_a_workflow_whose_input_type_msgspec_cannot_decode_is_refused_at_registration() -> None:
+    """Regression: an input annotation msgspec cannot build a decoder for was accepted
+    at registration, so the workflow only broke once a run decoded its input."""
+    tide = _tide()
+
+    async def bad_input(run: Run, input: Undecodable) -> None:
+        return None
+
+    with pytest.raises(ConfigurationError) as refused:
+        tide.workflow("bad-input")(bad_input)
+    assert "'bad-input'" in str(refused.value)
+    assert "input" in str(refused.value)
+    assert "bad-input" not in tide.workflows
+
+
+def test_a_workflow_whose_return_type_msgspec_cannot_decode_is_refused_at_registration() -> None:
+    """Regression: a return annotation msgspec cannot build a decoder for was accepted
+    at registration, so the workflow only broke once a run's output was decoded."""
+    tide = _tide()
+
+    async def bad_output(run: Run) -> Undecodable:
+        return [1]
+
+    with pytest.raises(ConfigurationError) as refused:
+        tide.workflow("bad-output")(bad_output)
+    assert "'bad-output'" in str(refused.value)
+    assert "return" in str(refused.value)
+    assert "bad-output" not in tide.workflows

@@ -48,20 +48,20 @@ import importlib
 import logging
 import os
 import sys
-import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import anyio
 import msgspec
 
 from tidebase_async import errors
+from tidebase_async._util.dsn import describe_dsn
 from tidebase_async.cli import render as render
 from tidebase_async.cli import services as services
 from tidebase_async.client.gates import GATE_STATUSES
 from tidebase_async.client.tidebase import Tidebase
-from tidebase_async.models import RUN_STATUSES, TERMINAL_STATUSES
+from tidebase_async.models import RUN_STATUSES, TERMINAL_STATUSES, MigrationStep
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -210,53 +210,27 @@ def _tidebase(args: argparse.Namespace) -> Tidebase:
 # -- migrate -------------------------------------------------------------------------------
 
 
-class _MigrationProgress(logging.Handler):
-    """Turns the store's "applied migration" log records into progress lines."""
+class _MigrationProgress:
+    """Prints a line per migration applied, first saying what is being migrated."""
 
-    def __init__(self, latest: int) -> None:
-        super().__init__(logging.INFO)
-        self.latest = latest
+    def __init__(self, dsn: str | None) -> None:
+        self.dsn = dsn
         self.applied: list[str] = []
-        self._since = time.perf_counter()
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if not record.getMessage().startswith("applied migration "):
-            return
-        name = record.getMessage().removeprefix("applied migration ")
-        self.applied.append(name)
-        now = time.perf_counter()
-        version = name.split("_", 1)[0].lstrip("0") or "0"
-        took = render.duration(now - self._since)
-        print(f"  [{version}/{self.latest}] {name}  ({took})", file=sys.stderr, flush=True)
-        self._since = now
-
-
-@contextlib.contextmanager
-def _migration_progress(latest: int) -> Iterator[_MigrationProgress]:
-    store_logger = logging.getLogger("tidebase_async.store")
-    handler = _MigrationProgress(latest)
-    level, propagate = store_logger.level, store_logger.propagate
-    store_logger.addHandler(handler)
-    store_logger.setLevel(logging.INFO)
-    store_logger.propagate = False  # the lines above replace the log records
-    try:
-        yield handler
-    finally:
-        store_logger.removeHandler(handler)
-        store_logger.setLevel(level)
-        store_logger.propagate = propagate
+    def __call__(self, step: MigrationStep) -> None:
+        if not self.applied and self.dsn is not None:
+            print(f"migrating {describe_dsn(self.dsn)} to version {step.latest}", file=sys.stderr)
+        self.applied.append(step.name)
+        took = render.duration(step.seconds)
+        print(
+            f"  [{step.version}/{step.latest}] {step.name}  ({took})", file=sys.stderr, flush=True
+        )
 
 
 async def _migrate(args: argparse.Namespace) -> int:
-    from tidebase_async.store import describe_dsn
-    from tidebase_async.store.sql import migrations
-
-    latest = migrations()[-1][0]
     tide = _tidebase(args)
-    if tide.dsn is not None:
-        print(f"migrating {describe_dsn(tide.dsn)} to version {latest}", file=sys.stderr)
-    with _migration_progress(latest) as progress:
-        version = await tide.migrate()
+    progress = _MigrationProgress(tide.dsn)
+    version = await tide.migrate(progress=progress)
     if _wants_json(args):
         render.print_json({"version": version, "applied": progress.applied})
     elif progress.applied:
@@ -577,8 +551,6 @@ async def _dev(args: argparse.Namespace) -> int:
                 server = await services.start_embedded_for_dev(getattr(args, "data_dir", None))
                 dsn = server.dsn
             else:
-                from tidebase_async.store import describe_dsn
-
                 services.say(f"database: {describe_dsn(dsn)}")
             services.use_dsn(tide, dsn)
             await services.serve_until_stopped(

@@ -18,8 +18,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-import asyncpg
-
 from tidebase_async import errors
 from tidebase_async._util import codec
 from tidebase_async._util.checks import check_name, check_text
@@ -29,6 +27,7 @@ from tidebase_async.models import GateInfo
 
 if TYPE_CHECKING:
     from tidebase_async.client.tidebase import Tidebase
+    from tidebase_async.store import GateResolution, GateRow
 
 GATE_STATUSES = ("pending", "approved", "rejected", "expired", "cancelled")
 _MAX_TOKEN_LENGTH = 200
@@ -88,39 +87,15 @@ class Gates:
             token_hash=None if token is None else hash_token(token),
             check_token=token is not None,
         )
-        what = f"gate {name!r} of run {rid}"
-        if result.outcome == "no_run":
-            raise errors.RunNotFound(f"no run with id {rid}")
-        if result.outcome == "no_gate":
-            raise errors.GateNotFound(
-                f"run {rid} has no gate {name!r} (a gate exists once its run reached it; "
-                "names reached again carry ordinals: 'approve#2')"
-            )
-        if result.outcome == "bad_token":
-            raise errors.GateTokenInvalid(
-                f"{what}: the token does not match (wrong, already used, or never issued)"
-            )
-        if result.outcome == "closed":
-            raise errors.GateAlreadyResolved(
-                f"{what} is already {result.status}; the first decision stands",
-                status=result.status,
-            )
-        if result.outcome in ("run_finished", "expired"):
+        refusal = _refusal(result, rid, name)
+        # A gate found expired, or orphaned by its finished run, was closed: that
+        # changed its run too.
+        if refusal is None or result.outcome in ("run_finished", "expired"):
             self._tide.notifier.runs_changed(rid)
             if result.queue is not None:
                 self._tide.notifier.queues_changed(result.queue)
-            reason = (
-                f"its run is {result.status}; the gate was closed"
-                if result.outcome == "run_finished"
-                else "it expired before this decision"
-            )
-            raise errors.GateAlreadyResolved(
-                f"{what} cannot be resolved: {reason}",
-                status="cancelled" if result.outcome == "run_finished" else "expired",
-            )
-        self._tide.notifier.runs_changed(rid)
-        if result.queue is not None:
-            self._tide.notifier.queues_changed(result.queue)
+        if refusal is not None:
+            raise refusal
         return await self.get(rid, name)
 
     async def get(self, run_id: UUID | str, name: str) -> GateInfo:
@@ -191,26 +166,58 @@ class Gates:
             f"gate {name!r} of run {rid} is already {gate.status}", status=gate.status
         )
 
-    def info(self, row: asyncpg.Record) -> GateInfo:
+    def info(self, row: GateRow) -> GateInfo:
         return GateInfo(
-            run_id=row["run_id"],
-            name=row["name"],
-            status=row["status"],
-            prompt=row["prompt"],
-            data=stored_json(row["data"]),
-            decision=row["decision"],
-            actor=row["actor"],
-            payload=stored_json(row["payload"]),
-            resolve_url=self.resolve_url(row["run_id"], row["name"]),
-            created_at=row["created_at"],
-            resolved_at=row["resolved_at"],
-            expires_at=row["expires_at"],
+            run_id=row.run_id,
+            name=row.name,
+            status=row.status,
+            prompt=row.prompt,
+            data=stored_json(row.data),
+            decision=row.decision,
+            actor=row.actor,
+            payload=stored_json(row.payload),
+            resolve_url=self.resolve_url(row.run_id, row.name),
+            created_at=row.created_at,
+            resolved_at=row.resolved_at,
+            expires_at=row.expires_at,
         )
 
     def resolve_url(self, run_id: UUID, name: str) -> str | None:
         """Where an outside reviewer resolves the gate (the HTTP API's route under
         ``Tidebase(public_url=...)``); None without a public URL."""
         return resolve_url(self._tide.public_url, run_id, name)
+
+
+def _refusal(result: GateResolution, rid: UUID, name: str) -> errors.TidebaseError | None:
+    """Why ``resolve`` decided nothing, as the error to raise; None when it decided."""
+    what = f"gate {name!r} of run {rid}"
+    if result.outcome == "no_run":
+        return errors.RunNotFound(f"no run with id {rid}")
+    if result.outcome == "no_gate":
+        return errors.GateNotFound(
+            f"run {rid} has no gate {name!r} (a gate exists once its run reached it; "
+            "names reached again carry ordinals: 'approve#2')"
+        )
+    if result.outcome == "bad_token":
+        return errors.GateTokenInvalid(
+            f"{what}: the token does not match (wrong, already used, or never issued)"
+        )
+    if result.outcome == "closed":
+        return errors.GateAlreadyResolved(
+            f"{what} is already {result.status}; the first decision stands",
+            status=result.status,
+        )
+    if result.outcome in ("run_finished", "expired"):
+        reason = (
+            f"its run is {result.status}; the gate was closed"
+            if result.outcome == "run_finished"
+            else "it expired before this decision"
+        )
+        return errors.GateAlreadyResolved(
+            f"{what} cannot be resolved: {reason}",
+            status="cancelled" if result.outcome == "run_finished" else "expired",
+        )
+    return None
 
 
 def _parse_cursor(cursor: str) -> tuple[datetime, UUID, str]:

@@ -6,9 +6,9 @@ import base64
 import builtins
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from tidebase_async import errors
@@ -25,17 +25,17 @@ from tidebase_async.models import (
     Event,
     Page,
     RunInfo,
+    RunStatus,
     RunSummary,
     StateVersion,
     StepInfo,
     UsageTotals,
 )
-from tidebase_async.store.channels import EVENTS_CHANNEL
+from tidebase_async.store.listener import watch_run
 
 if TYPE_CHECKING:
-    import asyncpg
-
     from tidebase_async.client.tidebase import Tidebase
+    from tidebase_async.store import DeliveryRow, EventRow, StepRow
 
 _TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
 _EVENT_PAGE = 500
@@ -77,62 +77,48 @@ class Runs:
         deliveries = await store.get_deliveries(rid)
         usage = await store.run_usage(rid)
         return RunInfo(
-            id=row["id"],
-            workflow=row["workflow"],
-            queue=row["queue"],
-            status=row["status"],
-            input=stored_json(row["input"]),
-            output=stored_json(row["output"]),
-            error=stored_json(row["error"]),
-            state=stored_json(row["state"]),
-            attempt=row["attempt"],
-            max_attempts=row["max_attempts"],
-            priority=row["priority"],
-            dedupe_key=row["dedupe_key"],
-            metadata=stored_json(row["metadata"]),
-            parent_id=row["parent_id"],
-            steps=[
-                StepInfo(
-                    name=s["name"],
-                    status=s["status"],
-                    attempt=s["attempts"],
-                    output=stored_json(s["output"]),
-                    error=stored_json(s["error"]),
-                    started_at=s["started_at"],
-                    finished_at=s["finished_at"],
-                    kind=s["kind"],
-                )
-                for s in steps
-            ],
+            id=row.id,
+            workflow=row.workflow,
+            queue=row.queue,
+            status=row.status,
+            input=stored_json(row.input),
+            output=stored_json(row.output),
+            error=stored_json(row.error),
+            state=stored_json(row.state),
+            attempt=row.attempt,
+            max_attempts=row.max_attempts,
+            priority=row.priority,
+            dedupe_key=row.dedupe_key,
+            metadata=stored_json(row.metadata),
+            parent_id=row.parent_id,
+            steps=[_step_info(s) for s in steps],
             gates=[self._tide.gates.info(g) for g in gates],
             children=[
                 RunSummary(
-                    id=c["id"],
-                    workflow=c["workflow"],
-                    status=c["status"],
-                    created_at=c["created_at"],
-                    finished_at=c["finished_at"],
+                    id=c.id,
+                    workflow=c.workflow,
+                    status=c.status,
+                    created_at=c.created_at,
+                    finished_at=c.finished_at,
                 )
                 for c in children
             ],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            run_at=row["run_at"],
-            deadline=row["deadline_at"],
-            cancel_reason=row["cancel_reason"],
-            inline=row["inline"],
-            wake_at=row["wake_at"],
-            deliveries=[
-                DeliveryInfo(**{**dict(d), "url": redact_url(d["url"])}) for d in deliveries
-            ],
-            forked_from=row["forked_from"],
-            forked_at=row["forked_at"],
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            run_at=row.run_at,
+            deadline=row.deadline_at,
+            cancel_reason=row.cancel_reason,
+            inline=row.inline,
+            wake_at=row.wake_at,
+            deliveries=[_delivery_info(d) for d in deliveries],
+            forked_from=row.forked_from,
+            forked_at=row.forked_at,
             usage=UsageTotals(
-                records=usage["records"],
-                input_tokens=usage["input_tokens"],
-                output_tokens=usage["output_tokens"],
-                cost_usd=usage["cost_usd"],
+                records=usage.records,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cost_usd=usage.cost_usd,
             ),
         )
 
@@ -188,15 +174,15 @@ class Runs:
         )
         items = [
             RunSummary(
-                id=r["id"],
-                workflow=r["workflow"],
-                status=r["status"],
-                queue=r["queue"],
-                attempt=r["attempt"],
-                priority=r["priority"],
-                created_at=r["created_at"],
-                started_at=r["started_at"],
-                finished_at=r["finished_at"],
+                id=r.id,
+                workflow=r.workflow,
+                status=r.status,
+                queue=r.queue,
+                attempt=r.attempt,
+                priority=r.priority,
+                created_at=r.created_at,
+                started_at=r.started_at,
+                finished_at=r.finished_at,
             )
             for r in rows[:limit]
         ]
@@ -209,27 +195,22 @@ class Runs:
             ).decode()
         return Page(items=items, next_cursor=next_cursor)
 
-    @contextlib.contextmanager
-    def watch(self, run_id: UUID) -> Iterator[Signal]:
+    def watch(self, run_id: UUID) -> contextlib.AbstractContextManager[Signal]:
         """A signal set whenever a notification names ``run_id`` (or the listener
         reconnects, since notifications may have been missed meanwhile)."""
-        sig = Signal()
-        listener = self._tide.listener
-        key = str(run_id)
-        removers: list[Callable[[], None]] = []
-        if listener is not None:
+        return watch_run(self._tide.listener, run_id)
 
-            def on_events(payload: str) -> None:
-                if key in payload.split(","):
-                    sig.set()
+    async def status(self, run_id: UUID | str) -> RunStatus:
+        """The run's status, in one indexed read.
 
-            removers.append(listener.subscribe(EVENTS_CHANNEL, on_events))
-            removers.append(listener.on_connect(sig.set))
-        try:
-            yield sig
-        finally:
-            for remove in removers:
-                remove()
+        Raises:
+            RunNotFound: no run has this id.
+        """
+        rid = as_uuid(run_id)
+        status = await self._tide.store.run_status(rid)
+        if status is None:
+            raise errors.RunNotFound(f"no run with id {rid}")
+        return cast(RunStatus, status)
 
     async def wait(
         self, run_id: UUID | str, *, timeout: float | timedelta | None = None, poll: float = 1.0
@@ -256,15 +237,15 @@ class Runs:
                 row = await store.get_run_status(rid)
                 if row is None:
                     raise errors.RunNotFound(f"no run with id {rid}")
-                status = row["status"]
+                status = row.status
                 if status == "completed":
-                    wf = self._tide.workflows.get(row["workflow"])
+                    wf = self._tide.workflows.get(row.workflow)
                     tp = wf.output_type if wf else Any
-                    return codec.decode(row["output"] or b"null", tp=tp, where="output")
+                    return codec.decode(row.output or b"null", tp=tp, where="output")
                 if status == "failed":
-                    raise errors.RunFailed(rid, stored_json(row["error"]))
+                    raise errors.RunFailed(rid, stored_json(row.error))
                 if status == "cancelled":
-                    raise errors.RunCancelled(rid, row["cancel_reason"])
+                    raise errors.RunCancelled(rid, row.cancel_reason)
                 wait_s = poll
                 if deadline is not None:
                     wait_s = min(poll, deadline - time.monotonic())
@@ -289,11 +270,11 @@ class Runs:
             raise errors.RunNotFound(f"no run with id {rid}")
         async for r in self.event_rows(rid, after=after, poll=poll):
             if r is not None:
-                yield Event(seq=r["seq"], type=r["type"], at=r["at"], data=stored_json(r["data"]))
+                yield Event(seq=r.seq, type=r.type, at=r.at, data=stored_json(r.data))
 
     async def event_rows(
         self, run_id: UUID, *, after: int, poll: float = 1.0, idle_s: float | None = None
-    ) -> AsyncIterator[asyncpg.Record | None]:
+    ) -> AsyncIterator[EventRow | None]:
         """The stored rows behind ``events`` (seq, type, at, data as stored JSON), the
         same sequence: history, then live, gap-free, until the run's terminal event or
         until the run is gone (pruned or deleted). With ``idle_s``, also yields None
@@ -308,13 +289,13 @@ class Runs:
                 changed.clear()
                 rows = await store.list_events(run_id, after=last, limit=_EVENT_PAGE)
                 for r in rows:
-                    last = r["seq"]
+                    last = r.seq
                     yield r
                 if len(rows) == _EVENT_PAGE:
                     continue
                 if rows:
                     quiet = 0.0
-                if not rows or rows[-1]["type"] in _TERMINAL_EVENTS:
+                if not rows or rows[-1].type in _TERMINAL_EVENTS:
                     status = await store.run_status(run_id)
                     if status is None or status in TERMINAL_STATUSES:
                         # Finished (or gone): end once no event follows the last one
@@ -384,7 +365,7 @@ class Runs:
         position, entry = await self._entry(rid, from_step)
         data = None
         if input is not UNSET_INPUT:
-            wf = self._tide.workflows.get(row["workflow"])
+            wf = self._tide.workflows.get(row.workflow)
             data = codec.encode(input, where="input", max_size=self._tide.max_payload_bytes)
             codec.decode(data, tp=wf.input_type if wf else Any, where="input of the fork")
         new_id = uuid7()
@@ -411,7 +392,7 @@ class Runs:
         if row is None:
             raise errors.RunNotFound(f"no run with id {rid}")
         position, entry = await self._entry(rid, to_step)
-        wf = self._tide.workflows.get(row["workflow"])
+        wf = self._tide.workflows.get(row.workflow)
         budget = wf.max_attempts if wf else DEFAULT_RETRY_BUDGET
         queue = await store.reset_run(run_id=rid, position=position, entry=entry, budget=budget)
         if queue is None:
@@ -460,11 +441,11 @@ class Runs:
             raise errors.RunNotFound(f"no run with id {rid}")
         return [
             StateVersion(
-                version=r["version"],
-                state=stored_json(r["state"]),
-                step=r["step"],
-                label=r["label"],
-                at=r["at"],
+                version=r.version,
+                state=stored_json(r.state),
+                step=r.step,
+                label=r.label,
+                at=r.at,
             )
             for r in rows
         ]
@@ -479,12 +460,12 @@ class Runs:
         rid = as_uuid(run_id)
         if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**31:
             raise errors.ConfigurationError(f"version must be an int >= 1, got {version!r}")
-        row = await self._tide.store.state_at(rid, version)
-        if row is None:
+        state = await self._tide.store.state_at(rid, version)
+        if state is None:
             if await self._tide.store.run_status(rid) is None:
                 raise errors.RunNotFound(f"no run with id {rid}")
             raise errors.NotFoundError(f"run {rid} has no state version {version}")
-        return stored_json(row["state"])
+        return stored_json(state)
 
     async def retry(self, run_id: UUID | str) -> None:
         """Put a failed run back in its queue with a fresh budget of attempts; it
@@ -500,7 +481,7 @@ class Runs:
         row = await store.get_run(rid)
         if row is None:
             raise errors.RunNotFound(f"no run with id {rid}")
-        wf = self._tide.workflows.get(row["workflow"])
+        wf = self._tide.workflows.get(row.workflow)
         budget = wf.max_attempts if wf else DEFAULT_RETRY_BUDGET
         queue, child_queues = await store.retry_run(run_id=rid, budget=budget)
         if queue is None:
@@ -523,6 +504,34 @@ def cursor_time(text: str) -> datetime:
     if not 1 < at.year < 9999:
         raise ValueError("time out of range")
     return at
+
+
+def _step_info(step: StepRow) -> StepInfo:
+    return StepInfo(
+        name=step.name,
+        status=step.status,
+        attempt=step.attempts,
+        output=stored_json(step.output),
+        error=stored_json(step.error),
+        started_at=step.started_at,
+        finished_at=step.finished_at,
+        kind=step.kind,
+    )
+
+
+def _delivery_info(delivery: DeliveryRow) -> DeliveryInfo:
+    """A delivery as the API shows it: its URL redacted (hook URLs hold secrets)."""
+    return DeliveryInfo(
+        id=delivery.id,
+        url=redact_url(delivery.url),
+        event=delivery.event,
+        status=delivery.status,
+        attempts=delivery.attempts,
+        last_status=delivery.last_status,
+        last_error=delivery.last_error,
+        created_at=delivery.created_at,
+        delivered_at=delivery.delivered_at,
+    )
 
 
 def stored_json(data: bytes | None) -> Any:

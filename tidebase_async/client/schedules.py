@@ -24,8 +24,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-import asyncpg
-
 from tidebase_async import errors
 from tidebase_async._util import codec
 from tidebase_async._util.checks import check_name
@@ -40,6 +38,7 @@ from tidebase_async.models import Schedule, ScheduleInfo
 
 if TYPE_CHECKING:
     from tidebase_async.client.tidebase import Tidebase
+    from tidebase_async.store import ScheduleRow
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +203,7 @@ class Schedules:
             raise errors.NotFoundError(f"no schedule named {name!r}")
         now = await store.db_now()
         timing = timing_of(row)
-        anchor = now if row["every_s"] is not None else row["anchor_at"]
+        anchor = now if row.every_s is not None else row.anchor_at
         resumed = await store.resume_schedule(
             name, next_fire_at=next_fire(timing, now, anchor=anchor), anchor_at=anchor
         )
@@ -276,24 +275,24 @@ def schedule_of(spec: object, *, workflow: str) -> Schedule | None:
     return spec
 
 
-def _info(row: asyncpg.Record) -> ScheduleInfo:
+def _info(row: ScheduleRow) -> ScheduleInfo:
     return ScheduleInfo(
-        name=row["name"],
-        workflow=row["workflow"],
-        cron=row["cron"],
-        every=row["every_s"],
-        timezone=row["timezone"],
-        input=None if row["input"] is None else codec.decode(row["input"], where="schedule input"),
-        queue=row["queue"],
-        priority=row["priority"],
-        enabled=row["enabled"],
-        catchup=row["catchup"],
-        catchup_limit=row["catchup_limit"],
-        overlap=row["overlap"],
-        next_fire_at=row["next_fire_at"],
-        last_fire_at=row["last_fire_at"],
-        last_run_id=row["last_run_id"],
-        source=row["source"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
+        name=row.name,
+        workflow=row.workflow,
+        cron=row.cron,
+        every=row.every_s,
+        timezone=row.timezone,
+        input=None if row.input is None else codec.decode(row.input, where="schedule input"),
+        queue=row.queue,
+        priority=row.priority,
+        enabled=row.enabled,
+        catchup=row.catchup,
+        catchup_limit=row.catchup_limit,
+        overlap=row.overlap,
+        next_fire_at=row.next_fire_at,
+        last_fire_at=row.last_fire_at,
+        last_run_id=row.last_run_id,
+        source=row.source,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
     )

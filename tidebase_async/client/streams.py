@@ -1,10 +1,12 @@
-"""Live output, the subscribing half: ``tide.runs.stream`` reassembles the parts that
-``run.emit`` published (see ``engine.emit``) into chunks, until the run ends."""
+"""What clients subscribe to: live output (``tide.runs.stream`` reassembles the parts
+that ``run.emit`` published, see ``engine.emit``, into chunks until the run ends) and
+the feed of changed runs that live lists refresh on (``changed_runs``)."""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -16,13 +18,50 @@ from tidebase_async._util import codec
 from tidebase_async._util.signals import Signal
 from tidebase_async.engine.emit import part_decoder
 from tidebase_async.models import TERMINAL_STATUSES
-from tidebase_async.store.channels import STREAM_CHANNEL
+from tidebase_async.store.channels import EVENTS_CHANNEL, STREAM_CHANNEL, WAKE_CHANNEL
 
 if TYPE_CHECKING:
     from tidebase_async.client.tidebase import Tidebase
 
 # After the run ended: how long without new parts before the stream ends.
 _QUIET_S = 0.3
+
+
+class RunChanges:
+    """Ids of runs that changed since ``take()`` was last called, and a signal set when
+    there are some, or when a queue got new runs that no event names yet."""
+
+    def __init__(self) -> None:
+        self.signal = Signal()
+        self._ids: set[str] = set()
+
+    def add(self, ids: str) -> None:
+        self._ids.update(p for p in ids.split(",") if p)
+        self.signal.set()
+
+    def take(self) -> list[str]:
+        """The changed ids, sorted, and clears them (and the signal)."""
+        self.signal.clear()
+        ids = sorted(self._ids)
+        self._ids.clear()
+        return ids
+
+
+@contextlib.contextmanager
+def changed_runs(tide: Tidebase) -> Iterator[RunChanges]:
+    """Follow every change of every run (from LISTEN: nothing is stored, so nothing is
+    replayed) while the context is open. Without a listener nothing arrives."""
+    changes = RunChanges()
+    listener = tide.listener
+    removers: list[Callable[[], None]] = []
+    if listener is not None:
+        removers.append(listener.subscribe(EVENTS_CHANNEL, changes.add))
+        removers.append(listener.subscribe(WAKE_CHANNEL, lambda _queue: changes.signal.set()))
+    try:
+        yield changes
+    finally:
+        for remove in removers:
+            remove()
 
 
 async def subscribe(

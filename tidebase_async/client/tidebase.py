@@ -1,8 +1,11 @@
-"""The ``Tidebase`` facade: connect, register workflows, enqueue, run, read, work."""
+"""The ``Tidebase`` facade: open the pool and the LISTEN connection (migrating), register
+workflows, enqueue, run inline, hand out the web endpoints, and start workers; inline
+runs and workers get the engine's context from here."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -24,10 +27,10 @@ from tidebase_async.client.queues import Queues
 from tidebase_async.client.runs import Runs, as_uuid
 from tidebase_async.client.schedules import Schedules, schedule_of
 from tidebase_async.client.usage import Usage
-from tidebase_async.engine.execution import Execution
-from tidebase_async.engine.executor import execute
+from tidebase_async.engine.context import EngineContext
+from tidebase_async.engine.inline import run_inline
 from tidebase_async.engine.outbox import Deliverer
-from tidebase_async.engine.worker import Worker, new_worker_id
+from tidebase_async.engine.worker import Worker
 from tidebase_async.engine.workflows import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE,
@@ -35,9 +38,8 @@ from tidebase_async.engine.workflows import (
     WorkflowFn,
     make_workflow,
 )
-from tidebase_async.engine.writes import RunWrites
-from tidebase_async.models import Retry, RunHandle, RunSpec, Schedule
-from tidebase_async.store import ClaimedRun, NewRun, StepRecord, Store
+from tidebase_async.models import MigrationStep, Retry, RunHandle, RunSpec, Schedule
+from tidebase_async.store import NewRun, Store
 from tidebase_async.store.channels import (
     CANCEL_CHANNEL,
     EVENTS_CHANNEL,
@@ -126,6 +128,7 @@ class Tidebase:
         self._listener: Listener | None = None
         self._notifier: Notifier | None = None
         self._stack: contextlib.AsyncExitStack | None = None
+        self._migration_progress: Callable[[MigrationStep], None] | None = None
         # Where this app serves the HTTP API (``http_app``/``asgi_app``), for the
         # ``resolve_url`` of gates; falls back to TIDEBASE_PUBLIC_URL.
         self.public_url = public_url or os.environ.get("TIDEBASE_PUBLIC_URL") or None
@@ -161,7 +164,7 @@ class Tidebase:
                 self._dsn, max_size=self._pool_size, connect_timeout=self._connect_timeout
             )
             stack.push_async_callback(store.close)
-            await store.migrate()
+            await store.migrate(progress=self._migration_progress)
             self._store = store
             self._notifier = Notifier(store)
             self._listener = Listener(
@@ -221,16 +224,29 @@ class Tidebase:
     def listener(self) -> Listener | None:
         return self._listener
 
-    async def migrate(self) -> int:
+    async def ping(self) -> None:
+        """Return once the database answered a trivial query.
+
+        Raises:
+            StoreError: the database did not answer (ConnectionLost, DatabaseUnreachable).
+        """
+        await self.store.db_now()
+
+    async def migrate(self, *, progress: Callable[[MigrationStep], None] | None = None) -> int:
         """Apply pending schema migrations; idempotent and safe under concurrency.
+        ``progress`` is called after each migration applied (none when up to date).
 
         Raises:
             SchemaVersionError: the database was migrated by a newer tidebase-async.
         """
         if self._store is not None:
-            return await self._store.migrate()
-        async with self:
-            return await self.store.migrate()
+            return await self._store.migrate(progress=progress)
+        self._migration_progress = progress
+        try:
+            async with self:
+                return await self.store.migrate()
+        finally:
+            self._migration_progress = None
 
     # -- workflows --------------------------------------------------------------------
 
@@ -496,175 +512,52 @@ class Tidebase:
             RunFailed: the workflow failed for good; carries the recorded error.
             RunCancelled: the run was cancelled.
         """
-        wf = self._workflows.get(workflow)
-        if wf is None:
+        if workflow not in self._workflows:
             raise errors.WorkflowNotFound(
                 f"workflow {workflow!r} is not registered in this process; inline runs "
                 "execute here, so register it with @tide.workflow first"
             )
-        store = self.store
-        worker_id = "inline:" + new_worker_id()
-        lease_s = as_seconds(lease, what="lease") or 30.0
+        context = self._engine_context(lease)
         rid = as_uuid(run_id) if run_id is not None else uuid7()
-        existing = await store.run_status(rid)
-        if existing is None:
-            if recovery_webhook is not None:
-                check_channels([recovery_webhook], where="recovery_webhook")
-                if not self.webhook_secret:
-                    raise errors.ConfigurationError(
-                        "recovery_webhook needs a webhook secret to sign its deliveries: "
-                        "Tidebase(webhook_secret=...) or TIDEBASE_WEBHOOK_SECRET"
-                    )
-            spec = RunSpec(workflow=workflow, input=input, metadata=metadata, webhooks=webhooks)
-            new = self._new_run(spec)
-            claimed = await store.start_inline(
-                run_id=rid,
-                worker_id=worker_id,
-                workflow=workflow,
-                queue=new.queue,
-                input=bytes(new.input),
-                metadata=None if new.metadata is None else bytes(new.metadata),
-                max_attempts=new.max_attempts,
-                lease_s=lease_s,
-                channels=None if new.channels is None else msgspec.json.encode(new.channels),
-                recovery_webhook=recovery_webhook,
-            )
-            if claimed is not None:
-                self.notifier.runs_changed(rid)
-            # else: a concurrent call with this run_id created it first; wait for it.
-        else:
-            claimed = None
-        while True:
-            if claimed is None:
-                status = await self._status_after_waiting(rid)
-                if status == "queued":
-                    due = await store.seconds_until_due(rid)
-                    if due > 0:
-                        await anyio.sleep(due)
-                    claimed = await store.claim_by_id(
-                        worker_id=worker_id, run_id=rid, lease_s=lease_s
-                    )
-                if claimed is None:
-                    return await self.runs.wait(rid)
-            history = (await store.load_steps([rid])).get(rid, []) if claimed.step_count else []
-            result = await self._execute_inline(worker_id, claimed, history, lease_s)
-            if result in ("retrying", "suspended", "woken"):
-                # Waiting (gate, sleep, child) holds no lease: this call waits in place
-                # and resumes the run here when it is queued again, unless a worker
-                # claims it first (then this call waits for its result).
-                claimed = None
-                continue
-            if result == "released":
-                raise errors.ConnectionLost(
-                    f"inline run {rid}: the database stayed unreachable; the run was handed "
-                    "back to its queue (or its lease will expire) and resumes from its "
-                    "checkpoints"
+        spec = RunSpec(workflow=workflow, input=input, metadata=metadata, webhooks=webhooks)
+        await run_inline(
+            context,
+            run_id=rid,
+            new_run=functools.partial(self._new_inline_run, spec, recovery_webhook),
+            recovery_webhook=recovery_webhook,
+        )
+        # Finished here, or another worker owns the run now.
+        return await self.runs.wait(rid)
+
+    def _new_inline_run(self, spec: RunSpec, recovery_webhook: str | None) -> NewRun:
+        """The run ``tide.run`` creates when ``run_id`` does not exist yet, checked."""
+        if recovery_webhook is not None:
+            check_channels([recovery_webhook], where="recovery_webhook")
+            if not self.webhook_secret:
+                raise errors.ConfigurationError(
+                    "recovery_webhook needs a webhook secret to sign its deliveries: "
+                    "Tidebase(webhook_secret=...) or TIDEBASE_WEBHOOK_SECRET"
                 )
-            # completed or failed here, or "lost": another worker owns it now.
-            return await self.runs.wait(rid)
+        return self._new_run(spec)
 
-    async def _status_after_waiting(self, run_id: UUID) -> str | None:
-        """The run's status once it is no longer waiting (LISTEN, polling each second).
-        A timer of the run (a sleep, a gate's expiry) is fired here when due, so an
-        inline run needs no worker to wake it."""
-        with self.runs.watch(run_id) as changed:
-            while True:
-                changed.clear()
-                status, wake_in = await self.store.waiting_state(run_id)
-                if status != "waiting":
-                    return status
-                if wake_in is not None and wake_in <= 0:
-                    await self.store.wake_if_due(run_id)
-                    continue
-                await changed.wait_for(1.0 if wake_in is None else min(1.0, wake_in))
+    def _engine_context(self, lease: float | timedelta) -> EngineContext:
+        """What the executions of a worker or of an inline run share, with leases of
+        ``lease``. Built when either starts, so settings changed on this object before
+        then (``public_url``, say) apply to it.
 
-    async def _execute_inline(
-        self, worker_id: str, claimed: ClaimedRun, history: list[StepRecord], lease_s: float
-    ) -> str:
-        """Execute one claim here, heartbeating it. A claim that is not finished (the
-        caller was cancelled, or the database stayed unreachable) is handed back at once
-        so that a worker can resume it without waiting for the lease to expire."""
-        executions: dict[UUID, Execution] = {}
-        scope = anyio.CancelScope()
-        outcome = "released"
-        try:
-            outcome = await self._execute_heartbeating(
-                worker_id, claimed, history, lease_s, scope, executions
-            )
-        finally:
-            if outcome in ("released", "woken"):
-                with anyio.move_on_after(5, shield=True):
-                    try:
-                        queues = await self.store.release_runs(
-                            worker_id=worker_id, claims=[(claimed.id, claimed.attempt)]
-                        )
-                        self.notifier.queues_changed(*queues)
-                    except errors.StoreError as exc:
-                        logger.warning("inline run %s not released: %s", claimed.id, exc)
-        return outcome
-
-    async def _execute_heartbeating(
-        self,
-        worker_id: str,
-        claimed: ClaimedRun,
-        history: list[StepRecord],
-        lease_s: float,
-        scope: anyio.CancelScope,
-        executions: dict[UUID, Execution],
-    ) -> str:
-        outcome = "released"
-        unsubscribe: Callable[[], None] | None = None
-        if self._listener is not None:
-
-            def on_cancel(payload: str) -> None:
-                ex = executions.get(claimed.id)
-                if str(claimed.id) in payload.split(",") and ex is not None and not ex.finishing:
-                    ex.cancelled = True
-                    scope.cancel()
-
-            unsubscribe = self._listener.subscribe(CANCEL_CHANNEL, on_cancel)
-        async with anyio.create_task_group() as tg:
-
-            async def heartbeat() -> None:
-                while True:
-                    await anyio.sleep(lease_s / 3)
-                    try:
-                        held = await self.store.heartbeat(
-                            worker_id=worker_id, run_ids=[claimed.id], lease_s=lease_s
-                        )
-                    except errors.StoreError as exc:
-                        logger.warning("inline run %s: heartbeat failed: %s", claimed.id, exc)
-                        continue
-                    ex = executions.get(claimed.id)
-                    lost = (claimed.id, claimed.attempt) not in held
-                    if lost and ex is not None and not ex.finishing:
-                        ex.lost = True
-                        scope.cancel()
-                        return
-
-            tg.start_soon(heartbeat)
-            try:
-                result = await execute(
-                    store=self.store,
-                    writes=RunWrites(self.store, worker_id),
-                    claimed=claimed,
-                    history=history,
-                    workflows=self._workflows,
-                    on_event=self.notifier.runs_changed,
-                    max_payload=self.max_payload_bytes,
-                    cancel_scope=scope,
-                    lease_s=lease_s,
-                    ex_holder=executions,
-                    on_queue=self.notifier.queues_changed,
-                    public_url=self.public_url,
-                    publish=self.notifier.publish,
-                )
-                outcome = result.outcome
-            finally:
-                tg.cancel_scope.cancel()
-                if unsubscribe is not None:
-                    unsubscribe()
-        return outcome
+        Raises:
+            ConfigurationError: this Tidebase is not open, or a bad ``lease``.
+        """
+        store = self.store
+        return EngineContext(
+            store=store,
+            notifier=self.notifier,
+            listener=self._listener,
+            workflows=self._workflows,
+            max_payload=self.max_payload_bytes,
+            public_url=self.public_url,
+            lease_s=as_seconds(lease, what="lease") or 30.0,
+        )
 
     # -- web --------------------------------------------------------------------------
 
@@ -743,22 +636,16 @@ class Tidebase:
         for q in names:
             check_name("queue", q)
         worker = Worker(
-            store=self.store,
-            listener=self._listener,
-            notifier=self.notifier,
-            workflows=self._workflows,
+            self._engine_context(lease),
             queues=names,
             concurrency=concurrency,
-            lease_s=as_seconds(lease, what="lease") or 30.0,
             poll_interval_s=as_seconds(poll_interval, what="poll_interval") or 5.0,
             shutdown_grace_s=as_seconds(shutdown_grace, what="shutdown_grace") or 0.0,
             maintenance_interval_s=as_seconds(maintenance_interval, what="maintenance_interval")
             or 1.0,
-            max_payload=self.max_payload_bytes,
             handle_signals=handle_signals,
             retention_s=self.retention_s,
             deliverer=Deliverer(self.store, secret=self.webhook_secret),
-            public_url=self.public_url,
         )
         # Schedules declared in code exist (and match the code) before anything fires.
         await self.schedules.sync_code(self._workflows)

@@ -56,12 +56,12 @@ class Usage:
         )
         return [
             UsageSummary(
-                group={d: row[d] for d in DIMENSIONS if d in dims},
-                records=row["records"],
-                runs=row["runs"],
-                input_tokens=int(row["input_tokens"]),
-                output_tokens=int(row["output_tokens"]),
-                cost_usd=row["cost_usd"],
+                group={d: getattr(row, d) for d in DIMENSIONS if d in dims},
+                records=row.records,
+                runs=row.runs,
+                input_tokens=row.input_tokens,
+                output_tokens=row.output_tokens,
+                cost_usd=row.cost_usd,
             )
             for row in rows
         ]

@@ -1,2 +1,3 @@
 """What runs workflows: the ``Run`` handle and its history, state, usage, waits and live
-output; one claim's fenced execution; the worker, the reconciler and inline runs."""
+output; one claim's fenced execution; the leases that keep claims and the context
+executions share; the worker, the reconciler and inline runs."""

@@ -1,7 +1,6 @@
 """Live output, the publishing half: ``run.emit`` encodes a chunk and splits it into
-notification-sized parts (the subscribing half is ``client.streams``).
-
-Live output of runs: ``run.emit`` publishes, ``tide.runs.stream`` subscribes.
+notification-sized parts (the subscribing half, ``tide.runs.stream``, is
+``client.streams``).
 
 Chunks are ephemeral: published through NOTIFY (so every subscriber on any process
 gets them, in order), never stored; a subscriber sees what is emitted while it

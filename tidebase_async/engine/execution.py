@@ -1,5 +1,7 @@
-"""One claim of one run: its context, fenced writes retried across lost connections,
-and the ``Suspend`` signal that parks the run while it waits."""
+"""One claim of one run: the ``Execution`` that steps and waits work through (the
+claim, its history, its flags: lost, finishing, cancelled, suspended), its fenced
+writes retried across lost connections, and the ``Suspend`` signal that parks the run
+while it waits."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from uuid import UUID
 import anyio
 
 from tidebase_async import errors
+from tidebase_async.engine.context import EngineContext
 from tidebase_async.engine.workflows import Workflow
 from tidebase_async.engine.writes import RunWrites
 from tidebase_async.store import ClaimedRun, StepRecord, Store
@@ -63,26 +66,25 @@ class Execution:
 
     def __init__(
         self,
+        context: EngineContext,
         *,
-        store: Store,
         writes: RunWrites,
         claimed: ClaimedRun,
         history: list[StepRecord],
-        on_event: Callable[[UUID], None],
-        max_payload: int,
-        lease_s: float = 30.0,
-        workflows: Mapping[str, Workflow] | None = None,
-        on_queue: Callable[[str], None] | None = None,
-        public_url: str | None = None,
-        publish: Callable[[list[str]], bool] | None = None,
         on_finishing: Callable[[UUID, int], None] | None = None,
     ) -> None:
-        self.store = store
+        # The context's parts as plain attributes: steps and waits read them on every
+        # call, so they cost one attribute load, not two.
+        self.store: Store = context.store
+        notifier = context.notifier
+        self.on_event: Callable[[UUID], None] = notifier.runs_changed
+        self.on_queue: Callable[[str], None] = notifier.queues_changed
+        self.publish: Callable[[list[str]], bool] = notifier.publish
+        self.workflows: Mapping[str, Workflow] = context.workflows
+        self.max_payload = context.max_payload
+        self.public_url = context.public_url
+        self.lease_s = context.lease_s
         self._on_finishing = on_finishing
-        self.publish = publish
-        self.public_url = public_url
-        self.workflows: Mapping[str, Workflow] = workflows or {}
-        self.on_queue = on_queue
         self.writes = writes
         self.worker_id = writes.worker_id
         self.claimed = claimed
@@ -90,9 +92,6 @@ class Execution:
         # and whose error the workflow swallowed; replay executes such a step again.
         self.history: dict[int, StepRecord] = {r.position: r for r in history}
         self.history_end = max(self.history, default=-1) + 1
-        self.on_event = on_event
-        self.max_payload = max_payload
-        self.lease_s = lease_s
         # Set when a write was refused by the fence or the heartbeat lost the lease:
         # from then on the outcome of this execution is discarded.
         self.lost = False

@@ -1,10 +1,13 @@
-"""Executes one claim of one run and records its outcome (worker and inline runs)."""
+"""Executes one claim of one run and records its outcome: the workflow replays its
+history and goes on, then the run completes, fails, retries with backoff, is parked
+while it waits, is cancelled at its deadline, or is handed back. Shared by the worker
+and inline runs."""
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Literal
 from uuid import UUID
 
@@ -14,12 +17,13 @@ import msgspec
 from tidebase_async import errors
 from tidebase_async._util import codec
 from tidebase_async._util.failures import error_info
+from tidebase_async.engine.context import EngineContext
 from tidebase_async.engine.execution import Execution, Suspend
 from tidebase_async.engine.run import Run
 from tidebase_async.engine.workflows import Workflow, backoff_delay
 from tidebase_async.engine.writes import RunWrites
 from tidebase_async.models import Retry
-from tidebase_async.store import ClaimedRun, Completion, StepRecord, Store
+from tidebase_async.store import ClaimedRun, Completion, StepRecord
 
 logger = logging.getLogger(__name__)
 
@@ -56,72 +60,42 @@ class ExecutionResult(msgspec.Struct, kw_only=True):
 
 
 async def execute(
+    context: EngineContext,
     *,
-    store: Store,
     writes: RunWrites,
     claimed: ClaimedRun,
     history: list[StepRecord],
-    workflows: Mapping[str, Workflow],
-    on_event: Callable[[UUID], None],
-    max_payload: int,
     cancel_scope: anyio.CancelScope,
-    lease_s: float,
-    ex_holder: dict[UUID, Execution] | None = None,
-    on_queue: Callable[[str], None] | None = None,
-    public_url: str | None = None,
-    publish: Callable[[list[str]], bool] | None = None,
+    executions: dict[UUID, Execution] | None = None,
     on_finishing: Callable[[UUID, int], None] | None = None,
 ) -> ExecutionResult:
     """Run the workflow of ``claimed`` from the top (replaying its history) and write
     the outcome: completed, failed, or requeued for a retry with backoff.
 
     ``cancel_scope`` is cancelled by the owner when the lease is lost (the outcome is
-    then discarded) or on shutdown (the run is then released, not failed).
+    then discarded) or on shutdown (the run is then released, not failed). While it
+    executes, the execution is in ``executions`` (the owner's leases heartbeat it);
+    ``on_finishing`` is called once its code is done (see ``begin_finishing``).
     """
     ex = Execution(
-        store=store,
-        writes=writes,
-        claimed=claimed,
-        history=history,
-        on_event=on_event,
-        max_payload=max_payload,
-        lease_s=lease_s,
-        workflows=workflows,
-        on_queue=on_queue,
-        public_url=public_url,
-        publish=publish,
-        on_finishing=on_finishing,
+        context, writes=writes, claimed=claimed, history=history, on_finishing=on_finishing
     )
-    if ex_holder is not None:
-        ex_holder[claimed.id] = ex
+    if executions is not None:
+        executions[claimed.id] = ex
     try:
-        return await _execute(ex, workflows, cancel_scope)
+        return await _execute(ex, cancel_scope)
     finally:
         # Only our own entry: a later claim of the run (this worker may claim it again
         # while this execution still writes its outcome) has replaced it.
-        if ex_holder is not None and ex_holder.get(claimed.id) is ex:
-            del ex_holder[claimed.id]
+        if executions is not None and executions.get(claimed.id) is ex:
+            del executions[claimed.id]
 
 
-async def _execute(
-    ex: Execution, workflows: Mapping[str, Workflow], cancel_scope: anyio.CancelScope
-) -> ExecutionResult:
+async def _execute(ex: Execution, cancel_scope: anyio.CancelScope) -> ExecutionResult:
     claimed = ex.claimed
-    wf = workflows.get(claimed.workflow)
+    wf = ex.workflows.get(claimed.workflow)
     if wf is None:
-        # Retried with backoff while attempts remain (in a rolling deploy another worker
-        # may know the workflow), then failed for good: never left stuck.
-        known = ", ".join(sorted(workflows)) or "none"
-        return await _finish_failed(
-            ex,
-            errors.WorkflowNotFound(
-                f"workflow {claimed.workflow!r} is not registered in worker {ex.worker_id} "
-                f"(registered: {known}); register it with @tide.workflow({claimed.workflow!r}) "
-                "in the worker process, then retry the run"
-            ),
-            wf=None,
-            retry=_UNKNOWN_WORKFLOW_RETRY,
-        )
+        return await _fail_unknown_workflow(ex)
     if claimed.deadline_at is not None and claimed.deadline_at <= claimed.db_now:
         return await _cancel_for_deadline(ex)
     try:
@@ -155,32 +129,13 @@ async def _execute(
             if isinstance(exc, _PASS_THROUGH) or is_cancellation(exc):
                 raise
             failure = exc
-    if ex.cancelled:
-        logger.info(
-            "run %s: cancelled while executing", claimed.id, extra={"run_id": str(claimed.id)}
-        )
-        return _result(ex, "cancelled")
+    stopped = _stopped(ex, cancel_scope)
+    if stopped is not None:
+        return stopped
     if deadline_scope.cancelled_caught and not cancel_scope.cancel_called and not ex.lost:
         return await _cancel_for_deadline(ex)
-    if cancel_scope.cancelled_caught or ex.lost:
-        if ex.lost:
-            logger.warning(
-                "run %s: lease lost, another worker owns it now; dropping this execution",
-                claimed.id,
-                extra={"run_id": str(claimed.id)},
-            )
-            return _result(ex, "lost")
-        return _result(ex, "released")
     if isinstance(failure, errors.StoreError) and ex.write_failed:
-        # Our own write failed (the database stayed unreachable), not the workflow:
-        # hand the run back rather than spend an attempt on it.
-        logger.warning(
-            "run %s: giving the run back after a database failure: %s",
-            claimed.id,
-            failure,
-            extra={"run_id": str(claimed.id)},
-        )
-        return _result(ex, "released")
+        return _give_back_after_write_failure(ex, failure)
     if ex.suspension is not None:
         # Whatever the workflow did after a wait that is not over (returned, raised,
         # or swallowed the signal), its outcome is not final: park the run.
@@ -207,6 +162,60 @@ async def _execute(
     result = _result(ex, "completed")
     result.output = data
     return result
+
+
+async def _fail_unknown_workflow(ex: Execution) -> ExecutionResult:
+    """No workflow of the run's name is registered here. Retried with backoff while
+    attempts remain (in a rolling deploy another worker may know the workflow), then
+    failed for good: never left stuck."""
+    name = ex.claimed.workflow
+    known = ", ".join(sorted(ex.workflows)) or "none"
+    return await _finish_failed(
+        ex,
+        errors.WorkflowNotFound(
+            f"workflow {name!r} is not registered in worker {ex.worker_id} "
+            f"(registered: {known}); register it with @tide.workflow({name!r}) "
+            "in the worker process, then retry the run"
+        ),
+        wf=None,
+        retry=_UNKNOWN_WORKFLOW_RETRY,
+    )
+
+
+def _stopped(ex: Execution, cancel_scope: anyio.CancelScope) -> ExecutionResult | None:
+    """The result of an execution its owner stopped, whatever the workflow did: the
+    run was cancelled, the lease was lost (the outcome is dropped), or shutdown
+    cancelled it (the run is handed back). None when it was not stopped.
+
+    (A deadline is checked after this: it can only have ended the workflow when its
+    owner did not cancel the scope and the lease held.)"""
+    if ex.cancelled:
+        logger.info(
+            "run %s: cancelled while executing", ex.run_id, extra={"run_id": str(ex.run_id)}
+        )
+        return _result(ex, "cancelled")
+    if ex.lost:
+        logger.warning(
+            "run %s: lease lost, another worker owns it now; dropping this execution",
+            ex.run_id,
+            extra={"run_id": str(ex.run_id)},
+        )
+        return _result(ex, "lost")
+    if cancel_scope.cancelled_caught:
+        return _result(ex, "released")
+    return None
+
+
+def _give_back_after_write_failure(ex: Execution, failure: BaseException) -> ExecutionResult:
+    """Our own write failed (the database stayed unreachable), not the workflow: hand
+    the run back rather than spend an attempt on it."""
+    logger.warning(
+        "run %s: giving the run back after a database failure: %s",
+        ex.run_id,
+        failure,
+        extra={"run_id": str(ex.run_id)},
+    )
+    return _result(ex, "released")
 
 
 async def _finish_failed(
@@ -298,7 +307,7 @@ async def _suspend(ex: Execution, signal: Suspend) -> ExecutionResult:
     ex.on_event(ex.run_id)
     if not parked[0]:
         row = await ex.store.get_run_status(ex.run_id)
-        if row is None or row["status"] != "running":
+        if row is None or row.status != "running":
             return _result(ex, "lost")
         return _result(ex, "woken")
     return _result(ex, "suspended")
@@ -326,7 +335,7 @@ async def _cancel_for_deadline(ex: Execution) -> ExecutionResult:
 async def _status_is(ex: Execution, statuses: set[str]) -> bool:
     """After a lost connection: did our outcome write land before it broke?"""
     row = await ex.store.get_run_status(ex.run_id)
-    return row is not None and row["status"] in statuses
+    return row is not None and row.status in statuses
 
 
 def _result(ex: Execution, outcome: Outcome) -> ExecutionResult:

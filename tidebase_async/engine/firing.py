@@ -15,14 +15,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from uuid import UUID
 
-import asyncpg
 import msgspec
 
 from tidebase_async import errors
 from tidebase_async._util.ids import uuid7
 from tidebase_async._util.timing import Timing, latest_fire, latest_fire_times, next_fire
 from tidebase_async.engine.workflows import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Workflow
-from tidebase_async.store import ScheduledRun, Store
+from tidebase_async.store import DueSchedule, ScheduledRun, ScheduleRow, Store
 
 logger = logging.getLogger(__name__)
 
@@ -52,26 +51,26 @@ async def fire_due(
 
 
 def _plan(
-    workflows: Mapping[str, Workflow], row: asyncpg.Record, active: bool
+    workflows: Mapping[str, Workflow], row: DueSchedule, active: bool
 ) -> tuple[list[ScheduledRun], datetime]:
     """The runs of the due ticks of ``row`` (a locked, due schedule) and its next fire
     time, per its catchup and overlap policies."""
     timing = timing_of(row)
-    now: datetime = row["now"]
-    anchor: datetime = row["anchor_at"]
+    now = row.now
+    anchor = row.anchor_at
     following = next_fire(timing, now, anchor=anchor)
-    if row["overlap"] == "skip" and active:
+    if row.overlap == "skip" and active:
         return [], following
-    due_from: datetime = row["next_fire_at"]
-    catchup = row["catchup"]
+    due_from = row.next_fire_at
+    catchup = row.catchup
     if catchup == "all":
         ticks = latest_fire_times(
-            timing, due_from, now, anchor=anchor, limit=row["catchup_limit"]
+            timing, due_from, now, anchor=anchor, limit=row.catchup_limit
         ) or [due_from]
-        if row["overlap"] == "skip" and len(ticks) > 1:
+        if row.overlap == "skip" and len(ticks) > 1:
             # Several runs at once would overlap each other: the latest only.
             ticks = ticks[-1:]
-        elif row["overlap"] == "queue" and len(ticks) > 1:
+        elif row.overlap == "queue" and len(ticks) > 1:
             # One at a time: the oldest now; the schedule stays due at the next
             # missed tick, which fires once this run has finished.
             return [_run_of(workflows, row, ticks[0])], ticks[1]
@@ -81,23 +80,23 @@ def _plan(
         ticks = [latest]
         if catchup == "skip" and (now - latest).total_seconds() > SKIP_GRACE_S:
             ticks = []
-    if row["overlap"] == "queue" and active:
+    if row.overlap == "queue" and active:
         # Not due to fire yet after all (the previous run is still active): keep
         # the schedule due; it fires once that run has finished.
         return [], due_from
     return [_run_of(workflows, row, tick) for tick in ticks], following
 
 
-def _run_of(workflows: Mapping[str, Workflow], row: asyncpg.Record, tick: datetime) -> ScheduledRun:
-    wf = workflows.get(row["workflow"])
-    queue = row["queue"] or (wf.queue if wf else DEFAULT_QUEUE)
-    metadata = msgspec.json.encode({"schedule": row["name"], "fire_time": tick.isoformat()})
+def _run_of(workflows: Mapping[str, Workflow], row: ScheduleRow, tick: datetime) -> ScheduledRun:
+    wf = workflows.get(row.workflow)
+    queue = row.queue or (wf.queue if wf else DEFAULT_QUEUE)
+    metadata = msgspec.json.encode({"schedule": row.name, "fire_time": tick.isoformat()})
     return ScheduledRun(
         id=uuid7(),
-        workflow=row["workflow"],
+        workflow=row.workflow,
         queue=queue,
-        input=msgspec.Raw(bytes(row["input"]) if row["input"] is not None else b"null"),
-        priority=row["priority"],
+        input=msgspec.Raw(row.input if row.input is not None else b"null"),
+        priority=row.priority,
         dedupe_key=None,
         metadata=msgspec.Raw(metadata),
         parent_id=None,
@@ -105,10 +104,10 @@ def _run_of(workflows: Mapping[str, Workflow], row: asyncpg.Record, tick: dateti
         run_at=None,
         delay_s=0.0,
         deadline_at=None,
-        schedule=row["name"],
+        schedule=row.name,
         fire_time=tick,
     )
 
 
-def timing_of(row: asyncpg.Record) -> Timing:
-    return Timing(cron=row["cron"], every_s=row["every_s"], timezone=row["timezone"])
+def timing_of(row: ScheduleRow) -> Timing:
+    return Timing(cron=row.cron, every_s=row.every_s, timezone=row.timezone)

@@ -1,6 +1,6 @@
 """The history of a run as its workflow walks it: positions, ordinals, replay lookups,
-and the checkpoints that record new entries. Steps (``replay``) and waits (``waits``)
-both go through it."""
+and the checkpoints that record new entries. Steps (``run``) and waits (``waits``)
+record their entries through it; ``run.state`` asks it whether the run is replaying."""
 
 from __future__ import annotations
 
@@ -136,5 +136,3 @@ class RunHistory:
         ex = self._ex
         recorded = await ex.store.step_outcome(run_id=ex.run_id, position=position)
         return recorded == (status, ex.attempt)
-
-    # -- live output --------------------------------------------------------------------

@@ -19,13 +19,12 @@ from urllib.parse import urlsplit
 from uuid import UUID
 
 import anyio
-import asyncpg
 import msgspec
 
 from tidebase_async import errors
 from tidebase_async._util.signals import Signal
 from tidebase_async._util.signing import DELIVERY_HEADER, SIGNATURE_HEADER, sign
-from tidebase_async.store import Store
+from tidebase_async.store import DueDelivery, Store
 
 if TYPE_CHECKING:
     import aiohttp
@@ -108,45 +107,45 @@ class Deliverer:
                 await self._session.close()
             self._session = None
 
-    async def _deliver(self, row: asyncpg.Record) -> None:
+    async def _deliver(self, row: DueDelivery) -> None:
         try:
             await self._deliver_one(row)
         finally:
             self._active -= 1
             self._slot_free.set()
 
-    async def _deliver_one(self, row: asyncpg.Record) -> None:
+    async def _deliver_one(self, row: DueDelivery) -> None:
         delivered, status, error = await self._send(row)
-        where = redact_url(row["url"])
+        where = redact_url(row.url)
         if not delivered:
             self.failed_attempts += 1
             logger.warning(
                 "delivery %s (%s to %s) attempt %d failed: %s",
-                row["id"],
-                row["event"],
+                row.id,
+                row.event,
                 where,
-                row["attempts"],
+                row.attempts,
                 error,
             )
         else:
             self.delivered += 1
         try:
             done = await self._store.delivery_done(
-                row["id"],
+                row.id,
                 delivered=delivered,
                 http_status=status,
                 error=error,
-                retry_in_s=backoff_s(row["attempts"]),
-                attempt=row["attempts"],
+                retry_in_s=backoff_s(row.attempts),
+                attempt=row.attempts,
             )
         except errors.StoreError as exc:
             # Its lease runs out and it is sent again: receivers dedupe on the id.
-            logger.warning("outcome of delivery %s not recorded: %s", row["id"], exc)
+            logger.warning("outcome of delivery %s not recorded: %s", row.id, exc)
             return
-        if done is not None and done["status"] == "failed" and done["event"] == "run.resume":
-            await self._give_up_recovery(done["run_id"], row)
+        if done is not None and done.status == "failed" and done.event == "run.resume":
+            await self._give_up_recovery(done.run_id, row)
 
-    async def _send(self, row: asyncpg.Record) -> tuple[bool, int | None, str | None]:
+    async def _send(self, row: DueDelivery) -> tuple[bool, int | None, str | None]:
         if not self._secret:
             return False, None, "no webhook secret is configured: deliveries cannot be signed"
         import aiohttp
@@ -155,16 +154,16 @@ class Deliverer:
             # Imported and opened on first use: a worker with nothing to deliver never
             # pays for it.
             self._session = aiohttp.ClientSession(headers={"User-Agent": "tidebase-async"})
-        body = bytes(row["payload"])
+        body = row.payload
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(self._secret, body),
-            DELIVERY_HEADER: str(row["id"]),
+            DELIVERY_HEADER: str(row.id),
         }
-        timeout = self._resume_timeout_s if row["event"] == "run.resume" else self._timeout_s
+        timeout = self._resume_timeout_s if row.event == "run.resume" else self._timeout_s
         try:
             async with self._session.post(
-                row["url"],
+                row.url,
                 data=body,
                 headers=headers,
                 allow_redirects=False,
@@ -176,17 +175,17 @@ class Deliverer:
                 return False, resp.status, f"HTTP {resp.status}"
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             # Error texts may quote the URL, which may carry a secret (hook tokens).
-            text = f"{type(exc).__name__}: {exc}".replace(row["url"], redact_url(row["url"]))
+            text = f"{type(exc).__name__}: {exc}".replace(row.url, redact_url(row.url))
             return False, None, text[:500]
 
-    async def _give_up_recovery(self, run_id: UUID | None, row: asyncpg.Record) -> None:
+    async def _give_up_recovery(self, run_id: UUID | None, row: DueDelivery) -> None:
         if run_id is None:
             return
         info: dict[str, Any] = {
             "type": "RecoveryFailed",
             "message": (
-                f"the recovery webhook {redact_url(row['url'])} could not be delivered "
-                f"after {row['attempts']} attempts; nothing resumed the run"
+                f"the recovery webhook {redact_url(row.url)} could not be delivered "
+                f"after {row.attempts} attempts; nothing resumed the run"
             ),
             "traceback": None,
         }

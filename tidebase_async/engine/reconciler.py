@@ -10,16 +10,15 @@ twice (each takes its rows with ``FOR UPDATE SKIP LOCKED`` or a unique key).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
 
 from tidebase_async import errors
+from tidebase_async.engine.context import EngineContext
 from tidebase_async.engine.firing import fire_due
-from tidebase_async.engine.workflows import Workflow
-from tidebase_async.store import SessionLock, Store
-from tidebase_async.store.notifier import Notifier
+from tidebase_async.store import SessionLock
 
 if TYPE_CHECKING:
     from tidebase_async.engine.outbox import Deliverer
@@ -45,23 +44,20 @@ class Reconciler:
 
     def __init__(
         self,
+        context: EngineContext,
         *,
-        store: Store,
-        notifier: Notifier,
-        workflows: Mapping[str, Workflow],
         stats: WorkerStats,
         on_work: Callable[[set[str]], None],
-        lease_s: float,
         interval_s: float,
         retention_s: float | None,
         deliverer: Deliverer | None,
     ) -> None:
-        self._store = store
-        self._notifier = notifier
-        self._workflows = workflows
+        self._store = context.store
+        self._notifier = context.notifier
+        self._workflows = context.workflows
         self.stats = stats
         self._on_work = on_work
-        self._lease_s = lease_s
+        self._lease_s = context.lease_s
         self._maintenance_s = interval_s
         self._retention_s = retention_s
         self._deliverer = deliverer

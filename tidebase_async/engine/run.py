@@ -8,10 +8,10 @@ executed again; a step whose worker died while it ran is executed again
 (at-least-once), so external side effects need idempotency keys (``run.id`` plus the
 step name make a good one).
 
-The rest of a run lives beside this module: ``execution`` (one claim: fenced writes,
-``Suspend``), ``run_state`` (``run.state``), ``usage_ledger`` (``run.usage``),
-``waits`` (sleep, gate, child, fanout), ``arguments`` and ``failures`` (checks of
-arguments, recorded errors). Their public names stay importable from here.
+This module owns ``run.step``, the checkpointed built-ins (``run.now``, ``run.uuid``,
+``run.random``) and ``run.emit``; the handle's other parts are ``history`` (positions
+and checkpoints), ``waits`` (sleep, gate, child, fanout), ``state`` (``run.state``) and
+``usage`` (``run.usage``).
 """
 
 from __future__ import annotations
@@ -30,31 +30,14 @@ import anyio
 
 from tidebase_async import errors
 from tidebase_async._util import codec
-from tidebase_async._util.checks import as_seconds, check_channels, check_history_name, check_name
-from tidebase_async._util.failures import error_info
+from tidebase_async._util.checks import as_seconds, check_history_name, check_name
 from tidebase_async.engine.emit import parts_of
-from tidebase_async.engine.execution import _ENTRY, WRITE_RETRY_S, Execution, Suspend
-from tidebase_async.engine.state import RunState, merge_patch
+from tidebase_async.engine.execution import _ENTRY, Execution
+from tidebase_async.engine.state import RunState
 from tidebase_async.engine.usage import RunUsage
 from tidebase_async.engine.waits import RunWaits
 from tidebase_async.engine.workflows import backoff_delay
 from tidebase_async.models import Retry
-
-# Everything importable from here before the split into modules still is.
-__all__ = [
-    "WRITE_RETRY_S",
-    "Execution",
-    "Run",
-    "RunState",
-    "RunUsage",
-    "RunWaits",
-    "Suspend",
-    "as_seconds",
-    "check_channels",
-    "check_history_name",
-    "error_info",
-    "merge_patch",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -209,8 +192,6 @@ class Run(RunWaits):
         ex.check_active()
         data = codec.encode(chunk, where=f"chunk of stream {stream!r}", max_size=ex.max_payload)
         if _ENTRY.get() is None and self._replaying():
-            return
-        if ex.publish is None:
             return
         number = self._emitted.get(stream, 0) + 1
         self._emitted[stream] = number

@@ -45,39 +45,14 @@ class RunUsage:
             ConfigurationError: a negative, non-integer token count, a negative or
                 non-finite cost, or a bad text field; nothing is recorded.
         """
-        for what, count in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
-            if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 2**63:
-                raise errors.ConfigurationError(
-                    f"usage {what} must be a non-negative int, got {count!r:.40}"
-                )
-        if isinstance(cost_usd, bool) or not isinstance(cost_usd, int | float | decimal.Decimal):
-            raise errors.ConfigurationError(
-                f"usage cost_usd must be a number, got {cost_usd!r:.40}"
-            )
-        if isinstance(cost_usd, int) and not 0 <= cost_usd <= _MAX_COST_USD:
-            raise errors.ConfigurationError(f"usage cost_usd must be in 0..{_MAX_COST_USD:g}")
-        cost = (
-            decimal.Decimal(str(cost_usd))
-            if isinstance(cost_usd, float)
-            else decimal.Decimal(cost_usd)
+        cost = _checked_usage(
+            kind=kind,
+            provider=provider,
+            model=model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=cost_usd,
         )
-        if not cost.is_finite() or not 0 <= cost <= _MAX_COST_USD:
-            raise errors.ConfigurationError(
-                f"usage cost_usd must be finite and in 0..{_MAX_COST_USD:g}, got {cost_usd!r:.40}"
-            )
-        for what, text in (("kind", kind), ("provider", provider), ("model", model)):
-            if text is None and what != "kind":
-                continue
-            if (
-                not isinstance(text, str)
-                or not text
-                or len(text) > 200
-                or "\x00" in text
-                or not is_utf8(text)
-            ):
-                raise errors.ConfigurationError(
-                    f"usage {what} must be a short str, got {text!r:.40}"
-                )
         data = None
         if metadata is not None:
             if not isinstance(metadata, dict):
@@ -114,3 +89,48 @@ class RunUsage:
                 metadata=data,
             ),
         )
+
+
+def _checked_usage(
+    *,
+    kind: str,
+    provider: str | None,
+    model: str | None,
+    input_tokens: int,
+    output_tokens: int,
+    cost_usd: float | decimal.Decimal,
+) -> decimal.Decimal:
+    """Check the fields of a usage record; return its cost as an exact decimal.
+
+    Raises:
+        ConfigurationError: a negative or non-integer token count, a negative or
+            non-finite cost, or a bad text field.
+    """
+    for what, count in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 2**63:
+            raise errors.ConfigurationError(
+                f"usage {what} must be a non-negative int, got {count!r:.40}"
+            )
+    if isinstance(cost_usd, bool) or not isinstance(cost_usd, int | float | decimal.Decimal):
+        raise errors.ConfigurationError(f"usage cost_usd must be a number, got {cost_usd!r:.40}")
+    if isinstance(cost_usd, int) and not 0 <= cost_usd <= _MAX_COST_USD:
+        raise errors.ConfigurationError(f"usage cost_usd must be in 0..{_MAX_COST_USD:g}")
+    cost = (
+        decimal.Decimal(str(cost_usd)) if isinstance(cost_usd, float) else decimal.Decimal(cost_usd)
+    )
+    if not cost.is_finite() or not 0 <= cost <= _MAX_COST_USD:
+        raise errors.ConfigurationError(
+            f"usage cost_usd must be finite and in 0..{_MAX_COST_USD:g}, got {cost_usd!r:.40}"
+        )
+    for what, text in (("kind", kind), ("provider", provider), ("model", model)):
+        if text is None and what != "kind":
+            continue
+        if (
+            not isinstance(text, str)
+            or not text
+            or len(text) > 200
+            or "\x00" in text
+            or not is_utf8(text)
+        ):
+            raise errors.ConfigurationError(f"usage {what} must be a short str, got {text!r:.40}")
+    return cost

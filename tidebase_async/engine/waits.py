@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid as _uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 import anyio
@@ -28,10 +28,7 @@ from tidebase_async._util.tokens import hash_token, new_token, resolve_url
 from tidebase_async.engine.history import RunHistory
 from tidebase_async.engine.workflows import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE
 from tidebase_async.models import TERMINAL_STATUSES, GateDecision
-from tidebase_async.store import NewRun
-
-if TYPE_CHECKING:
-    pass
+from tidebase_async.store import ChildStatusRow, GateDetail, NewRun
 
 #: A sleep this short waits in place: parking and waking the run costs more.
 _SLEEP_IN_PLACE_S = 0.05
@@ -56,6 +53,13 @@ def _child_failed(info: Any) -> errors.ChildFailed:
         status=str(info.get("status", "failed")),
         error=child_error if isinstance(child_error, dict) else None,
     )
+
+
+def _check_prompt(name: str, prompt: str | None) -> None:
+    if prompt is not None and (not isinstance(prompt, str) or not is_utf8(prompt)):
+        raise errors.ConfigurationError(f"gate {name!r}: prompt must be a str, got {prompt!r:.60}")
+    if prompt is not None and "\x00" in prompt:
+        raise errors.ConfigurationError(f"gate {name!r}: prompt may not contain NUL")
 
 
 class RunWaits(RunHistory):
@@ -145,12 +149,7 @@ class RunWaits(RunHistory):
         """
         ex = self._ex
         check_history_name("gate", name)
-        if prompt is not None and (not isinstance(prompt, str) or not is_utf8(prompt)):
-            raise errors.ConfigurationError(
-                f"gate {name!r}: prompt must be a str, got {prompt!r:.60}"
-            )
-        if prompt is not None and "\x00" in prompt:
-            raise errors.ConfigurationError(f"gate {name!r}: prompt may not contain NUL")
+        _check_prompt(name, prompt)
         timeout_s = as_seconds(timeout, what=f"gate {name!r} timeout")
         if timeout_s is not None and timeout_s > _MAX_WAIT_S:
             raise errors.ConfigurationError(
@@ -167,9 +166,39 @@ class RunWaits(RunHistory):
             else msgspec.json.encode(check_channels(channels, where=f"gate {name!r}"))
         )
         position, full_name, record = self._reserve("gate", name)
+        if record is not None and record.status == "completed":
+            ex.replayed_steps += 1
+            decided: GateDecision = codec.decode(
+                record.output or b"{}", tp=GateDecision, where=f"gate {full_name!r}"
+            )
+            return decided
+        gate = await self._open_gate(
+            full_name,
+            prompt=prompt,
+            data=data_bytes,
+            channels=channels_bytes,
+            timeout_s=timeout_s,
+            invite=bool(channels),
+        )
+        return await self._gate_decision(position, full_name, gate)
+
+    async def _open_gate(
+        self,
+        full_name: str,
+        *,
+        prompt: str | None,
+        data: bytes | None,
+        channels: bytes | None,
+        timeout_s: float | None,
+        invite: bool,
+    ) -> GateDetail:
+        """Record the gate as pending once (an earlier attempt may have) and return it
+        as stored now; a pending gate found past its expiry is expired first. With
+        ``invite`` (it has channels), a new gate's channels are sent a resolve token."""
+        ex = self._ex
         token_hash: bytes | None = None
         delivery: bytes | None = None
-        if channels and (record is None or record.status != "completed"):
+        if invite:
             # Used only if the gate is new: its reviewers get a one-time token in the
             # signed gate.created delivery; the database keeps its hash.
             token = new_token()
@@ -180,61 +209,59 @@ class RunWaits(RunHistory):
                     "run_id": str(ex.run_id),
                     "name": full_name,
                     "prompt": prompt,
-                    "data": msgspec.Raw(data_bytes) if data_bytes is not None else None,
+                    "data": msgspec.Raw(data) if data is not None else None,
                     "resolve_url": resolve_url(ex.public_url, ex.run_id, full_name),
                     "resolve_token": token,
                 }
             )
-        if record is not None and record.status == "completed":
-            ex.replayed_steps += 1
-            decided: GateDecision = codec.decode(
-                record.output or b"{}", tp=GateDecision, where=f"gate {full_name!r}"
-            )
-            return decided
-        row = await ex.write_value(
+        gate = await ex.write_value(
             f"opening gate {full_name!r}",
             ex.fenced(
                 ex.store.open_gate,
                 name=full_name,
                 prompt=prompt,
-                data=data_bytes,
-                channels=channels_bytes,
+                data=data,
+                channels=channels,
                 timeout_s=timeout_s,
                 token_hash=token_hash,
                 delivery=delivery,
             ),
         )
         ex.on_event(ex.run_id)
-        if row["status"] == "pending" and row["due"]:
+        if gate.status == "pending" and gate.due:
             await ex.write_value(
                 f"expiring gate {full_name!r}",
-                ex.fenced(
-                    ex.store.expire_gate,
-                    name=full_name,
-                ),
+                ex.fenced(ex.store.expire_gate, name=full_name),
             )
-            row = await ex.store.get_gate(ex.run_id, full_name)
-            assert row is not None
-        status = row["status"]
+            expired = await ex.store.get_gate(ex.run_id, full_name)
+            assert expired is not None
+            gate = expired
+        return gate
+
+    async def _gate_decision(self, position: int, full_name: str, gate: GateDetail) -> GateDecision:
+        """The decision of a decided gate, checkpointed; a pending gate suspends the
+        run until its decision or expiry."""
+        ex = self._ex
+        status = gate.status
         if status == "pending":
-            raise ex.suspend("gate", wake_at=row["expires_at"], data={"gate": full_name})
+            raise ex.suspend("gate", wake_at=gate.expires_at, data={"gate": full_name})
         if status == "cancelled":
             # Only a cancellation of this run closes a gate so; the fence goes with it.
             raise ex.lease_lost(errors.LeaseLost(f"run {ex.run_id} was cancelled"))
         decision = GateDecision(
             decision=status,
-            actor=row["actor"],
+            actor=gate.actor,
             payload=None
-            if row["payload"] is None
-            else codec.decode(row["payload"], where="gate payload"),
-            resolved_at=row["resolved_at"],
+            if gate.payload is None
+            else codec.decode(gate.payload, where="gate payload"),
+            resolved_at=gate.resolved_at,
         )
         await self._checkpoint(
             position,
             full_name,
             "completed",
             1,
-            row["created_at"],
+            gate.created_at,
             output=msgspec.json.encode(decision),
             kind="gate",
             event_type="gate.passed",
@@ -319,7 +346,35 @@ class RunWaits(RunHistory):
             for i, r in enumerate(new_runs)
         ]
         started_at = ex.now()
-        rows, queues = await ex.write_value(
+        children = await self._start_children(full_name, where, new_runs)
+        pending = [c for c in children if c.status not in TERMINAL_STATUSES]
+        if pending:
+            raise ex.suspend(kind, wake_at=None, data={kind: full_name, "pending": len(pending)})
+        failed = next((c for c in children if c.status != "completed"), None)
+        if failed is not None:
+            raise await self._child_failure(kind, position, full_name, started_at, where, failed)
+        outputs = [c.output if c.output is not None else b"null" for c in children]
+        data = outputs[0] if kind == "child" else b"[" + b",".join(outputs) + b"]"
+        await self._checkpoint(
+            position,
+            full_name,
+            "completed",
+            1,
+            started_at,
+            output=data,
+            kind=kind,
+            event_type="child.completed",
+            event={"name": full_name, "children": len(children)},
+        )
+        return self._decode_outputs(workflows, data, where, single=kind == "child")
+
+    async def _start_children(
+        self, full_name: str, where: str, new_runs: list[NewRun]
+    ) -> list[ChildStatusRow]:
+        """Create the children once and return where each stands, in order; the
+        queues of the ones created now hear of them."""
+        ex = self._ex
+        children, queues = await ex.write_value(
             f"starting the children of {where}",
             ex.fenced(
                 ex.store.start_children,
@@ -334,53 +389,47 @@ class RunWaits(RunHistory):
             if ex.on_queue is not None:
                 for q in sorted(set(queues)):
                     ex.on_queue(q)
-        pending = [r for r in rows if r["status"] not in TERMINAL_STATUSES]
-        if pending:
-            raise ex.suspend(kind, wake_at=None, data={kind: full_name, "pending": len(pending)})
-        for row in rows:
-            if row["status"] != "completed":
-                error = None if row["error"] is None else codec.decode(row["error"], where=where)
-                if row["status"] == "cancelled":
-                    error = {"type": "RunCancelled", "message": row["cancel_reason"] or "cancelled"}
-                exc = errors.ChildFailed(
-                    child_id=row["id"],
-                    workflow=row["workflow"],
-                    status=row["status"],
-                    error=error if isinstance(error, dict) else None,
-                )
-                info = error_info(exc)
-                info.update(
-                    child_id=str(row["id"]),
-                    workflow=row["workflow"],
-                    status=row["status"],
-                    child_error=exc.error,
-                )
-                await self._checkpoint(
-                    position,
-                    full_name,
-                    "failed",
-                    1,
-                    started_at,
-                    error=msgspec.json.encode(info),
-                    kind=kind,
-                    event_type="child.failed",
-                    event={"name": full_name, "child": str(row["id"]), "status": row["status"]},
-                )
-                raise exc
-        outputs = [bytes(r["output"]) if r["output"] is not None else b"null" for r in rows]
-        data = outputs[0] if kind == "child" else b"[" + b",".join(outputs) + b"]"
+        return children
+
+    async def _child_failure(
+        self,
+        kind: str,
+        position: int,
+        full_name: str,
+        started_at: datetime,
+        where: str,
+        child: ChildStatusRow,
+    ) -> errors.ChildFailed:
+        """Checkpoint the entry as failed by ``child`` (failed or cancelled) and return
+        the ChildFailed to raise; a replay raises it again from the checkpoint."""
+        error = None if child.error is None else codec.decode(child.error, where=where)
+        if child.status == "cancelled":
+            error = {"type": "RunCancelled", "message": child.cancel_reason or "cancelled"}
+        exc = errors.ChildFailed(
+            child_id=child.id,
+            workflow=child.workflow,
+            status=child.status,
+            error=error if isinstance(error, dict) else None,
+        )
+        info = error_info(exc)
+        info.update(
+            child_id=str(child.id),
+            workflow=child.workflow,
+            status=child.status,
+            child_error=exc.error,
+        )
         await self._checkpoint(
             position,
             full_name,
-            "completed",
+            "failed",
             1,
             started_at,
-            output=data,
+            error=msgspec.json.encode(info),
             kind=kind,
-            event_type="child.completed",
-            event={"name": full_name, "children": len(rows)},
+            event_type="child.failed",
+            event={"name": full_name, "child": str(child.id), "status": child.status},
         )
-        return self._decode_outputs(workflows, data, where, single=kind == "child")
+        return exc
 
     def _child_run(
         self, kind: str, name: str, index: int, workflow: str, input: Any, queue: str | None

@@ -1,20 +1,19 @@
-"""The worker behind ``tide.work()``: claim, execute, heartbeat, reconcile, drain.
+"""The worker behind ``tide.work()``: claims runs of its queues up to its free
+capacity (honouring queue controls), executes each in its own task, keeps their leases
+(``leases``), runs the reconciler, and drains on stop or SIGTERM.
 
-Concurrency model: one task group for services (heartbeat, maintenance, signals) and
-one for runs. Each run executes in its own task inside its own cancel scope, which the
-heartbeat cancels when the lease is lost and shutdown cancels after the grace period.
+Concurrency model: one task group for services (leases, reconciler, signals) and one
+for runs. Each run executes in its own task inside its own cancel scope, which the
+leases cancel when the lease is lost or the run cancelled, and shutdown cancels after
+the grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import signal
-import socket
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 from uuid import UUID
 
@@ -25,27 +24,19 @@ import msgspec
 from tidebase_async import errors
 from tidebase_async._util.failures import error_info
 from tidebase_async._util.signals import Signal
-from tidebase_async.engine.execution import Execution
+from tidebase_async.engine.context import EngineContext
 from tidebase_async.engine.executor import ExecutionResult, execute
+from tidebase_async.engine.leases import Leases, new_owner_id
 from tidebase_async.engine.reconciler import Reconciler
-from tidebase_async.engine.workflows import Workflow
 from tidebase_async.engine.writes import RunWrites
-from tidebase_async.store import ClaimedRun, QueueControl, Store
-from tidebase_async.store.channels import CANCEL_CHANNEL, QUEUES_CHANNEL, WAKE_CHANNEL
-from tidebase_async.store.listener import Listener
-from tidebase_async.store.notifier import Notifier
+from tidebase_async.store import ClaimedRun, QueueControl
+from tidebase_async.store.channels import QUEUES_CHANNEL, WAKE_CHANNEL
 
 if TYPE_CHECKING:
     from tidebase_async.engine.outbox import Deliverer
     from tidebase_async.store import StepRecord
 
 logger = logging.getLogger(__name__)
-
-_CANCEL_POLL_S = 1.0
-
-
-def new_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class WorkerStats:
@@ -82,71 +73,62 @@ class Worker:
 
     def __init__(
         self,
+        context: EngineContext,
         *,
-        store: Store,
-        listener: Listener | None,
-        notifier: Notifier,
-        workflows: Mapping[str, Workflow],
         queues: Sequence[str],
         concurrency: int,
-        lease_s: float,
         poll_interval_s: float,
         shutdown_grace_s: float,
         maintenance_interval_s: float,
-        max_payload: int,
         handle_signals: bool,
         retention_s: float | None = None,
         deliverer: Deliverer | None = None,
-        public_url: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise errors.ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
-        if lease_s <= 0 or poll_interval_s <= 0:
+        if context.lease_s <= 0 or poll_interval_s <= 0:
             raise errors.ConfigurationError("lease and poll_interval must be > 0")
         if not queues:
             raise errors.ConfigurationError("a worker needs at least one queue")
-        self.id = new_worker_id()
-        self._writes = RunWrites(store, self.id)
+        self.id = new_owner_id()
+        self._context = context
+        self._writes = RunWrites(context.store, self.id)
+        self._leases = Leases(context, self.id)
         self.stats = WorkerStats()
-        self._store = store
-        self._listener = listener
-        self._notifier = notifier
-        self._workflows = workflows
+        self._store = context.store
+        self._listener = context.listener
+        self._notifier = context.notifier
         self._queues = list(dict.fromkeys(queues))
         self._concurrency = concurrency
         self._claim_batch = max(1, concurrency // 4)
-        self._lease_s = lease_s
+        self._lease_s = context.lease_s
         self._poll_s = poll_interval_s
         self._grace_s = shutdown_grace_s
-        self._max_payload = max_payload
         self._handle_signals = handle_signals
         self._wake = Signal()
         self._capacity = Signal()
         self._stop = anyio.Event()
-        # Keyed by claim (run id, attempt): this worker may claim a run again while an
-        # earlier claim of it still writes its outcome (see _claim_loop).
-        self._inflight: dict[tuple[UUID, int], anyio.CancelScope] = {}
+        # The claims this worker holds (the leases' own dict, read here on every
+        # claim): keyed by claim (run id, attempt), since this worker may claim a run
+        # again while an earlier claim of it still writes its outcome (see _claim_loop).
+        self._inflight = self._leases.held
+        # Run id -> its execution here (the leases' own dict; ``execute`` fills it).
+        self._executions = self._leases.executions
         # Claims among _inflight whose code is done and whose outcome is being written:
         # their slots count as free (see _free), so the next claim's round trip
         # overlaps their writes'. At most `concurrency` runs execute user code at once.
         self._finishing: set[tuple[UUID, int]] = set()
-        self._executions: dict[UUID, Execution] = {}
         self._idle = Signal()
         self._idle.set()
-        self._heartbeat_now = Signal()
         self._deliverer = deliverer
         self._reconciler = Reconciler(
-            store=store,
-            notifier=notifier,
-            workflows=workflows,
+            context,
             stats=self.stats,
             on_work=self._on_work,
-            lease_s=lease_s,
             interval_s=maintenance_interval_s,
             retention_s=retention_s,
             deliverer=deliverer,
         )
-        self._public_url = public_url
         # Controls of this worker's controlled queues (paused, capped, rate limited);
         # refreshed on NOTIFY and every poll interval. The database enforces them
         # whatever this cache says; it only picks the claim path.
@@ -177,15 +159,11 @@ class Worker:
 
     async def run(self, *, started: anyio.Event | None = None) -> None:
         """Work until ``stop()``/SIGTERM (then drain and return) or cancellation."""
-        unsubscribe: list[Callable[[], None]] = []
+        unsubscribe: list[Callable[[], None]] = self._leases.subscribe()
         if self._listener is not None:
             unsubscribe.append(self._listener.subscribe(WAKE_CHANNEL, self._on_wake))
-            unsubscribe.append(self._listener.subscribe(CANCEL_CHANNEL, self._on_cancel))
             unsubscribe.append(self._listener.subscribe(QUEUES_CHANNEL, self._on_queue_config))
             unsubscribe.append(self._listener.on_connect(self._wake.set))
-            # Notifications may have been missed while the listener was away: a
-            # heartbeat finds runs cancelled meanwhile (they are no longer held).
-            unsubscribe.append(self._listener.on_connect(self._heartbeat_now.set))
         logger.info(
             "worker %s started: queues=%s concurrency=%d lease=%.1fs",
             self.id,
@@ -199,8 +177,7 @@ class Worker:
             # what an anyio task group charges, and a worker spawns one per run. Each
             # run still gets an anyio CancelScope for lease loss and shutdown.
             async with asyncio.TaskGroup() as runs_tg, anyio.create_task_group() as services:
-                services.start_soon(self._heartbeat_loop)
-                services.start_soon(self._cancel_poll_loop)
+                services.start_soon(self._leases.maintain)
                 services.start_soon(self._reconciler.run)
                 if self._handle_signals:
                     services.start_soon(self._signal_loop)
@@ -302,39 +279,6 @@ class Worker:
             await claim(group, limit)
         return claimed, retry_in, held
 
-    def _on_cancel(self, payload: str) -> None:
-        """Runs cancelled while executing: stop them here at once. Their status is
-        'cancelled' already, and every write of theirs is refused by the fence."""
-        ids: list[UUID] = []
-        for text in payload.split(","):
-            with contextlib.suppress(ValueError):
-                ids.append(UUID(text))
-        self._stop_cancelled(ids)
-
-    def _stop_cancelled(self, run_ids: Sequence[UUID]) -> None:
-        for run_id in run_ids:
-            ex = self._executions.get(run_id)
-            scope = None if ex is None else self._inflight.get((run_id, ex.attempt))
-            if ex is None or scope is None or ex.finishing or ex.cancelled:
-                continue
-            ex.cancelled = True
-            logger.info("run %s: cancelled; stopping it", run_id, extra={"run_id": str(run_id)})
-            scope.cancel()
-
-    async def _cancel_poll_loop(self) -> None:
-        """The floor under the cancel notifications: once a second, one indexed read
-        finds runs executing here that were cancelled meanwhile."""
-        while True:
-            await anyio.sleep(_CANCEL_POLL_S)
-            if not self._executions:
-                continue
-            try:
-                cancelled = await self._store.cancelled_among(list(self._executions))
-            except errors.StoreError as exc:
-                logger.debug("cancel poll failed (%s)", exc)
-                continue
-            self._stop_cancelled(cancelled)
-
     async def _claim_loop(self, runs_tg: asyncio.TaskGroup) -> None:
         delay = 0.05
         while not self._stop.is_set():
@@ -427,17 +371,7 @@ class Worker:
             raise
 
     async def _release(self, claims: list[tuple[UUID, int]]) -> None:
-        with anyio.move_on_after(5, shield=True):
-            try:
-                queues = await self._store.release_runs(worker_id=self.id, claims=claims)
-            except errors.StoreError as exc:
-                logger.warning(
-                    "%d runs not released (%s); their leases will expire", len(claims), exc
-                )
-                return
-            self._notifier.queues_changed(*queues)
-            self._notifier.runs_changed(*(run_id for run_id, _ in claims))
-            self.stats.released += len(queues)
+        self.stats.released += len(await self._leases.release(claims))
 
     async def _wait_or_stop(self, signal_: Signal, timeout_s: float | None) -> None:
         """Wait for ``signal_`` (or ``timeout_s``); ``stop()`` sets every signal the
@@ -461,19 +395,12 @@ class Worker:
         result: ExecutionResult | None = None
         try:
             result = await execute(
-                store=self._store,
+                self._context,
                 writes=self._writes,
                 claimed=run,
                 history=history,
-                workflows=self._workflows,
-                on_event=self._notifier.runs_changed,
-                max_payload=self._max_payload,
                 cancel_scope=scope,
-                lease_s=self._lease_s,
-                ex_holder=self._executions,
-                on_queue=self._notifier.queues_changed,
-                public_url=self._public_url,
-                publish=self._notifier.publish,
+                executions=self._executions,
                 on_finishing=self._on_finishing,
             )
         except errors.StoreError as exc:
@@ -569,41 +496,3 @@ class Worker:
         except (ValueError, NotImplementedError, RuntimeError):
             # Not the main thread, or no signal support here: stop() still works.
             return
-
-    # -- leases -----------------------------------------------------------------------
-
-    async def _heartbeat_loop(self) -> None:
-        interval = self._lease_s / 3
-        retry_s = min(1.0, interval / 3)
-        delay = interval
-        while True:
-            await self._heartbeat_now.wait_for(delay)
-            self._heartbeat_now.clear()
-            delay = interval
-            # Snapshot executions, not ids: a run can finish and be claimed again by
-            # this worker while the heartbeat is in flight, and the answer about the
-            # old claim must not cancel the new one.
-            snapshot = dict(self._executions)
-            if not snapshot:
-                continue
-            try:
-                held = await self._store.heartbeat(
-                    worker_id=self.id, run_ids=list(snapshot), lease_s=self._lease_s
-                )
-            except errors.StoreError as exc:
-                logger.warning("heartbeat failed (%s); retrying in %.2fs", exc, retry_s)
-                delay = retry_s
-                continue
-            for run_id, ex in snapshot.items():
-                if (run_id, ex.attempt) in held:
-                    continue
-                scope = self._inflight.get((run_id, ex.attempt))
-                if self._executions.get(run_id) is not ex or scope is None or ex.finishing:
-                    continue
-                ex.lost = True
-                logger.warning(
-                    "run %s: lease lost (expired, taken over or cancelled); stopping it here",
-                    run_id,
-                    extra={"run_id": str(run_id)},
-                )
-                scope.cancel()

@@ -1,4 +1,5 @@
-"""The fenced per-run writes of one worker, group-committed across its runs."""
+"""The fenced checkpoints and completions of one lease owner (a worker or an inline
+run), group-committed across its runs."""
 
 from __future__ import annotations
 

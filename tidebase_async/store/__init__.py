@@ -7,8 +7,10 @@ so nothing is decoded twice.
 ``Store`` is assembled here from one mixin per concern (``schema``, ``enqueue``,
 ``runs``, ``state``, ``waits``, ``gates``, ``children``, ``control``, ``queues``,
 ``schedules``, ``outbox``, ``locks``, ``maintenance``, ``reads``), each over
-``base.StoreBase`` (the pool). ``records`` holds the Structs, ``translate`` the error
-translation, ``connection`` the connection and session helpers.
+``base.StoreBase`` (the pool). ``records`` holds the Structs of the worker's claims and
+writes, ``rows`` the typed read models every other read returns (no asyncpg record
+leaves this package), ``translate`` the error translation, ``connection`` the
+connection and session helpers.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import anyio
 import asyncpg
 
 from tidebase_async import errors
+from tidebase_async._util.dsn import describe_dsn
 from tidebase_async.store.base import StoreBase, logger
 from tidebase_async.store.children import ChildrenMixin
 from tidebase_async.store.connection import (
     _is_closed,
     connect_kwargs,
-    describe_dsn,
     open_connection,
 )
 from tidebase_async.store.control import ControlMixin
@@ -47,6 +49,25 @@ from tidebase_async.store.records import (
     ScheduledRun,
     StepRecord,
 )
+from tidebase_async.store.rows import (
+    ChildRow,
+    ChildStatusRow,
+    DeliveryOutcome,
+    DeliveryRow,
+    DueDelivery,
+    DueSchedule,
+    EventRow,
+    GateDetail,
+    GateRow,
+    RunListRow,
+    RunRow,
+    RunStatusRow,
+    ScheduleRow,
+    StateVersionRow,
+    StepRow,
+    UsageGroupRow,
+    UsageTotalsRow,
+)
 from tidebase_async.store.runs import RunsMixin
 from tidebase_async.store.schedules import SchedulesMixin
 from tidebase_async.store.schema import SchemaMixin
@@ -56,17 +77,34 @@ from tidebase_async.store.waits import WaitsMixin
 
 __all__ = [
     "Checkpoint",
+    "ChildRow",
+    "ChildStatusRow",
     "ClaimedRun",
     "Completion",
     "ControlledClaim",
+    "DeliveryOutcome",
+    "DeliveryRow",
+    "DueDelivery",
+    "DueSchedule",
     "EnqueueRow",
+    "EventRow",
+    "GateDetail",
     "GateResolution",
+    "GateRow",
     "NewRun",
     "QueueControl",
+    "RunListRow",
+    "RunRow",
+    "RunStatusRow",
+    "ScheduleRow",
     "ScheduledRun",
     "SessionLock",
+    "StateVersionRow",
     "StepRecord",
+    "StepRow",
     "Store",
+    "UsageGroupRow",
+    "UsageTotalsRow",
     "_is_closed",
     "connect_kwargs",
     "describe_dsn",

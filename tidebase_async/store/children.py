@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from uuid import UUID
 
-import asyncpg
-
 from tidebase_async import errors
 from tidebase_async.store.base import StoreBase
 from tidebase_async.store.records import NewRun, _batch_encoder
+from tidebase_async.store.rows import ChildStatusRow, row_to
 from tidebase_async.store.sql import Q
 from tidebase_async.store.translate import _translate
 
@@ -25,7 +24,7 @@ class ChildrenMixin(StoreBase):
         attempt: int,
         children: Sequence[NewRun],
         event_data: bytes,
-    ) -> tuple[list[asyncpg.Record], list[str]]:
+    ) -> tuple[list[ChildStatusRow], list[str]]:
         """Create the children of the claim's run once (idempotent by id) and return
         their current status rows (in ``children`` order) and the queues of the ones
         created now. The parent's row stays locked while this runs, so a child that
@@ -46,4 +45,4 @@ class ChildrenMixin(StoreBase):
                         event_data,
                     )
                 rows = {r["id"]: r for r in await conn.fetch(Q["children_status"], ids)}
-        return [rows[i] for i in ids], [r["queue"] for r in created]
+        return [row_to(ChildStatusRow, rows[i]) for i in ids], [r["queue"] for r in created]

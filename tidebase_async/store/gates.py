@@ -6,12 +6,12 @@ import hmac
 from datetime import datetime
 from uuid import UUID
 
-import asyncpg
 import msgspec
 
 from tidebase_async import errors
 from tidebase_async.store.base import StoreBase
 from tidebase_async.store.records import GateResolution
+from tidebase_async.store.rows import GateDetail, GateRow, row_to
 from tidebase_async.store.sql import Q
 from tidebase_async.store.translate import _translate
 
@@ -32,7 +32,7 @@ class GatesMixin(StoreBase):
         timeout_s: float | None,
         token_hash: bytes | None = None,
         delivery: bytes | None = None,
-    ) -> asyncpg.Record:
+    ) -> GateDetail:
         """Create the gate once (fenced) and return it as stored now. A new gate with
         channels gets ``token_hash`` and one ``delivery`` (JSON payload) per channel."""
         with _translate("open gate"):
@@ -52,8 +52,8 @@ class GatesMixin(StoreBase):
                 )
                 if not row["fenced"]:
                     raise errors.LeaseLost(f"run {run_id} is no longer leased to this worker")
-                gate: asyncpg.Record = await conn.fetchrow(Q["get_gate"], run_id, name)
-        return gate
+                gate = await conn.fetchrow(Q["get_gate"], run_id, name)
+        return row_to(GateDetail, gate)
 
     async def expire_gate(self, *, run_id: UUID, worker_id: str, attempt: int, name: str) -> bool:
         """Expire the claim's run's due gate (unless a resolution won); run row first,
@@ -65,10 +65,10 @@ class GatesMixin(StoreBase):
                 count = await conn.fetchval(Q["expire_gate"], run_id, name)
         return bool(count)
 
-    async def get_gate(self, run_id: UUID, name: str) -> asyncpg.Record | None:
+    async def get_gate(self, run_id: UUID, name: str) -> GateDetail | None:
         with _translate("get gate"):
-            row: asyncpg.Record | None = await self._pool.fetchrow(Q["get_gate"], run_id, name)
-        return row
+            row = await self._pool.fetchrow(Q["get_gate"], run_id, name)
+        return None if row is None else row_to(GateDetail, row)
 
     async def resolve_gate(
         self,
@@ -165,20 +165,20 @@ class GatesMixin(StoreBase):
         run_id: UUID | None,
         after: tuple[datetime, UUID, str] | None,
         limit: int,
-    ) -> list[asyncpg.Record]:
+    ) -> list[GateRow]:
         with _translate("list gates"):
-            return list(
-                await self._pool.fetch(
-                    Q["list_gates"],
-                    status,
-                    run_id,
-                    after[0] if after else None,
-                    after[1] if after else None,
-                    after[2] if after else None,
-                    limit,
-                )
+            rows = await self._pool.fetch(
+                Q["list_gates"],
+                status,
+                run_id,
+                after[0] if after else None,
+                after[1] if after else None,
+                after[2] if after else None,
+                limit,
             )
+        return [row_to(GateRow, row) for row in rows]
 
-    async def get_run_gates(self, run_id: UUID) -> list[asyncpg.Record]:
+    async def get_run_gates(self, run_id: UUID) -> list[GateRow]:
         with _translate("get gates"):
-            return list(await self._pool.fetch(Q["get_run_gates"], run_id))
+            rows = await self._pool.fetch(Q["get_run_gates"], run_id)
+        return [row_to(GateRow, row) for row in rows]

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+from uuid import UUID
 
 import anyio
 import asyncpg
 
+from tidebase_async._util.signals import Signal
 from tidebase_async.store import open_connection
+from tidebase_async.store.channels import EVENTS_CHANNEL
 
 logger = logging.getLogger(__name__)
 
@@ -125,3 +128,25 @@ def _setter(event: anyio.Event) -> Callable[[Any], None]:
         event.set()
 
     return set_event
+
+
+@contextlib.contextmanager
+def watch_run(listener: Listener | None, run_id: UUID) -> Iterator[Signal]:
+    """A signal set whenever a notification names ``run_id`` (or the listener
+    reconnects, since notifications may have been missed meanwhile)."""
+    changed = Signal()
+    if listener is None:
+        yield changed
+        return
+    key = str(run_id)
+
+    def on_events(payload: str) -> None:
+        if key in payload.split(","):
+            changed.set()
+
+    removers = [listener.subscribe(EVENTS_CHANNEL, on_events), listener.on_connect(changed.set)]
+    try:
+        yield changed
+    finally:
+        for remove in removers:
+            remove()

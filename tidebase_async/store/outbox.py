@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from uuid import UUID
 
-import asyncpg
-
 from tidebase_async.store.base import StoreBase
+from tidebase_async.store.rows import (
+    DeliveryOutcome,
+    DeliveryRow,
+    DueDelivery,
+    row_to,
+)
 from tidebase_async.store.sql import Q
 from tidebase_async.store.translate import _translate
 
@@ -16,11 +20,10 @@ class OutboxMixin(StoreBase):
 
     async def take_deliveries(
         self, *, limit: int, lease_s: float, resume_lease_s: float
-    ) -> list[asyncpg.Record]:
+    ) -> list[DueDelivery]:
         with _translate("take deliveries"):
-            return list(
-                await self._pool.fetch(Q["take_deliveries"], limit, lease_s, resume_lease_s)
-            )
+            rows = await self._pool.fetch(Q["take_deliveries"], limit, lease_s, resume_lease_s)
+        return [row_to(DueDelivery, row) for row in rows]
 
     async def delivery_done(
         self,
@@ -31,12 +34,14 @@ class OutboxMixin(StoreBase):
         error: str | None,
         retry_in_s: float,
         attempt: int,
-    ) -> asyncpg.Record | None:
+    ) -> DeliveryOutcome | None:
+        """Record the outcome of attempt ``attempt``; None when the delivery was taken
+        again meanwhile (its lease ran out), whose later attempt decides."""
         with _translate("record delivery"):
-            row: asyncpg.Record | None = await self._pool.fetchrow(
+            row = await self._pool.fetchrow(
                 Q["delivery_done"], delivery_id, delivered, http_status, error, retry_in_s, attempt
             )
-        return row
+        return None if row is None else row_to(DeliveryOutcome, row)
 
     async def fail_unrecovered(self, run_id: UUID, error: bytes) -> bool:
         with _translate("fail unrecovered run"):
@@ -47,6 +52,7 @@ class OutboxMixin(StoreBase):
             value = await self._pool.fetchval(Q["next_delivery"])
         return None if value is None else float(value)
 
-    async def get_deliveries(self, run_id: UUID) -> list[asyncpg.Record]:
+    async def get_deliveries(self, run_id: UUID) -> list[DeliveryRow]:
         with _translate("get deliveries"):
-            return list(await self._pool.fetch(Q["get_deliveries"], run_id))
+            rows = await self._pool.fetch(Q["get_deliveries"], run_id)
+        return [row_to(DeliveryRow, row) for row in rows]

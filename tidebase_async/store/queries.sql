@@ -337,8 +337,8 @@ WITH fence AS (
 SELECT (SELECT count(*) FROM fence) AS fenced, (SELECT count(*) FROM ins) AS recorded;
 
 -- name: run_usage
-SELECT count(*) AS records, COALESCE(sum(input_tokens), 0) AS input_tokens,
-       COALESCE(sum(output_tokens), 0) AS output_tokens,
+SELECT count(*) AS records, COALESCE(sum(input_tokens), 0)::bigint AS input_tokens,
+       COALESCE(sum(output_tokens), 0)::bigint AS output_tokens,
        COALESCE(sum(cost_usd), 0)::float8 AS cost_usd
 FROM tidebase.usage WHERE run_id = $1;
 
@@ -347,8 +347,8 @@ FROM tidebase.usage WHERE run_id = $1;
 -- dimensions the bitmask $4 leaves at 0 (GROUPING order: workflow, model, provider,
 -- kind; a 1 bit folds that dimension away).
 SELECT workflow, model, provider, kind, count(*) AS records,
-       count(DISTINCT run_id) AS runs, sum(input_tokens) AS input_tokens,
-       sum(output_tokens) AS output_tokens, sum(cost_usd)::float8 AS cost_usd
+       count(DISTINCT run_id) AS runs, sum(input_tokens)::bigint AS input_tokens,
+       sum(output_tokens)::bigint AS output_tokens, sum(cost_usd)::float8 AS cost_usd
 FROM tidebase.usage
 WHERE ($1::text IS NULL OR workflow = $1)
   AND ($2::timestamptz IS NULL OR recorded_at >= $2)
@@ -679,7 +679,7 @@ SELECT (SELECT count(*) FROM fence) AS fenced, (SELECT count(*) FROM ins) AS cre
 
 -- name: get_gate
 SELECT run_id, name, status, prompt, data, channels, decision, actor, payload, created_at,
-       resolved_at, expires_at, expires_at <= tidebase.now() AS due
+       resolved_at, expires_at, COALESCE(expires_at <= tidebase.now(), false) AS due
 FROM tidebase.gates WHERE run_id = $1 AND name = $2;
 
 -- name: expire_gate

@@ -5,9 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
-import asyncpg
-
 from tidebase_async.store.base import StoreBase
+from tidebase_async.store.rows import (
+    ChildRow,
+    EventRow,
+    RunListRow,
+    RunRow,
+    RunStatusRow,
+    StepRow,
+    row_to,
+)
 from tidebase_async.store.sql import Q
 from tidebase_async.store.translate import _translate
 
@@ -15,23 +22,25 @@ from tidebase_async.store.translate import _translate
 class ReadsMixin(StoreBase):
     """Read-only queries of runs and their history."""
 
-    async def get_run(self, run_id: UUID) -> asyncpg.Record | None:
+    async def get_run(self, run_id: UUID) -> RunRow | None:
         with _translate("get run"):
-            row: asyncpg.Record | None = await self._pool.fetchrow(Q["get_run"], run_id)
-        return row
+            row = await self._pool.fetchrow(Q["get_run"], run_id)
+        return None if row is None else row_to(RunRow, row)
 
-    async def get_run_status(self, run_id: UUID) -> asyncpg.Record | None:
+    async def get_run_status(self, run_id: UUID) -> RunStatusRow | None:
         with _translate("get run status"):
-            row: asyncpg.Record | None = await self._pool.fetchrow(Q["get_run_status"], run_id)
-        return row
+            row = await self._pool.fetchrow(Q["get_run_status"], run_id)
+        return None if row is None else row_to(RunStatusRow, row)
 
-    async def get_steps(self, run_id: UUID) -> list[asyncpg.Record]:
+    async def get_steps(self, run_id: UUID) -> list[StepRow]:
         with _translate("get steps"):
-            return list(await self._pool.fetch(Q["get_steps"], run_id))
+            rows = await self._pool.fetch(Q["get_steps"], run_id)
+        return [row_to(StepRow, row) for row in rows]
 
-    async def get_children(self, run_id: UUID) -> list[asyncpg.Record]:
+    async def get_children(self, run_id: UUID) -> list[ChildRow]:
         with _translate("get children"):
-            return list(await self._pool.fetch(Q["get_children"], run_id))
+            rows = await self._pool.fetch(Q["get_children"], run_id)
+        return [row_to(ChildRow, row) for row in rows]
 
     async def list_runs(
         self,
@@ -42,24 +51,24 @@ class ReadsMixin(StoreBase):
         before: tuple[datetime, UUID] | None,
         limit: int,
         dedupe_key: str | None = None,
-    ) -> list[asyncpg.Record]:
+    ) -> list[RunListRow]:
         with _translate("list runs"):
-            return list(
-                await self._pool.fetch(
-                    Q["list_runs"],
-                    status,
-                    workflow,
-                    queue,
-                    before[0] if before else None,
-                    before[1] if before else None,
-                    limit,
-                    dedupe_key,
-                )
+            rows = await self._pool.fetch(
+                Q["list_runs"],
+                status,
+                workflow,
+                queue,
+                before[0] if before else None,
+                before[1] if before else None,
+                limit,
+                dedupe_key,
             )
+        return [row_to(RunListRow, row) for row in rows]
 
-    async def list_events(self, run_id: UUID, *, after: int, limit: int) -> list[asyncpg.Record]:
+    async def list_events(self, run_id: UUID, *, after: int, limit: int) -> list[EventRow]:
         with _translate("list events"):
-            return list(await self._pool.fetch(Q["list_events"], run_id, after, limit))
+            rows = await self._pool.fetch(Q["list_events"], run_id, after, limit)
+        return [row_to(EventRow, row) for row in rows]
 
     async def run_status(self, run_id: UUID) -> str | None:
         with _translate("run status"):

@@ -11,6 +11,11 @@ import asyncpg
 
 from tidebase_async.store.base import StoreBase
 from tidebase_async.store.records import ScheduledRun, _batch_encoder
+from tidebase_async.store.rows import (
+    DueSchedule,
+    ScheduleRow,
+    row_to,
+)
 from tidebase_async.store.sql import Q
 from tidebase_async.store.translate import _translate
 
@@ -23,9 +28,9 @@ class SchedulesMixin(StoreBase):
             now: datetime = await self._pool.fetchval(Q["db_now"])
         return now
 
-    async def upsert_schedule(self, **fields: Any) -> asyncpg.Record:
+    async def upsert_schedule(self, **fields: Any) -> ScheduleRow:
         with _translate("set schedule"):
-            row: asyncpg.Record = await self._pool.fetchrow(
+            row = await self._pool.fetchrow(
                 Q["upsert_schedule"],
                 fields["name"],
                 fields["workflow"],
@@ -44,16 +49,17 @@ class SchedulesMixin(StoreBase):
                 fields["source"],
                 fields.get("keep_enabled", False),
             )
-        return row
+        return row_to(ScheduleRow, row)
 
-    async def get_schedule(self, name: str) -> asyncpg.Record | None:
+    async def get_schedule(self, name: str) -> ScheduleRow | None:
         with _translate("get schedule"):
-            row: asyncpg.Record | None = await self._pool.fetchrow(Q["get_schedule"], name)
-        return row
+            row = await self._pool.fetchrow(Q["get_schedule"], name)
+        return None if row is None else row_to(ScheduleRow, row)
 
-    async def list_schedules(self) -> list[asyncpg.Record]:
+    async def list_schedules(self) -> list[ScheduleRow]:
         with _translate("list schedules"):
-            return list(await self._pool.fetch(Q["list_schedules"]))
+            rows = await self._pool.fetch(Q["list_schedules"])
+        return [row_to(ScheduleRow, row) for row in rows]
 
     async def delete_schedule(self, name: str) -> bool:
         with _translate("delete schedule"):
@@ -66,19 +72,17 @@ class SchedulesMixin(StoreBase):
             rows = await self._pool.fetch(Q["delete_code_schedules"], list(workflows), list(keep))
         return [r[0] for r in rows]
 
-    async def pause_schedule(self, name: str) -> asyncpg.Record | None:
+    async def pause_schedule(self, name: str) -> ScheduleRow | None:
         with _translate("pause schedule"):
-            row: asyncpg.Record | None = await self._pool.fetchrow(Q["pause_schedule"], name)
-        return row
+            row = await self._pool.fetchrow(Q["pause_schedule"], name)
+        return None if row is None else row_to(ScheduleRow, row)
 
     async def resume_schedule(
         self, name: str, *, next_fire_at: datetime, anchor_at: datetime
-    ) -> asyncpg.Record | None:
+    ) -> ScheduleRow | None:
         with _translate("resume schedule"):
-            row: asyncpg.Record | None = await self._pool.fetchrow(
-                Q["resume_schedule"], name, next_fire_at, anchor_at
-            )
-        return row
+            row = await self._pool.fetchrow(Q["resume_schedule"], name, next_fire_at, anchor_at)
+        return None if row is None else row_to(ScheduleRow, row)
 
     async def next_tick_in(self) -> float | None:
         """Seconds until the next tick of an enabled schedule (<= 0: due)."""
@@ -93,9 +97,9 @@ class SchedulesMixin(StoreBase):
     async def fire_schedule(
         self,
         name: str,
-        plan: Callable[[asyncpg.Record, bool], tuple[list[ScheduledRun], datetime]],
+        plan: Callable[[DueSchedule, bool], tuple[list[ScheduledRun], datetime]],
     ) -> list[tuple[UUID, str]] | None:
-        """Fire schedule ``name`` if it is still due, in one transaction: ``plan(row,
+        """Fire schedule ``name`` if it is still due, in one transaction: ``plan(due,
         has_active_run)`` returns the runs of the ticks to enqueue and the next fire
         time; the runs are inserted (a tick already enqueued is skipped by its unique
         key) and the schedule advanced together, or neither. Returns the (id, queue)
@@ -106,11 +110,11 @@ class SchedulesMixin(StoreBase):
                 if row is None:
                     return None
                 active = bool(await conn.fetchval(Q["schedule_active"], name))
-                runs, next_fire_at = plan(row, active)
+                runs, next_fire_at = plan(row_to(DueSchedule, row), active)
                 created: list[asyncpg.Record] = []
                 if runs:
-                    created = list(
-                        await conn.fetch(Q["insert_scheduled_runs"], _batch_encoder.encode(runs))
+                    created = await conn.fetch(
+                        Q["insert_scheduled_runs"], _batch_encoder.encode(runs)
                     )
                 last = created[-1] if created else None
                 await conn.execute(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import asyncpg
 
 from tidebase_async import errors
+from tidebase_async.models import MigrationStep
 from tidebase_async.store.base import StoreBase, logger
 from tidebase_async.store.connection import _clean_session, _lock_or_close
 from tidebase_async.store.sql import Q, migrations
@@ -17,7 +21,7 @@ _MIGRATION_LOCK = 7_321_094_451_006_132_811
 class SchemaMixin(StoreBase):
     """Schema version and migrations."""
 
-    async def migrate(self) -> int:
+    async def migrate(self, *, progress: Callable[[MigrationStep], None] | None = None) -> int:
         """Apply pending migrations; return the schema version.
 
         Safe when many processes start at once: the work happens under an advisory lock
@@ -47,6 +51,7 @@ class SchemaMixin(StoreBase):
                     for version, name, sql in known:
                         if version <= current:
                             continue
+                        began = time.perf_counter()
                         async with conn.transaction():
                             await conn.execute(sql)
                             await conn.execute(
@@ -56,6 +61,15 @@ class SchemaMixin(StoreBase):
                                 name,
                             )
                         logger.info("applied migration %04d_%s", version, name)
+                        if progress is not None:
+                            progress(
+                                MigrationStep(
+                                    version=version,
+                                    name=f"{version:04d}_{name}",
+                                    latest=latest,
+                                    seconds=time.perf_counter() - began,
+                                )
+                            )
                     return latest
                 finally:
                     await _clean_session(conn)

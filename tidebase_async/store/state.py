@@ -6,10 +6,14 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
-import asyncpg
-
 from tidebase_async import errors
 from tidebase_async.store.base import StoreBase
+from tidebase_async.store.rows import (
+    StateVersionRow,
+    UsageGroupRow,
+    UsageTotalsRow,
+    row_to,
+)
 from tidebase_async.store.sql import Q
 from tidebase_async.store.translate import _translate
 
@@ -48,14 +52,17 @@ class StateMixin(StoreBase):
             )
         return version
 
-    async def state_history(self, run_id: UUID) -> list[asyncpg.Record]:
+    async def state_history(self, run_id: UUID) -> list[StateVersionRow]:
         with _translate("state history"):
-            return list(await self._pool.fetch(Q["state_history"], run_id))
+            rows = await self._pool.fetch(Q["state_history"], run_id)
+        return [row_to(StateVersionRow, row) for row in rows]
 
-    async def state_at(self, run_id: UUID, version: int) -> asyncpg.Record | None:
+    async def state_at(self, run_id: UUID, version: int) -> bytes | None:
+        """The state (JSON) of version ``version`` of the run; None when it has no
+        such version."""
         with _translate("state version"):
-            row: asyncpg.Record | None = await self._pool.fetchrow(Q["state_at"], run_id, version)
-        return row
+            state: bytes | None = await self._pool.fetchval(Q["state_at"], run_id, version)
+        return state
 
     async def record_usage(
         self,
@@ -96,10 +103,10 @@ class StateMixin(StoreBase):
             raise errors.LeaseLost(f"run {run_id} is no longer leased to this worker")
         return bool(row["recorded"])
 
-    async def run_usage(self, run_id: UUID) -> asyncpg.Record:
+    async def run_usage(self, run_id: UUID) -> UsageTotalsRow:
         with _translate("run usage"):
-            row: asyncpg.Record = await self._pool.fetchrow(Q["run_usage"], run_id)
-        return row
+            row = await self._pool.fetchrow(Q["run_usage"], run_id)
+        return row_to(UsageTotalsRow, row)
 
     async def usage_summary(
         self,
@@ -108,6 +115,7 @@ class StateMixin(StoreBase):
         since: datetime | None,
         until: datetime | None,
         folded: int,
-    ) -> list[asyncpg.Record]:
+    ) -> list[UsageGroupRow]:
         with _translate("usage summary"):
-            return list(await self._pool.fetch(Q["usage_summary"], workflow, since, until, folded))
+            rows = await self._pool.fetch(Q["usage_summary"], workflow, since, until, folded)
+        return [row_to(UsageGroupRow, row) for row in rows]

@@ -42,10 +42,9 @@ import msgspec
 
 from tidebase_async import errors
 from tidebase_async._util.checks import check_name
-from tidebase_async._util.signals import Signal
 from tidebase_async.client.queues import UNSET
 from tidebase_async.client.runs import as_uuid
-from tidebase_async.store.channels import EVENTS_CHANNEL, WAKE_CHANNEL
+from tidebase_async.client.streams import changed_runs
 from tidebase_async.web.core import (
     HttpError,
     HttpRequest,
@@ -175,7 +174,7 @@ class Api:
     # -- routes -----------------------------------------------------------------------
 
     async def _health(self, request: HttpRequest, params: list[str]) -> HttpResponse:
-        await self._tide.store.db_now()
+        await self._tide.ping()
         return json_response(200, {"ok": True})
 
     async def _dashboard(self, request: HttpRequest, params: list[str]) -> HttpResponse:
@@ -199,34 +198,12 @@ class Api:
         )
 
     async def _changes_stream(self) -> AsyncIterator[bytes]:
-        changed: set[str] = set()
-        signal = Signal()
-        listener = self._tide.listener
-
-        def on_events(payload: str) -> None:
-            changed.update(p for p in payload.split(",") if p)
-            signal.set()
-
-        def on_wake(payload: str) -> None:
-            # A queue has new work (an enqueue): runs appeared that no event names yet.
-            signal.set()
-
-        removers = (
-            [
-                listener.subscribe(EVENTS_CHANNEL, on_events),
-                listener.subscribe(WAKE_CHANNEL, on_wake),
-            ]
-            if listener
-            else []
-        )
-        try:
+        with changed_runs(self._tide) as changes:
             yield b": connected\n\n"
             idle = 0.0
             while True:
-                if await signal.wait_for(1.0):
-                    signal.clear()
-                    ids = sorted(changed)
-                    changed.clear()
+                if await changes.signal.wait_for(1.0):
+                    ids = changes.take()
                     yield b"event: runs\ndata: " + msgspec.json.encode(ids) + b"\n\n"
                     idle = 0.0
                     continue
@@ -234,9 +211,6 @@ class Api:
                 if idle >= _KEEPALIVE_S:
                     idle = 0.0
                     yield b": keepalive\n\n"
-        finally:
-            for remove in removers:
-                remove()
 
     async def _openapi(self, request: HttpRequest, params: list[str]) -> HttpResponse:
         return json_response(200, openapi_document())
@@ -373,8 +347,7 @@ class Api:
                 f"Last-Event-ID/after must be an event seq, got {after_text!r:.40}",
             )
         after = int(after_text)
-        if await self._tide.store.run_status(rid) is None:
-            raise errors.RunNotFound(f"no run with id {rid}")
+        await self._tide.runs.status(rid)  # RunNotFound before the stream starts
         return HttpResponse(
             status=200,
             headers=[
@@ -421,8 +394,7 @@ class Api:
         rid = _run_id(params[0])
         stream = request.query.get("stream") or "output"
         check_name("stream", stream)
-        if await self._tide.store.run_status(rid) is None:
-            raise errors.RunNotFound(f"no run with id {rid}")
+        await self._tide.runs.status(rid)  # RunNotFound before the stream starts
 
         async def chunks() -> AsyncIterator[bytes]:
             yield b": connected\n\n"
@@ -447,8 +419,8 @@ class Api:
             if r is None:
                 yield b": keepalive\n\n"
                 continue
-            data = b"null" if r["data"] is None else bytes(r["data"])
-            yield f"id: {r['seq']}\nevent: {r['type']}\ndata: ".encode() + _one_line(data) + b"\n\n"
+            data = b"null" if r.data is None else r.data
+            yield f"id: {r.seq}\nevent: {r.type}\ndata: ".encode() + _one_line(data) + b"\n\n"
 
 
 _STATIC = {

@@ -73,13 +73,9 @@ class WebhookHandler:
             raise HttpError(
                 404, "unknown_workflow", f"workflow {resume.workflow!r:.80} is not registered here"
             )
-        row = await self._tide.store.get_run(resume.run_id)
-        if row is None:
-            raise errors.RunNotFound(f"no run with id {resume.run_id}")
-        if row["workflow"] != resume.workflow:
-            raise HttpError(
-                400, "bad_request", f"run {resume.run_id} is a run of {row['workflow']!r}"
-            )
+        row = await self._tide.runs.get(resume.run_id)  # RunNotFound
+        if row.workflow != resume.workflow:
+            raise HttpError(400, "bad_request", f"run {resume.run_id} is a run of {row.workflow!r}")
         if self._execute:
             try:
                 output = await self._tide.run(resume.workflow, run_id=resume.run_id)
@@ -89,6 +85,6 @@ class WebhookHandler:
             return json_response(
                 200, {"id": resume.run_id, "status": "completed", "output": output}
             )
-        if row["status"] == "queued":
-            self._tide.notifier.queues_changed(row["queue"])
-        return json_response(202, {"id": resume.run_id, "status": row["status"]})
+        if row.status == "queued":
+            self._tide.notifier.queues_changed(row.queue)
+        return json_response(202, {"id": resume.run_id, "status": row.status})
