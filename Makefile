@@ -44,8 +44,10 @@ fmt: $(STAMP)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
+# Run as root, the embedded Postgres runs as another user; the demo lets it add search
+# permission to directories above ./.tidebase it cannot enter (see README, Security).
 demo: $(STAMP)
-	$(PY) -m examples.report.demo
+	TIDEBASE_EMBEDDED_CHMOD=1 $(PY) -m examples.report.demo
 
 # The report workflow behind web routes, with a worker in the same process, on
 # http://127.0.0.1:$(EXAMPLE_PORT) (see examples/aiohttp_app/README.md). Ctrl-C stops it.

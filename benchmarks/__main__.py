@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import anyio
@@ -68,6 +69,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only", action="append", choices=sorted(BENCHMARKS), help="run only this benchmark"
     )
+    parser.add_argument(
+        "--through-pgbouncer",
+        action="store_true",
+        help="start Debian's PgBouncer (transaction mode, as user postgres) in front of the "
+        "server and run the benchmarks' Tidebase through it (pooled=True, a direct "
+        "listen_dsn); figures are comparable with a run without it",
+    )
     return parser.parse_args(argv)
 
 
@@ -94,7 +102,7 @@ async def run_one(name: str, ctx: common.Context, env: Environment) -> report.Re
     )
 
 
-async def run_all(names: list[str], dsn: str, host: Host) -> None:
+async def run_all(names: list[str], dsn: str, host: Host, through: bool = False) -> None:
     async with common.server(dsn) as srv:
         settings = await common.server_settings(srv.dsn)
         env = Environment(
@@ -107,11 +115,31 @@ async def run_all(names: list[str], dsn: str, host: Host) -> None:
             ),
             library_revision=host.revision,
         )
-        ctx = common.Context(mode=host.mode, admin_dsn=srv.dsn)
-        for name in names:
-            rep = await run_one(name, ctx, env)
-            print(report.render(rep))
-            print(f"wrote {report.write_json(rep)}\n", flush=True)
+        async with contextlib.AsyncExitStack() as stack:
+            pooler = await stack.enter_async_context(_pgbouncer(srv.dsn)) if through else None
+            ctx = common.Context(mode=host.mode, admin_dsn=srv.dsn, pooler_dsn=pooler)
+            for name in names:
+                rep = await run_one(name, ctx, env)
+                if pooler is not None:
+                    rep.details["through"] = "PgBouncer, transaction mode"
+                print(report.render(rep))
+                print(f"wrote {report.write_json(rep)}\n", flush=True)
+
+
+@contextlib.asynccontextmanager
+async def _pgbouncer(dsn: str) -> AsyncIterator[str]:
+    """A PgBouncer in front of ``dsn``'s server; yields a DSN through it (database to
+    be replaced). Started with the test suite's helper (Debian's pgbouncer, installed
+    by scripts/ensure-pgbouncer)."""
+    from tests.deploy_support import ensure_pgbouncer, running_pgbouncer, upstream_of
+
+    ensure_pgbouncer()
+    up = upstream_of(dsn)
+    async with running_pgbouncer(
+        upstream_host=up.host, upstream_port=up.port, users={up.user: up.password}
+    ) as bouncer:
+        print(f"through PgBouncer on 127.0.0.1:{bouncer.port} (transaction mode)", flush=True)
+        yield bouncer.dsn()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = list(dict.fromkeys(args.only or BENCHMARKS))
     status = 0
     try:
-        anyio.run(run_all, names, common.resolve_dsn(args.dsn), host)
+        anyio.run(run_all, names, common.resolve_dsn(args.dsn), host, args.through_pgbouncer)
     except* common.BenchmarkError as group:
         # A task group around the failing code may have wrapped the error.
         for exc in group.exceptions:

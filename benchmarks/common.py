@@ -43,6 +43,9 @@ class Server(msgspec.Struct, frozen=True, kw_only=True):
 class Context(msgspec.Struct, frozen=True, kw_only=True):
     mode: Mode
     admin_dsn: str
+    #: A PgBouncer (transaction mode) in front of the server: the benchmarks' Tidebase
+    #: goes through it (``pooled=True``), with a direct ``listen_dsn`` for LISTEN.
+    pooler_dsn: str | None = None
 
 
 class Measurement(msgspec.Struct, kw_only=True):
@@ -137,7 +140,11 @@ async def fresh_tidebase(
 ) -> AsyncIterator[Tidebase]:
     """An open (migrated) Tidebase on a fresh database, with workflows registered."""
     async with fresh_database(ctx.admin_dsn) as dsn:
-        tide = Tidebase(dsn)
+        if ctx.pooler_dsn is None:
+            tide = Tidebase(dsn)
+        else:
+            database = urlsplit(dsn).path.lstrip("/")
+            tide = Tidebase(with_database(ctx.pooler_dsn, database), pooled=True, listen_dsn=dsn)
         register(tide)
         async with tide:
             yield tide

@@ -7,7 +7,6 @@ it answers, else an embedded Postgres started for this test session.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import tempfile
 import uuid
@@ -50,6 +49,9 @@ def server_dsn() -> Iterator[str]:
     from tidebase_async.embedded import EmbeddedPostgres
 
     with tempfile.TemporaryDirectory(prefix="tidebase-test-") as tmp:
+        # Running as root, the server runs as another user, who must enter this 0700
+        # directory; the launcher changes nothing above its own data directory.
+        os.chmod(tmp, 0o711)
         server = EmbeddedPostgres(os.path.join(tmp, "pg"))
         server.start()
         try:
@@ -89,44 +91,18 @@ async def dsn(server_dsn: str, template_db: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-@contextlib.asynccontextmanager
-async def opened(tide: Tidebase) -> AsyncIterator[Tidebase]:
-    """Hold ``async with tide`` open in a task of its own.
+@pytest.fixture
+async def tide(dsn: str) -> AsyncIterator[Tidebase]:
+    """An open Tidebase on the test's database (register workflows, then use it).
 
-    pytest-asyncio may run a fixture's setup and teardown in different tasks, and the
-    task group inside ``async with tide`` must be exited by the task that entered it.
-    """
-    ready = asyncio.Event()
-    done = asyncio.Event()
-    failure: list[BaseException] = []
-
-    async def hold() -> None:
-        try:
-            async with tide:
-                ready.set()
-                await done.wait()
-        except BaseException as exc:
-            failure.append(exc)
-            ready.set()
-            raise
-
-    task = asyncio.create_task(hold())
-    await ready.wait()
-    if failure:
-        await asyncio.gather(task, return_exceptions=True)
-        raise failure[0]
+    The plain pattern users write: pytest-asyncio may run this setup and teardown in
+    different tasks, which the client supports."""
+    tide = Tidebase(dsn)
+    await tide.open()
     try:
         yield tide
     finally:
-        done.set()
-        await task
-
-
-@pytest.fixture
-async def tide(dsn: str) -> AsyncIterator[Tidebase]:
-    """An open Tidebase on the test's database (register workflows, then use it)."""
-    async with opened(Tidebase(dsn)) as t:
-        yield t
+        await tide.close()
 
 
 @pytest.fixture

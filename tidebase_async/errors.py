@@ -27,6 +27,7 @@ Everything the library raises on purpose subclasses :class:`TidebaseError`::
       RunCancelled
       StepTimeout           a step ran past its ``timeout``
       WaitTimeout           runs.wait gave up (also a TimeoutError)
+      StreamOverflow        a live-output subscriber fell too far behind; chunks dropped
       StepFailed            replay of a step whose recorded failure the workflow handled
       PayloadTooLarge       a checkpoint, input or state exceeds the configured limit
 
@@ -174,6 +175,11 @@ class StepFailed(TidebaseError):
         super().__init__(
             f"step {step!r} failed: {self.error_type}: {self.error.get('message', '')}"
         )
+
+
+class StreamOverflow(TidebaseError):
+    """A live-output subscriber (``tide.runs.stream``) read so slowly that more than
+    its bound of unread chunks piled up; later chunks were dropped and the stream ends."""
 
 
 class WaitTimeout(TidebaseError, TimeoutError):

@@ -39,7 +39,6 @@ from tests.bad_inputs import (
     valid_dedupe_key,
     valid_name,
 )
-from tests.conftest import opened
 from tidebase_async import (
     ConfigurationError,
     DatabaseUnreachable,
@@ -464,7 +463,7 @@ async def small(dsn: str) -> AsyncIterator[Tidebase]:
                 outcomes.append([type(exc).__name__, str(exc)])
         return outcomes
 
-    async with opened(tide) as t:
+    async with tide as t:
         yield t
 
 

@@ -82,6 +82,35 @@ async def test_cancelling_a_run_inside_a_long_step_stops_it_within_a_second(
     )
 
 
+async def test_a_forged_cancel_notification_does_not_stop_a_running_run(
+    tide: Tidebase, db: asyncpg.Connection
+) -> None:
+    """Regression: the worker cancelled a run on any ``tidebase_cancel`` notification,
+    which every role that can connect may send; the step was interrupted and an attempt
+    spent. Now the database is asked first."""
+    release = anyio.Event()
+    log: list[str] = []
+
+    @tide.workflow("steady")
+    async def steady(run: Run) -> int:
+        async def hold() -> int:
+            log.append("started")
+            await release.wait()
+            return run.attempt
+
+        return int(await run.step("hold", hold))
+
+    async with working(tide, concurrency=2, lease=30.0) as worker:
+        handle = await tide.enqueue("steady")
+        await eventually(lambda: log == ["started"], what="the step to start")
+        await db.execute("SELECT pg_notify('tidebase_cancel', $1)", str(handle.id))
+        await anyio.sleep(0.5)  # what a trusted notification needed to stop it
+        assert worker.stats.cancelled == 0
+        release.set()
+        assert await tide.runs.wait(handle.id, timeout=10) == 1
+    assert log == ["started"]
+
+
 async def test_cancel_running(tide: Tidebase, db: asyncpg.Connection) -> None:
     @tide.workflow("long")
     async def long(run: Run) -> None:

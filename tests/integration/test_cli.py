@@ -92,6 +92,19 @@ async def test_help_lists_commands_and_exit_codes(capsys: Capture) -> None:
     assert "invalid choice" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["serve", "dev"])
+async def test_help_warns_that_secrets_on_the_command_line_show_in_ps(
+    command: str, capsys: Capture
+) -> None:
+    """Regression: --api-key / --webhook-secret did not say that arguments are visible
+    to every user of the machine (``ps``), nor point at the environment variables."""
+    assert await cli(command, "--help") == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "prefer $TIDEBASE_WEBHOOK_SECRET (arguments show in `ps`)" in out
+    if command == "serve":
+        assert "prefer $TIDEBASE_API_KEY (arguments show in `ps`)" in out
+
+
 async def test_migrate_shows_progress_then_is_idempotent(empty_dsn: str, capsys: Capture) -> None:
     latest = migrations()[-1][0]
     assert await cli("migrate", "--dsn", empty_dsn) == 0

@@ -9,6 +9,7 @@ process that was killed mid-step are counted too.
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -16,7 +17,6 @@ import anyio
 import anyio.to_thread
 import asyncpg
 
-from tests.conftest import opened
 from tests.integration import procs
 from tests.integration.core_support import working
 from tests.integration.server_support import crash
@@ -174,8 +174,14 @@ async def test_a_server_crash_that_undoes_a_claim_never_runs_the_run_twice_at_on
     never executes twice at once, and the run completes."""
     from tidebase_async.embedded import EmbeddedPostgres
 
+    # As root the server runs as another user, who must enter pytest's 0700 tmp_path:
+    # the launcher may add search permission above its data directory.
     server = EmbeddedPostgres(tmp_path / "pg")
-    await anyio.to_thread.run_sync(server.start)
+    os.environ["TIDEBASE_EMBEDDED_CHMOD"] = "1"
+    try:
+        await anyio.to_thread.run_sync(server.start)
+    finally:
+        del os.environ["TIDEBASE_EMBEDDED_CHMOD"]
     try:
         admin = await asyncpg.connect(server.dsn)
         try:
@@ -208,7 +214,7 @@ async def test_a_server_crash_that_undoes_a_claim_never_runs_the_run_twice_at_on
             entered += 1
             return str(await run.step("wait", step))
 
-        async with opened(tide):
+        async with tide:
             handle = await tide.enqueue("crash-once")
             async with working(tide, concurrency=4, poll_interval=0.1, lease=5.0):
                 with anyio.fail_after(10):

@@ -24,6 +24,8 @@ import pytest
 from tests.integration.server_support import alive, recorded_pid, wait_dead
 from tidebase_async import errors
 from tidebase_async.embedded import EmbeddedPostgres, start_embedded
+from tidebase_async.errors import EmbeddedPostgresError
+from tidebase_async.store import probe_pooler
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,6 +112,9 @@ def scratch() -> Iterator[Path]:
     off from a data directory below it while the server runs.
     """
     path = Path(tempfile.mkdtemp(prefix="tidebase-embedded-test-"))
+    # As root the server runs as another user: let it enter (the launcher itself never
+    # changes directories above its data directory unless TIDEBASE_EMBEDDED_CHMOD=1).
+    path.chmod(0o711)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -133,6 +138,9 @@ async def test_started_server_runs_queries_notify_and_skip_locked(data_dir: Path
         second = await asyncpg.connect(pg.dsn)
         try:
             assert await first.fetchval("SELECT 1") == 1
+            # A direct server on a unix socket: the login's pid is the backend's.
+            assert first.get_server_pid() == await first.fetchval("SELECT pg_backend_pid()")
+            assert await probe_pooler(pg.dsn) is False
 
             payloads: asyncio.Queue[str] = asyncio.Queue()
             await first.add_listener("tb_embedded", lambda *args: payloads.put_nowait(args[3]))
@@ -314,3 +322,28 @@ def test_full_disk_gives_clear_error(scratch: Path) -> None:
         assert recorded_pid(small / "pg") is None
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root changes permissions for the server user")
+def test_as_root_a_parent_the_server_user_cannot_enter_is_refused_unchanged(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: running as root, the launcher added o+x to every parent of the data
+    directory (run from /root, that directory became 0701). Now it refuses, naming the
+    directory and the opt-in, and changes nothing; with the opt-in it proceeds."""
+    private = scratch / "home"
+    private.mkdir(mode=0o700)
+    data_dir = private / "pg"
+    monkeypatch.delenv("TIDEBASE_EMBEDDED_CHMOD", raising=False)
+    with pytest.raises(EmbeddedPostgresError) as info:
+        EmbeddedPostgres(data_dir).start()
+    assert str(private) in str(info.value) and "TIDEBASE_EMBEDDED_CHMOD=1" in str(info.value)
+    assert private.stat().st_mode & 0o777 == 0o700
+    monkeypatch.setenv("TIDEBASE_EMBEDDED_CHMOD", "1")
+    server = EmbeddedPostgres(data_dir)
+    server.start()
+    try:
+        assert private.stat().st_mode & 0o777 == 0o701
+    finally:
+        server.stop()
+        _kill_leftover(data_dir)

@@ -13,7 +13,6 @@ import asyncpg
 import msgspec
 import pytest
 
-from tests.conftest import opened
 from tests.integration.core_support import count_rows, run_row, status_of, working
 from tidebase_async import (
     ConfigurationError,
@@ -340,7 +339,7 @@ async def test_unencodable_input_raises_and_writes_nothing(
 
 
 async def test_input_over_the_payload_limit_is_refused(dsn: str, db: asyncpg.Connection) -> None:
-    async with opened(Tidebase(dsn, max_payload_bytes=100)) as small:
+    async with Tidebase(dsn, max_payload_bytes=100) as small:
         with pytest.raises(PayloadTooLarge, match="input") as raised:
             await small.enqueue("report", input="x" * 200)
         assert isinstance(raised.value, SerializationError)

@@ -576,8 +576,8 @@ async def test_a_wait_name_with_a_hash_is_refused(tide: Tidebase) -> None:
     [
         ({"timeout": -1}, "timeout must be >= 0"),
         ({"timeout": "soon"}, "timeout must be seconds"),
-        ({"channels": ["ftp://example.com/hook"]}, "is not an http(s) URL"),
-        ({"channels": ["not a url"]}, "is not an http(s) URL"),
+        ({"channels": ["ftp://example.com/hook"]}, "ftp://example.com/… is not usable: the scheme"),
+        ({"channels": ["not a url"]}, "<url> is not usable"),
         ({"channels": "https://example.com/hook"}, "channels must be a list of URLs"),
         ({"prompt": 42}, "prompt must be a str"),
         ({"prompt": b"bytes"}, "prompt must be a str"),

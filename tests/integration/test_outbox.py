@@ -8,6 +8,7 @@ workflow's queue, so only its reconciler (and the webhook) can bring the run bac
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -26,7 +27,6 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from tests.conftest import opened
 from tests.integration.core_support import eventually, working
 from tests.integration.procs import REPO_ROOT, create_step_log, step_log, wait_status
 from tests.integration.web_support import (
@@ -41,9 +41,9 @@ from tests.integration.web_support import (
 )
 from tests.integration.worker_app import StepLog
 from tests.integration.worker_app import register as register_durable
-from tidebase_async import GateTokenInvalid, Run, RunFailed, Tidebase
+from tidebase_async import ConfigurationError, GateTokenInvalid, Run, RunFailed, Tidebase
+from tidebase_async._util.urls import redact_url
 from tidebase_async.engine import outbox as outbox
-from tidebase_async.engine.outbox import redact_url
 from tidebase_async.web import DELIVERY_HEADER, SIGNATURE_HEADER, verify
 
 PUBLIC = "https://app.example/tidebase"
@@ -98,7 +98,7 @@ async def test_deliveries_are_retried_with_one_id_and_secrets_never_leak(
     receiver = Receiver(fail_first=2)
     async with (
         aiohttp_server([("POST", "/in", receiver.handle)]) as rbase,
-        opened(Tidebase(dsn, webhook_secret=SECRET, api_key=API_KEY, public_url=PUBLIC)) as tide,
+        Tidebase(dsn, webhook_secret=SECRET, api_key=API_KEY, public_url=PUBLIC) as tide,
     ):
         url = f"{rbase}/in"
 
@@ -205,7 +205,7 @@ async def test_deliveries_retry_and_gate_tokens(dsn: str) -> None:
     app.router.add_post("/hook", receiver)
     runner, base = await serve_aiohttp(app)
     try:
-        async with opened(Tidebase(dsn, webhook_secret="s3cret", public_url="http://x")) as tide:
+        async with Tidebase(dsn, webhook_secret="s3cret", public_url="http://x") as tide:
 
             @tide.workflow("gated")
             async def gated(run: Run) -> str:
@@ -260,7 +260,7 @@ async def test_run_channels_get_failed_and_cancelled(
     receiver = Receiver()
     async with (
         aiohttp_server([("POST", "/in", receiver.handle)]) as rbase,
-        opened(Tidebase(dsn, webhook_secret=SECRET)) as tide,
+        Tidebase(dsn, webhook_secret=SECRET) as tide,
     ):
         url = f"{rbase}/in"
 
@@ -316,7 +316,7 @@ async def durable(dsn: str, db: asyncpg.Connection) -> AsyncIterator[Tidebase]:
     await create_step_log(db)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
-        async with opened(Tidebase(dsn, webhook_secret=SECRET)) as tide:
+        async with Tidebase(dsn, webhook_secret=SECRET) as tide:
             register_durable(tide, StepLog(pool), "normal")
             yield tide
     finally:
@@ -449,7 +449,7 @@ async def test_recovery_webhook_needs_a_secret(dsn: str, monkeypatch: pytest.Mon
     monkeypatch.delenv("TIDEBASE_WEBHOOK_SECRET", raising=False)
     from tidebase_async import ConfigurationError
 
-    async with opened(Tidebase(dsn)) as tide:
+    async with Tidebase(dsn) as tide:
 
         @tide.workflow("w")
         async def w(run: Any, n: Any) -> int:
@@ -459,3 +459,122 @@ async def test_recovery_webhook_needs_a_secret(dsn: str, monkeypatch: pytest.Mon
             await tide.run("w", recovery_webhook="http://127.0.0.1:9/hook")
         with pytest.raises(ConfigurationError):
             await tide.enqueue("w", webhooks=["http://127.0.0.1:9/hook"])
+
+
+# -- hostile URLs and receivers ----------------------------------------------------------
+
+BAD_WEBHOOK_URLS = [
+    "http://127.0.0.1:99999/cb",  # port out of range
+    "http://[::1/x",  # unbalanced IPv6 bracket
+    "http://h:%31/x",  # a port that is not a number
+    "http://:80/x",  # no host
+    "ftp://example.com/x",  # not http(s)
+    "http://exa mple.com/x",  # whitespace
+    "http://example.com/\x7f",  # a control character
+    "http://example.com:0/x",  # port 0
+    "https://example.com/" + "a" * 2100,  # too long
+]
+
+
+@pytest.mark.parametrize("url", BAD_WEBHOOK_URLS)
+async def test_a_malformed_webhook_url_is_refused_at_enqueue_and_nothing_is_written(
+    url: str, dsn: str, db: asyncpg.Connection
+) -> None:
+    """Regression: such URLs were accepted, and redacting them for the log then raised
+    in the reconciler every tick, stopping requeues, timers and schedules."""
+    async with Tidebase(dsn, webhook_secret=SECRET) as tide:
+        with pytest.raises(ConfigurationError, match="webhooks") as info:
+            await tide.enqueue("noop", webhooks=[url])
+        assert url not in str(info.value) or len(url) < 30  # the message shows it redacted
+    assert await db.fetchval("SELECT count(*) FROM tidebase.runs") == 0
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:99999/cb", "http://[::1/x", "http://h:%31/x", "not a url"]
+)
+def test_redacting_any_url_never_raises(url: str) -> None:
+    assert redact_url(url) == "<url>"
+
+
+async def test_a_stored_unusable_delivery_url_does_not_stop_the_reconciler(
+    dsn: str, db: asyncpg.Connection, fast_backoff: None
+) -> None:
+    """A delivery whose URL cannot be sent to (stored by an older release) fails its
+    attempts like any other; the reconciler keeps ticking, and the run stays readable
+    through the API and over HTTP."""
+    bad = "http://127.0.0.1:99999/cb"
+    async with Tidebase(dsn, webhook_secret=SECRET, api_key=API_KEY) as tide:
+
+        @tide.workflow("done")
+        async def done(run: Run) -> int:
+            return 1
+
+        handle = await tide.enqueue("done", webhooks=["http://127.0.0.1:9/ok"])
+        # What an older release let through, written past today's checks.
+        await db.execute(
+            "UPDATE tidebase.runs SET channels = $2::jsonb WHERE id = $1",
+            handle.id,
+            json.dumps([bad]),
+        )
+        async with working(tide, maintenance_interval=0.1) as worker:
+            assert await tide.runs.wait(handle.id, timeout=10) == 1
+            await eventually(
+                lambda: _attempts(db, handle.id),
+                timeout=10,
+                what="the bad delivery to be attempted twice",
+            )
+            ticks = worker.stats.maintenance_ticks
+            await anyio.sleep(0.5)
+            assert worker.stats.maintenance_ticks > ticks
+        info = await tide.runs.get(handle.id)
+        assert [d.url for d in info.deliveries] == ["<url>"]
+        async with serve(tide, "aiohttp") as client:
+            resp = await client.get(f"/tidebase/runs/{handle.id}", headers=bearer())
+            assert resp.status_code == 200
+
+
+async def _attempts(db: asyncpg.Connection, run_id: uuid.UUID) -> bool:
+    n = await db.fetchval("SELECT max(attempts) FROM tidebase.outbox WHERE run_id = $1", run_id)
+    return bool(n is not None and n >= 2)
+
+
+async def test_a_receiver_answering_an_endless_body_is_not_read_to_the_end(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    """Regression: the whole answer was read into memory (300 MB took a worker to
+    663 MB); now at most 64 KiB is read and the status decides."""
+    sent = 0
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        await request.read()
+        resp = web.StreamResponse(status=200)
+        await resp.prepare(request)
+        chunk = b"x" * 65536
+        with contextlib.suppress(ConnectionError):
+            for _ in range(10_000):  # 640 MB if anyone read it all
+                await resp.write(chunk)
+                sent += len(chunk)
+        return resp
+
+    async with (
+        aiohttp_server([("POST", "/in", endless)]) as rbase,
+        Tidebase(dsn, webhook_secret=SECRET) as tide,
+    ):
+
+        @tide.workflow("done")
+        async def done(run: Run) -> int:
+            return 1
+
+        handle = await tide.enqueue("done", webhooks=[f"{rbase}/in"])
+        async with working(tide, maintenance_interval=0.1):
+            assert await tide.runs.wait(handle.id, timeout=10) == 1
+            await eventually(
+                lambda: _delivered(db, handle.id), timeout=8, what="the delivery to be recorded"
+            )
+    assert sent < 64 * 1024 * 1024
+
+
+async def _delivered(db: asyncpg.Connection, run_id: uuid.UUID) -> bool:
+    status = await db.fetchval("SELECT status FROM tidebase.outbox WHERE run_id = $1", run_id)
+    return bool(status == "delivered")

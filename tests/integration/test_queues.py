@@ -20,7 +20,6 @@ import anyio
 import asyncpg
 import pytest
 
-from tests.conftest import opened
 from tests.integration import procs
 from tests.integration.core_support import eventually, working
 from tidebase_async import ConfigurationError, Run, RunSpec, Tidebase
@@ -180,7 +179,7 @@ async def test_concurrency_cap_is_exact_with_several_clients_racing_in_one_proce
             return n
 
     async with contextlib.AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(opened(Tidebase(dsn))) for _ in range(4)]
+        clients = [await stack.enter_async_context(Tidebase(dsn)) for _ in range(4)]
         for t in clients:
             register(t)
         await clients[0].queues.configure("hammered", concurrency=cap)
@@ -313,7 +312,7 @@ async def test_rate_limit_holds_across_workers(dsn: str, db: asyncpg.Connection)
     rate, capacity = 600.0, 10.0  # 10/s, bucket of 10
 
     async with contextlib.AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(opened(Tidebase(dsn))) for _ in range(6)]
+        clients = [await stack.enter_async_context(Tidebase(dsn)) for _ in range(6)]
         for t in clients:
 
             @t.workflow("limited", queue="shared_rate")

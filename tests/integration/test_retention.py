@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from tests.conftest import opened
 from tests.integration.core_support import FAST, event_types, eventually, working
 from tidebase_async import Run, RunFailed, Tidebase, Worker
 
@@ -27,7 +26,7 @@ async def _count(db: asyncpg.Connection, table: str) -> int:
 async def test_finished_runs_past_retention_are_pruned_with_their_steps_and_events(
     dsn: str, db: asyncpg.Connection
 ) -> None:
-    async with opened(Tidebase(dsn, retention=0.3)) as tide:
+    async with Tidebase(dsn, retention=0.3) as tide:
         _register(tide)
         done = await tide.enqueue("two-steps", input="ok")
         failed = await tide.enqueue("two-steps", input="fail")
@@ -65,7 +64,7 @@ async def _ticks(worker: Worker, count: int) -> None:
 async def test_runs_are_kept_until_older_than_retention_or_forever_without_one(
     dsn: str, db: asyncpg.Connection, retention: float | None
 ) -> None:
-    async with opened(Tidebase(dsn, retention=retention)) as tide:
+    async with Tidebase(dsn, retention=retention) as tide:
         _register(tide)
         done = await tide.enqueue("two-steps", input="ok")
         async with working(tide, maintenance_interval=0.05) as worker:
@@ -80,7 +79,7 @@ async def test_pruning_goes_in_bounded_batches_oldest_first(
     dsn: str, db: asyncpg.Connection
 ) -> None:
     tide = Tidebase(dsn, retention=0.0)
-    async with opened(tide):
+    async with tide:
         _register(tide)
         # 1,200 finished runs written directly: more than two batches of 500.
         await db.execute(

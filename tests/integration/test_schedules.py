@@ -19,7 +19,6 @@ import anyio
 import asyncpg
 import pytest
 
-from tests.conftest import opened
 from tests.integration.core_support import eventually, working
 from tests.integration.schedule_support import (
     count_schedules,
@@ -39,7 +38,7 @@ from tidebase_async.store.sql import Q
 @pytest.fixture
 async def other(dsn: str) -> AsyncIterator[Tidebase]:
     """A second client on the test's database (another process's view)."""
-    async with opened(Tidebase(dsn)) as t:
+    async with Tidebase(dsn) as t:
         yield t
 
 
@@ -76,7 +75,7 @@ async def test_code_schedules_are_synced_at_worker_start_updated_and_deleted(
     unchanged = await tide.schedules.get("y")
 
     # A redeploy: same "y", "x" on a new cron.
-    async with opened(Tidebase(dsn)) as t2:
+    async with Tidebase(dsn) as t2:
 
         @t2.workflow("x", schedule="0 3 * * *")
         async def x2(run: Run) -> str:
@@ -96,7 +95,7 @@ async def test_code_schedules_are_synced_at_worker_start_updated_and_deleted(
     assert (await tide.schedules.get("y")).next_fire_at == unchanged.next_fire_at
 
     # Another redeploy: "x" no longer declares a schedule, "y" is not in this worker.
-    async with opened(Tidebase(dsn)) as t3:
+    async with Tidebase(dsn) as t3:
 
         @t3.workflow("x")
         async def x3(run: Run) -> str:

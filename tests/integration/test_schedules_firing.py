@@ -20,7 +20,6 @@ import anyio
 import asyncpg
 import pytest
 
-from tests.conftest import opened
 from tests.integration import procs
 from tests.integration.core_support import eventually, working
 from tests.integration.schedule_support import (
@@ -102,9 +101,9 @@ async def test_racing_tickers_enqueue_each_tick_once(
     await tide.schedules.set("race", every=0.1, workflow="nothing")
     clients = [tide]
     async with (
-        opened(Tidebase(dsn)) as t2,
-        opened(Tidebase(dsn)) as t3,
-        opened(Tidebase(dsn)) as t4,
+        Tidebase(dsn) as t2,
+        Tidebase(dsn) as t3,
+        Tidebase(dsn) as t4,
     ):
         clients += [t2, t3, t4]
         created: list[Any] = []

@@ -18,7 +18,6 @@ import httpx
 import pytest
 from aiohttp import web
 
-from tests.conftest import opened
 from tests.integration.core_support import eventually, status_of, working
 from tests.integration.web_support import (
     API_KEY,
@@ -43,6 +42,8 @@ def kind(request: pytest.FixtureRequest) -> str:
 #: Every route of the API (API.md), with the methods it takes.
 ROUTES = {
     "/health": {"get"},
+    "/ready": {"get"},
+    "/metrics": {"get"},
     "/openapi.json": {"get"},
     "/runs": {"get", "post"},
     "/runs/{run_id}": {"get"},
@@ -66,9 +67,9 @@ ROUTES = {
     "/usage": {"get"},
 }
 METHODS = ("get", "post", "put", "patch", "delete")
-# No key needed: health, and the dashboard's page and assets (they hold no data; the
-# page asks for the key).
-PUBLIC = {"/health", "/", "/assets/{name}"}
+# No key needed: health and readiness, and the dashboard's page and assets (they hold no
+# data; the page asks for the key).
+PUBLIC = {"/health", "/ready", "/", "/assets/{name}"}
 #: A gate name that is legal (check_name) and holds a percent sign followed by hex.
 PERCENT_GATE = "50%41 off"
 
@@ -100,7 +101,7 @@ async def keyed(dsn: str) -> AsyncIterator[Tidebase]:
     tide = Tidebase(
         dsn, api_key=API_KEY, webhook_secret=SECRET, public_url="https://app.example/tidebase"
     )
-    async with opened(tide):
+    async with tide:
         register(tide)
         yield tide
 
@@ -166,6 +167,18 @@ async def test_every_route_but_health_needs_the_api_key(
     assert resp.status_code == 404
     resp = await client.get("/tidebase/runs", headers={"authorization": f"bearer  {API_KEY}"})
     assert resp.status_code == 200, "scheme is case-insensitive, the key may be padded"
+
+
+async def test_the_dashboard_cannot_be_framed(kind: str, client: httpx.AsyncClient) -> None:
+    """Regression: the dashboard's CSP had no frame-ancestors, so any site could frame
+    it and trick a logged-in operator into clicking its buttons."""
+    for path in ("/tidebase/", "/tidebase/assets/app.js"):
+        resp = await client.get(path)
+        assert resp.status_code == 200, (path, resp.text)
+        assert resp.headers["x-frame-options"] == "DENY"
+        csp = resp.headers["content-security-policy"]
+        for directive in ("frame-ancestors 'none'", "object-src 'none'", "base-uri 'none'"):
+            assert directive in csp, (path, csp)
 
 
 async def test_health_needs_no_key(kind: str, client: httpx.AsyncClient) -> None:

@@ -25,7 +25,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import opened
 from tests.integration.core_support import eventually, status_of, working
 from tests.integration.web_support import API_KEY, SECRET, bearer, serve, snapshot
 from tidebase_async import Run, Tidebase
@@ -81,7 +80,7 @@ def register(tide: Tidebase) -> None:
 @pytest.fixture
 async def fuzz_tide(dsn: str) -> AsyncIterator[Tidebase]:
     tide = Tidebase(dsn, api_key=API_KEY, webhook_secret=SECRET, max_payload_bytes=MAX_PAYLOAD)
-    async with opened(tide) as t:
+    async with tide as t:
         register(t)
         yield t
 

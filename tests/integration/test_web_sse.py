@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
+import struct
 import uuid
 from collections.abc import MutableMapping
 from typing import Any
@@ -16,7 +19,6 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import opened
 from tests.integration.core_support import working
 from tests.integration.web_support import API_KEY, serve, sse_events
 from tidebase_async import Run, Tidebase
@@ -109,7 +111,7 @@ async def test_sse_of_a_finished_run_ends_and_honours_after(
 async def test_asgi_event_stream_ends_when_the_client_disconnects(dsn: str) -> None:
     """Regression: the ASGI adapter's event stream kept running after its client
     disconnected (as under uvicorn, where sending to a gone client is a silent no-op)."""
-    async with opened(Tidebase(dsn, api_key=API_KEY)) as keyed:
+    async with Tidebase(dsn, api_key=API_KEY) as keyed:
         register(keyed)
         handle = await keyed.enqueue("chatty", input=1)  # stays queued: no worker
         app = keyed.asgi_app()
@@ -156,3 +158,55 @@ async def test_asgi_event_stream_ends_when_the_client_disconnects(dsn: str) -> N
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def test_an_aiohttp_client_going_away_mid_stream_logs_no_traceback(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: only ConnectionResetError was caught when an SSE client went away.
+    A client that stopped reading (the server's writer paused on a full buffer) and
+    then reset the connection makes aiohttp raise a bare ConnectionError("Connection
+    lost"), and each such disconnect logged a traceback."""
+    from aiohttp import web
+
+    from tests.integration.web_support import serve_aiohttp
+
+    caplog.set_level(logging.DEBUG)
+    release = asyncio.Event()
+    async with Tidebase(dsn, api_key=API_KEY) as keyed:
+
+        @keyed.workflow("loud")
+        async def loud(run: Run) -> None:
+            await run.step("wait", release.wait)
+            for _ in range(40):
+                await run.emit("x" * 200_000)
+                await anyio.sleep(0.01)
+
+        handle = await keyed.enqueue("loud")
+        app = web.Application()
+        app.add_subapp("/tidebase/", keyed.http_app())
+        runner, base = await serve_aiohttp(app)
+        try:
+            host, port = base.removeprefix("http://").split(":")
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+            reader, writer = await asyncio.open_connection(sock=sock)
+            writer.write(
+                f"GET /tidebase/runs/{handle.id}/stream HTTP/1.1\r\nHost: {host}\r\n"
+                f"Authorization: Bearer {API_KEY}\r\n\r\n".encode()
+            )
+            await writer.drain()
+            assert b"200" in await reader.readline()
+            async with working(keyed):
+                release.set()
+                await anyio.sleep(1.0)  # chunks pile up unread: the server's writer pauses
+                writer.transport.abort()  # a reset (SO_LINGER 0), not a goodbye
+                await keyed.runs.wait(handle.id, timeout=20)
+            await asyncio.sleep(0.3)
+        finally:
+            await runner.cleanup()
+    tracebacks = [r for r in caplog.records if r.exc_info and r.levelno >= logging.ERROR]
+    assert tracebacks == [], [r.getMessage() for r in tracebacks]

@@ -14,10 +14,9 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import opened
 from tests.integration.core_support import status_of
 from tests.integration.web_support import KINDS, OLD_SECRET, SECRET, error_of, serve, snapshot
-from tidebase_async import Run, Tidebase
+from tidebase_async import ConfigurationError, Run, Tidebase
 from tidebase_async.web import sign
 
 
@@ -40,7 +39,7 @@ def register(tide: Tidebase) -> None:
 
 @pytest.fixture
 async def signed(dsn: str) -> AsyncIterator[Tidebase]:
-    async with opened(Tidebase(dsn, webhook_secret=SECRET)) as tide:
+    async with Tidebase(dsn, webhook_secret=SECRET) as tide:
         register(tide)
         yield tide
 
@@ -162,7 +161,7 @@ async def test_without_a_secret_every_request_is_refused(
     kind: str, dsn: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("TIDEBASE_WEBHOOK_SECRET", raising=False)
-    async with opened(Tidebase(dsn)) as tide:
+    async with Tidebase(dsn) as tide:
         register(tide)
         handle = await tide.enqueue("double", input=2)
         body = resume(handle.id)
@@ -177,7 +176,7 @@ async def test_without_a_secret_every_request_is_refused(
 
 
 async def test_webhook_signatures(dsn: str) -> None:
-    async with opened(Tidebase(dsn, webhook_secret="s3cret")) as tide:
+    async with Tidebase(dsn, webhook_secret="s3cret") as tide:
 
         @tide.workflow("w")
         async def w(run: Run) -> int:
@@ -237,3 +236,37 @@ async def test_execute_runs_the_workflow_in_the_request(
     assert (
         await db.fetchval("SELECT count(*) FROM tidebase.steps WHERE run_id = $1", handle.id) == 1
     )
+
+
+async def test_with_separate_secrets_a_delivery_signature_cannot_resume_a_run(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    """Regression: one secret signed outbound deliveries and checked inbound
+    ``run.resume``, so every receiver of a delivery could forge a ``run.resume`` (with
+    ``execute=True`` that runs the run and returns its output). With ``signing_secret``
+    beside ``webhook_secret``, a receiver's copy of the signing secret opens nothing."""
+    outbound = "the-outbound-secret"
+    async with Tidebase(dsn, webhook_secret=SECRET, signing_secret=outbound) as tide:
+        register(tide)
+        assert tide.outbound_secret == outbound
+        handle = await tide.enqueue("double", input=2)
+        body = resume(handle.id)
+        before = await snapshot(db)
+        async with serve(tide, "aiohttp", execute=True) as client:
+            forged = await post(client, body, sign(outbound, body))
+            assert forged.status_code == 401, forged.text
+            assert await snapshot(db) == before
+            genuine = await post(client, body, sign(SECRET, body))
+            assert genuine.status_code == 200, genuine.text
+            assert genuine.json()["output"] == 4
+
+
+async def test_one_secret_still_signs_both_ways(dsn: str) -> None:
+    """The single-setting configuration keeps working: webhook_secret signs deliveries
+    too when no signing_secret is set."""
+    async with Tidebase(dsn, webhook_secret=SECRET) as tide:
+        assert tide.outbound_secret == SECRET
+        await tide.enqueue("double", input=1, webhooks=["https://example.com/hook"])
+    async with Tidebase(dsn) as bare:
+        with pytest.raises(ConfigurationError, match="signing_secret"):
+            await bare.enqueue("double", input=1, webhooks=["https://example.com/hook"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from tidebase_async import errors
+from tidebase_async._util.urls import check_http_url
 
 MAX_NAME_LENGTH = 200
 
@@ -99,19 +100,14 @@ def check_history_name(kind: str, name: object) -> str:
 
 
 def check_channels(channels: object, *, where: str) -> list[str]:
-    """Webhook channels: a list of http(s) URLs."""
+    """Webhook channels: a list of http(s) URLs with a host and a valid port.
+
+    Raises:
+        ConfigurationError: names ``where`` and the first bad URL (redacted).
+    """
     if isinstance(channels, str) or not isinstance(channels, list | tuple):
         raise errors.ConfigurationError(f"{where}: channels must be a list of URLs")
-    for url in channels:
-        if (
-            not isinstance(url, str)
-            or not url.startswith(("http://", "https://"))
-            or len(url) > 2048
-            or not is_utf8(url)
-            or any(ch.isspace() or ord(ch) < 32 for ch in url)
-        ):
-            raise errors.ConfigurationError(f"{where}: channel {url!r:.80} is not an http(s) URL")
-    return list(channels)
+    return [check_http_url(url, where=where) for url in channels]
 
 
 def as_seconds(value: float | timedelta | None, *, what: str) -> float | None:

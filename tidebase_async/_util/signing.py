@@ -50,7 +50,8 @@ def verify(
             tolerance, or no ``v1`` matches a secret. The message says which, never
             the expected value.
     """
-    keys = [secrets] if isinstance(secrets, str) else [k for k in secrets if k]
+    # An empty secret is no secret: anyone can compute its HMAC. Never accepted.
+    keys = [k for k in ([secrets] if isinstance(secrets, str) else secrets) if k]
     if not keys:
         raise errors.SignatureError("no webhook secret is configured: refusing the request")
     if not header:

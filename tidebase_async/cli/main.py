@@ -43,13 +43,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
 import logging
 import os
 import sys
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import anyio
@@ -168,14 +167,6 @@ def _wants_json(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "json", False))
 
 
-@contextlib.asynccontextmanager
-async def _opened(tide: Tidebase) -> AsyncIterator[Tidebase]:
-    """``async with tide`` (what the body raises comes out wrapped in an exception
-    group; ``main`` unwraps it)."""
-    async with tide:
-        yield tide
-
-
 async def _announce(tide: Tidebase, run_id: str) -> None:
     """Wake workers and dashboards for a run this process changed, before it exits.
 
@@ -245,7 +236,7 @@ async def _migrate(args: argparse.Namespace) -> int:
 
 
 async def _runs(args: argparse.Namespace) -> int:
-    async with _opened(_tidebase(args)) as tide:
+    async with _tidebase(args) as tide:
         action = args.action
         if action == "list":
             page = await tide.runs.list(
@@ -327,7 +318,7 @@ async def _runs_wait(tide: Tidebase, args: argparse.Namespace) -> int:
 
 
 async def _gates(args: argparse.Namespace) -> int:
-    async with _opened(_tidebase(args)) as tide:
+    async with _tidebase(args) as tide:
         if args.action == "list":
             status = None if args.status == "all" else args.status
             gates = await tide.gates.list(status=status, run_id=args.run, limit=args.limit)
@@ -369,7 +360,7 @@ async def _enqueue(args: argparse.Namespace) -> int:
         demo_app.register(tide)  # so that `tidebase enqueue demo.report` finds its queue
     wf = tide.workflows.get(args.workflow)
     queue = args.queue or (wf.queue if wf is not None else "default")
-    async with _opened(tide):
+    async with tide:
         handle = await tide.enqueue(
             args.workflow,
             input=data,
@@ -398,7 +389,7 @@ async def _enqueue(args: argparse.Namespace) -> int:
 
 
 async def _schedules(args: argparse.Namespace) -> int:
-    async with _opened(_tidebase(args)) as tide:
+    async with _tidebase(args) as tide:
         if args.action == "list":
             items = await tide.schedules.list()
             if _wants_json(args):
@@ -416,7 +407,7 @@ async def _schedules(args: argparse.Namespace) -> int:
 
 
 async def _queues(args: argparse.Namespace) -> int:
-    async with _opened(_tidebase(args)) as tide:
+    async with _tidebase(args) as tide:
         if args.action == "list":
             items = await tide.queues.list()
             if _wants_json(args):
@@ -637,9 +628,15 @@ def _web_options(p: argparse.ArgumentParser) -> None:
         help=f"port ($TIDEBASE_PORT; default {services.DEFAULT_PORT}, else a free one; "
         "0: a free one)",
     )
-    p.add_argument("--api-key", help="require this bearer key ($TIDEBASE_API_KEY)")
+    p.add_argument(
+        "--api-key",
+        help="require this bearer key; prefer $TIDEBASE_API_KEY (arguments show in `ps`)",
+    )
     p.add_argument("--public-url", help="where the API is reachable ($TIDEBASE_PUBLIC_URL)")
-    p.add_argument("--webhook-secret", help="webhook signing secret ($TIDEBASE_WEBHOOK_SECRET)")
+    p.add_argument(
+        "--webhook-secret",
+        help="webhook signing secret; prefer $TIDEBASE_WEBHOOK_SECRET (arguments show in `ps`)",
+    )
 
 
 def _worker_args(p: argparse.ArgumentParser, *, grace: float) -> None:
@@ -697,7 +694,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("worker", "execute runs of the workflows of module:tide")
     p.add_argument("app", help="module:attribute naming a Tidebase")
     _worker_args(p, grace=10.0)
-    p.add_argument("--webhook-secret", help="webhook signing secret ($TIDEBASE_WEBHOOK_SECRET)")
+    p.add_argument(
+        "--webhook-secret",
+        help="webhook signing secret; prefer $TIDEBASE_WEBHOOK_SECRET (arguments show in `ps`)",
+    )
     p.add_argument("--public-url", help="where the API is reachable ($TIDEBASE_PUBLIC_URL)")
     p.set_defaults(fn=_worker, service=True)
 

@@ -16,8 +16,8 @@ from tidebase_async._util import codec
 from tidebase_async._util.checks import as_seconds, check_name, check_text, is_utf8
 from tidebase_async._util.ids import uuid7
 from tidebase_async._util.signals import Signal
+from tidebase_async._util.urls import redact_url
 from tidebase_async.client.streams import subscribe
-from tidebase_async.engine.outbox import redact_url
 from tidebase_async.models import (
     RUN_STATUSES,
     TERMINAL_STATUSES,

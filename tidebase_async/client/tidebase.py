@@ -4,6 +4,7 @@ runs and workers get the engine's context from here."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -22,6 +23,8 @@ from tidebase_async import errors
 from tidebase_async._util import codec
 from tidebase_async._util.checks import as_seconds, check_channels, check_name, is_utf8
 from tidebase_async._util.ids import uuid7
+from tidebase_async.client import telemetry as client_telemetry
+from tidebase_async.client.background import Background
 from tidebase_async.client.gates import Gates
 from tidebase_async.client.queues import Queues
 from tidebase_async.client.runs import Runs, as_uuid
@@ -30,6 +33,7 @@ from tidebase_async.client.usage import Usage
 from tidebase_async.engine.context import EngineContext
 from tidebase_async.engine.inline import run_inline
 from tidebase_async.engine.outbox import Deliverer
+from tidebase_async.engine.telemetry import Telemetry
 from tidebase_async.engine.worker import Worker
 from tidebase_async.engine.workflows import (
     DEFAULT_MAX_ATTEMPTS,
@@ -39,7 +43,7 @@ from tidebase_async.engine.workflows import (
     make_workflow,
 )
 from tidebase_async.models import MigrationStep, Retry, RunHandle, RunSpec, Schedule
-from tidebase_async.store import NewRun, Store
+from tidebase_async.store import NewRun, Store, describe_dsn
 from tidebase_async.store.channels import (
     CANCEL_CHANNEL,
     EVENTS_CHANNEL,
@@ -74,6 +78,23 @@ def _aware(value: datetime | None, what: str) -> datetime | None:
     return value
 
 
+def _pooled_option(pooled: bool | None) -> bool | None:
+    """``pooled``, else ``TIDEBASE_POOLED`` (1/0, true/false, yes/no, on/off), else None
+    (detect)."""
+    if pooled is not None:
+        if not isinstance(pooled, bool):
+            raise errors.ConfigurationError(f"pooled must be a bool or None, got {pooled!r}")
+        return pooled
+    value = os.environ.get("TIDEBASE_POOLED", "").strip().lower()
+    if not value:
+        return None
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise errors.ConfigurationError(f"TIDEBASE_POOLED must be 1 or 0, got {value!r}")
+
+
 class Tidebase:
     """Durable workflows in your Postgres.
 
@@ -87,6 +108,30 @@ class Tidebase:
 
     ``public_url`` (or ``TIDEBASE_PUBLIC_URL``): where the HTTP API is mounted, for the
     ``resolve_url`` of gates.
+
+    ``pooled`` (or ``TIDEBASE_POOLED=1``; detected when None): ``dsn`` goes through a
+    transaction-mode pooler (PgBouncer, Supavisor). Then no startup parameter but
+    ``application_name`` is sent, no prepared statement is reused across transactions,
+    and the workers elect their maintenance leader by a lease row. ``listen_dsn`` (or
+    ``TIDEBASE_LISTEN_URL``): a direct session connection for LISTEN; through a pooler
+    without it there is no LISTEN, wake-ups poll, and a warning says so once.
+
+    ``reconnect_timeout`` (default 30 s): how long reads (``runs.get``, ``runs.wait``,
+    lists) and ``enqueue`` ride out a lost connection (a failover to a promoted
+    standby, a restart) before raising ``ConnectionLost``. With a multi-host DSN and
+    ``target_session_attrs=read-write`` new connections land on the new primary. A
+    retried enqueue never creates a run twice (run ids are made here and looked up).
+    Workers' fenced writes retry on their own (up to 5 minutes).
+
+    ``webhook_secret`` (or ``TIDEBASE_WEBHOOK_SECRET``) checks the signature of inbound
+    ``run.resume`` requests (``tide.webhook()``); ``signing_secret`` (or
+    ``TIDEBASE_SIGNING_SECRET``) signs outbound deliveries, and falls back to
+    ``webhook_secret`` when unset (``outbound_secret``).
+
+    ``tracer_provider`` / ``meter_provider``: the OpenTelemetry providers for the
+    ``tidebase.*`` spans and metrics (default: the global ones, when OpenTelemetry is
+    installed; without it, tracing costs nothing). ``metrics_text()`` (``GET
+    /metrics``) serves the same metrics in the Prometheus text format either way.
     """
 
     def __init__(
@@ -94,21 +139,33 @@ class Tidebase:
         dsn: str | None = None,
         *,
         webhook_secret: str | None = None,
+        signing_secret: str | None = None,
         api_key: str | None = None,
         pool_size: int = 20,
         connect_timeout: float = 10.0,
+        reconnect_timeout: float | timedelta = 30.0,
         max_payload_bytes: int = codec.DEFAULT_MAX_PAYLOAD,
         embedded_dir: str | os.PathLike[str] | None = None,
         retention: float | timedelta | None = DEFAULT_RETENTION,
         public_url: str | None = None,
+        pooled: bool | None = None,
+        listen_dsn: str | None = None,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
     ) -> None:
         self._dsn = dsn or os.environ.get("TIDEBASE_DATABASE_URL") or None
+        self._pooled = _pooled_option(pooled)
+        self._listen_dsn = listen_dsn or os.environ.get("TIDEBASE_LISTEN_URL") or None
         self.webhook_secret = webhook_secret or os.environ.get("TIDEBASE_WEBHOOK_SECRET")
+        # Signs outbound deliveries; falls back to webhook_secret (see outbound_secret).
+        self.signing_secret = signing_secret or os.environ.get("TIDEBASE_SIGNING_SECRET")
         self.api_key = api_key or os.environ.get("TIDEBASE_API_KEY")
         if pool_size < 2:
             raise errors.ConfigurationError(f"pool_size must be >= 2, got {pool_size}")
         self._pool_size = pool_size
         self._connect_timeout = connect_timeout
+        # How long reads and enqueues ride out a lost connection (a failover).
+        self._reconnect_s = as_seconds(reconnect_timeout, what="reconnect_timeout") or 0.0
         if (
             isinstance(max_payload_bytes, bool)
             or not isinstance(max_payload_bytes, int)
@@ -128,6 +185,8 @@ class Tidebase:
         self._listener: Listener | None = None
         self._notifier: Notifier | None = None
         self._stack: contextlib.AsyncExitStack | None = None
+        # open() and close() may come from different tasks, even at once.
+        self._lifecycle = asyncio.Lock()
         self._migration_progress: Callable[[MigrationStep], None] | None = None
         # Where this app serves the HTTP API (``http_app``/``asgi_app``), for the
         # ``resolve_url`` of gates; falls back to TIDEBASE_PUBLIC_URL.
@@ -141,46 +200,133 @@ class Tidebase:
         self.schedules = Schedules(self)
         self.queues = Queues(self)
         self.usage = Usage(self)
+        self.telemetry = Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+        self.telemetry.bind_queues(self._queue_depths)
+        # The workers of this client now working (``ready`` is false while one drains).
+        self._workers: set[Worker] = set()
 
     # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def outbound_secret(self) -> str | None:
+        """The secret that signs outbound deliveries: ``signing_secret``, else
+        ``webhook_secret``. ``webhook_secret`` alone checks inbound ``run.resume``
+        requests: with one secret both ways every receiver of a delivery could forge a
+        ``run.resume``, so production sets both (README, Security)."""
+        return self.signing_secret or self.webhook_secret
 
     @property
     def dsn(self) -> str | None:
         """The DSN in use (the embedded server's once started)."""
         return self._dsn
 
-    async def __aenter__(self) -> Tidebase:
-        if self._stack is not None:
-            raise errors.ConfigurationError("this Tidebase is already open")
-        stack = contextlib.AsyncExitStack()
-        try:
-            if self._dsn is None:
-                from tidebase_async.embedded import start_embedded
+    async def open(self) -> Tidebase:
+        """Connect (starting the embedded Postgres when there is no DSN), migrate, and
+        start the LISTEN connection and the notifier; returns this Tidebase.
 
-                self._embedded = await start_embedded(self._embedded_dir)
-                stack.callback(self._stop_embedded)
-                self._dsn = self._embedded.dsn
-            store = await Store.connect(
-                self._dsn, max_size=self._pool_size, connect_timeout=self._connect_timeout
-            )
-            stack.push_async_callback(store.close)
-            await store.migrate(progress=self._migration_progress)
-            self._store = store
-            self._notifier = Notifier(store)
-            self._listener = Listener(
-                self._dsn,
-                [WAKE_CHANNEL, EVENTS_CHANNEL, CANCEL_CHANNEL, QUEUES_CHANNEL, STREAM_CHANNEL],
-            )
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(tg.cancel_scope.cancel)
-            await tg.start(self._listener.run)
-            tg.start_soon(self._notifier.run)
-        except BaseException:
-            await stack.aclose()
-            self._store = self._listener = self._notifier = None
-            raise
-        self._stack = stack
+        The background tasks belong to this client, not to the calling task: ``close()``
+        may be called from another task (``async with tide:`` does the same as
+        ``open()`` and ``close()``).
+
+        Raises:
+            ConfigurationError: already open, a bad DSN, a startup parameter a pooler
+                refused, or a ``listen_dsn`` that does not hear the DSN's notifications.
+            DatabaseUnreachable, SchemaVersionError: nothing is left open then.
+        """
+        async with self._lifecycle:
+            if self._stack is not None:
+                raise errors.ConfigurationError("this Tidebase is already open")
+            stack = contextlib.AsyncExitStack()
+            try:
+                await self._open_store(stack)
+                background = Background()
+                stack.push_async_callback(background.stop)
+                assert self._notifier is not None
+                await background.start(
+                    started=[] if self._listener is None else [self._listener.run],
+                    running=[self._notifier.run],
+                )
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await stack.aclose()
+                self._store = self._listener = self._notifier = None
+                raise
+            self._stack = stack
         return self
+
+    async def _open_store(self, stack: contextlib.AsyncExitStack) -> None:
+        if self._dsn is None:
+            from tidebase_async.embedded import start_embedded
+
+            self._embedded = await start_embedded(self._embedded_dir)
+            stack.callback(self._stop_embedded)
+            self._dsn = self._embedded.dsn
+        store = await Store.connect(
+            self._dsn,
+            max_size=self._pool_size,
+            connect_timeout=self._connect_timeout,
+            pooled=self._pooled,
+        )
+        store.reconnect_s = self._reconnect_s
+        stack.push_async_callback(store.close)
+        await store.migrate(progress=self._migration_progress)
+        self._store = store
+        self._notifier = Notifier(store)
+        self._listener = await self._new_listener(store)
+
+    async def _new_listener(self, store: Store) -> Listener | None:
+        """The LISTEN connection's listener: on ``listen_dsn`` when given, else on the
+        DSN unless that goes through a transaction-mode pooler (which cannot hold a
+        LISTEN); then None, and everything waits by polling.
+
+        Raises:
+            ConfigurationError: ``listen_dsn`` does not hear the DSN's notifications
+                (a transaction-mode pooler too, or another database).
+        """
+        channels = [WAKE_CHANNEL, EVENTS_CHANNEL, CANCEL_CHANNEL, QUEUES_CHANNEL, STREAM_CHANNEL]
+        if self._listen_dsn is None:
+            if not store.pooled:
+                return Listener(store.dsn, channels)
+            logger.warning(
+                "the database is reached through a transaction-mode pooler (PgBouncer, "
+                "Supavisor), which cannot hold a LISTEN: without listen_dsn, workers pick up "
+                "new runs every poll_interval and runs.wait/events poll each second. Pass "
+                "Tidebase(listen_dsn=...) or set TIDEBASE_LISTEN_URL to a direct (session) "
+                "connection for instant wake-ups"
+            )
+            return None
+        try:
+            hears = await store.hears_notifications(self._listen_dsn)
+        except errors.StoreError as exc:
+            # Like the DSN's own listener: it keeps trying, polling covers the gap.
+            logger.warning("listen_dsn: %s; the listener keeps trying", exc)
+            hears = True
+        if not hears:
+            raise errors.ConfigurationError(
+                f"listen_dsn ({describe_dsn(self._listen_dsn)}) does not hear notifications "
+                "sent through the DSN: it goes through a transaction-mode pooler too (LISTEN "
+                "needs a session of its own), or reaches another database. Point it at the "
+                "database directly, or at a session-mode pooler port"
+            )
+        return Listener(self._listen_dsn, channels)
+
+    async def close(self) -> None:
+        """Stop the background tasks (the notifier sends what it still holds), close
+        the pool and stop the embedded Postgres this client started. Idempotent; may
+        run in another task than ``open()``; a second concurrent call waits for the
+        first.
+        """
+        async with self._lifecycle:
+            stack, self._stack = self._stack, None
+            try:
+                if stack is not None:
+                    with anyio.CancelScope(shield=True):
+                        await stack.aclose()
+            finally:
+                self._store = self._listener = self._notifier = None
+
+    async def __aenter__(self) -> Tidebase:
+        return await self.open()
 
     async def __aexit__(
         self,
@@ -188,17 +334,7 @@ class Tidebase:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        stack, self._stack = self._stack, None
-        try:
-            if stack is not None:
-                await stack.__aexit__(exc_type, exc, tb)
-        except BaseExceptionGroup as group:
-            # The task group of the listener and notifier wraps the body's own
-            # exception: let it propagate as itself.
-            if exc is None or group.exceptions != (exc,):
-                raise
-        finally:
-            self._store = self._listener = self._notifier = None
+        await self.close()
 
     def _stop_embedded(self) -> None:
         if self._embedded is not None:
@@ -231,6 +367,23 @@ class Tidebase:
             StoreError: the database did not answer (ConnectionLost, DatabaseUnreachable).
         """
         await self.store.db_now()
+
+    @property
+    def ready(self) -> bool:
+        """True while this client is open and no worker of it is draining (after
+        ``stop()`` or SIGTERM): what ``GET /ready`` reports to a load balancer."""
+        return self._store is not None and not any(w.draining for w in self._workers)
+
+    async def metrics_text(self) -> str:
+        """This client's metrics in the Prometheus text format (``GET /metrics``):
+        counters and histograms of its enqueues and of its workers' and inline runs'
+        executions, and the queue gauges read from the database now (one bounded
+        query; left out when it does not answer)."""
+        self.telemetry.use_loop()
+        return await client_telemetry.metrics_text(self.telemetry)
+
+    async def _queue_depths(self) -> list[tuple[str, int, float]]:
+        return await self.store.queue_depths()
 
     async def migrate(self, *, progress: Callable[[MigrationStep], None] | None = None) -> int:
         """Apply pending schema migrations; idempotent and safe under concurrency.
@@ -366,10 +519,10 @@ class Tidebase:
         if webhooks is None:
             return None
         urls = check_channels(webhooks, where="webhooks")
-        if not self.webhook_secret:
+        if not self.outbound_secret:
             raise errors.ConfigurationError(
-                "webhooks need a webhook secret to sign their deliveries: "
-                "Tidebase(webhook_secret=...) or TIDEBASE_WEBHOOK_SECRET"
+                "webhooks need a secret to sign their deliveries: "
+                "Tidebase(signing_secret=...) or TIDEBASE_SIGNING_SECRET"
             )
         return urls
 
@@ -422,7 +575,7 @@ class Tidebase:
             webhooks=webhooks,
         )
         new = self._new_run(spec)
-        row = await self.store.enqueue(new)
+        (row,) = await client_telemetry.insert_runs(self.store, self.telemetry, [new])
         # The workers' wake-up went out with the insert's commit (see enqueue_runs).
         return RunHandle(id=row.id, deduplicated=not row.inserted)
 
@@ -464,8 +617,10 @@ class Tidebase:
         # Insert in (queue, dedupe_key) order: two concurrent batches that share keys
         # then wait on each other's uncommitted rows in the same order, never in a cycle
         # (a deadlock, which Postgres breaks by failing one of them).
-        rows = await self.store.enqueue_many(
-            sorted(unique, key=lambda r: (r.dedupe_key is None, r.queue, r.dedupe_key or ""))
+        rows = await client_telemetry.insert_runs(
+            self.store,
+            self.telemetry,
+            sorted(unique, key=lambda r: (r.dedupe_key is None, r.queue, r.dedupe_key or "")),
         )
         by_id = {r.id: r for r in rows if r.inserted}
         by_key = {(r.queue, r.dedupe_key): r for r in rows if not r.inserted}
@@ -533,10 +688,10 @@ class Tidebase:
         """The run ``tide.run`` creates when ``run_id`` does not exist yet, checked."""
         if recovery_webhook is not None:
             check_channels([recovery_webhook], where="recovery_webhook")
-            if not self.webhook_secret:
+            if not self.outbound_secret:
                 raise errors.ConfigurationError(
-                    "recovery_webhook needs a webhook secret to sign its deliveries: "
-                    "Tidebase(webhook_secret=...) or TIDEBASE_WEBHOOK_SECRET"
+                    "recovery_webhook needs a secret to sign its deliveries: "
+                    "Tidebase(signing_secret=...) or TIDEBASE_SIGNING_SECRET"
                 )
         return self._new_run(spec)
 
@@ -549,6 +704,7 @@ class Tidebase:
             ConfigurationError: this Tidebase is not open, or a bad ``lease``.
         """
         store = self.store
+        self.telemetry.use_loop()
         return EngineContext(
             store=store,
             notifier=self.notifier,
@@ -557,6 +713,7 @@ class Tidebase:
             max_payload=self.max_payload_bytes,
             public_url=self.public_url,
             lease_s=as_seconds(lease, what="lease") or 30.0,
+            telemetry=self.telemetry,
         )
 
     # -- web --------------------------------------------------------------------------
@@ -645,10 +802,14 @@ class Tidebase:
             or 1.0,
             handle_signals=handle_signals,
             retention_s=self.retention_s,
-            deliverer=Deliverer(self.store, secret=self.webhook_secret),
+            deliverer=Deliverer(self.store, secret=self.outbound_secret),
         )
         # Schedules declared in code exist (and match the code) before anything fires.
         await self.schedules.sync_code(self._workflows)
         if worker_ready is not None:
             worker_ready(worker)
-        await worker.run(started=started)
+        self._workers.add(worker)
+        try:
+            await worker.run(started=started)
+        finally:
+            self._workers.discard(worker)

@@ -58,7 +58,7 @@ def ensure_install_usable(bin_dir: Path, user: User) -> None:
     with _checked_installs_lock:
         if key in _checked_installs:
             return
-        ensure_traversable(root, user)
+        ensure_traversable(root, user, owned=root)
         # initdb reads share/, the server loads lib/; include/ is not needed.
         pending = [root / "bin", root / "lib", root / "share"]
         while pending:

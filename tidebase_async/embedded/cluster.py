@@ -284,7 +284,9 @@ class Cluster(Diagnostics):
         if stat.S_IMODE(st.st_mode) != 0o700:
             path.chmod(0o700)
         if self._user is not None:
-            ensure_traversable(path.parent, self._user)
+            ensure_traversable(
+                path.parent, self._user, owned=self._data_dir if not shared else path
+            )
         return path
 
     def _prepare_log(self) -> None:

@@ -49,7 +49,7 @@ class DataDir(State):
         if self._user is not None:
             if created:
                 chown(self._data_dir, self._user)
-            ensure_traversable(self._data_dir, self._user)
+            ensure_traversable(self._data_dir, self._user, owned=self._data_dir)
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         os.close(fd)
         if self._user is not None:

@@ -97,7 +97,38 @@ def grant(path: Path, user: User, want: int, st: os.stat_result | None = None) -
     )
 
 
-def ensure_traversable(path: Path, user: User) -> None:
-    """Grant search (x) on ``path`` and its parents where ``user`` lacks it."""
+#: Set to 1 to let the embedded launcher (running as root) add search permission to
+#: directories above its own that the server user cannot enter.
+CHMOD_ENV = "TIDEBASE_EMBEDDED_CHMOD"
+
+
+def ensure_traversable(path: Path, user: User, *, owned: Path) -> None:
+    """Let ``user`` enter ``path``: search (x) is added where missing on ``owned`` and
+    the directories inside it, which the launcher made. A directory above ``owned``
+    (a home directory, say) is changed only when ``TIDEBASE_EMBEDDED_CHMOD=1`` allows it.
+
+    Raises:
+        EmbeddedPostgresError: such a directory lacks it and changing it is not allowed;
+            names the directory, the user and the ways out.
+    """
+    owned = owned.resolve()
     for directory in [path, *path.parents]:
-        grant(directory, user, 1)
+        inside = directory.resolve() == owned or owned in directory.resolve().parents
+        if inside or _may_enter(directory, user):
+            grant(directory, user, 1)
+            continue
+        if os.environ.get(CHMOD_ENV) == "1":
+            grant(directory, user, 1)
+            continue
+        mode = stat.S_IMODE(directory.stat().st_mode)
+        raise errors.EmbeddedPostgresError(
+            f"the embedded Postgres runs as user {user.name!r}, which cannot enter "
+            f"{directory} (mode {mode:o}), above {owned}. Choose a data directory it can "
+            f"reach (Tidebase(embedded_dir=...)), set {CHMOD_ENV}=1 to let tidebase add "
+            f"search permission to {directory}, {DSN_HINT}."
+        )
+
+
+def _may_enter(directory: Path, user: User) -> bool:
+    st = directory.stat()
+    return bool((st.st_mode >> _permission_shift(st, user)) & 1)

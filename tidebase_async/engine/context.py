@@ -1,7 +1,7 @@
 """What every execution of a process shares: the store, the notifier and the listener,
-the registered workflows, and the settings runs execute under (payload limit, public
-URL, lease). The client builds one per worker and per inline run; the worker, its
-executions and their leases only read it."""
+the registered workflows, the settings runs execute under (payload limit, public
+URL, lease) and the client's telemetry. The client builds one per worker and per
+inline run; the worker, its executions and their leases only read it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import msgspec
 
+from tidebase_async.engine.telemetry import Telemetry
 from tidebase_async.engine.workflows import Workflow
 from tidebase_async.store import Store
 from tidebase_async.store.listener import Listener
@@ -33,3 +34,5 @@ class EngineContext(msgspec.Struct, frozen=True, kw_only=True):
     public_url: str | None
     #: How long a claim's lease lasts; heartbeats renew it every third of that.
     lease_s: float
+    #: The client's metrics and, when OpenTelemetry is installed, its spans.
+    telemetry: Telemetry = msgspec.field(default_factory=Telemetry.disabled)

@@ -17,7 +17,7 @@ from uuid import UUID
 
 import msgspec
 
-_PART = 6000  # base64 characters per notification, well under its 8000-byte limit
+PART_CHARS = 6000  # base64 characters per notification, well under its 8000-byte limit
 
 
 class Part(msgspec.Struct, frozen=True):
@@ -36,7 +36,7 @@ part_decoder = msgspec.json.Decoder(Part)
 def parts_of(run_id: UUID, stream: str, attempt: int, number: int, chunk: bytes) -> list[str]:
     """The notification payloads of one encoded chunk."""
     text = base64.b64encode(chunk).decode("ascii")
-    pieces = [text[i : i + _PART] for i in range(0, len(text), _PART)] or [""]
+    pieces = [text[i : i + PART_CHARS] for i in range(0, len(text), PART_CHARS)] or [""]
     return [
         msgspec.json.encode(
             Part(str(run_id), stream, attempt, number, i, len(pieces), piece)

@@ -84,6 +84,9 @@ class Execution:
         self.max_payload = context.max_payload
         self.public_url = context.public_url
         self.lease_s = context.lease_s
+        self.telemetry = context.telemetry
+        # None when tracing is off: the one check a step makes for it.
+        self.tracer = context.telemetry.tracer
         self._on_finishing = on_finishing
         self.writes = writes
         self.worker_id = writes.worker_id

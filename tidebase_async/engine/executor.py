@@ -57,6 +57,8 @@ class ExecutionResult(msgspec.Struct, kw_only=True):
     error: dict[str, Any] | None = None
     executed_steps: int = 0
     replayed_steps: int = 0
+    #: What failed the attempt (outcomes failed and retrying), for the run's span.
+    exception: BaseException | None = None
 
 
 async def execute(
@@ -82,8 +84,15 @@ async def execute(
     )
     if executions is not None:
         executions[claimed.id] = ex
+    telemetry = context.telemetry
+    started = telemetry.run_started(claimed)
     try:
-        return await _execute(ex, cancel_scope)
+        if ex.tracer is None:
+            result = await _execute(ex, cancel_scope)
+        else:
+            result = await telemetry.traced_run(ex, functools.partial(_execute, ex, cancel_scope))
+        telemetry.run_finished(claimed, result.outcome, started)
+        return result
     finally:
         # Only our own entry: a later claim of the run (this worker may claim it again
         # while this execution still writes its outcome) has replaced it.
@@ -275,6 +284,7 @@ async def _finish_failed(
     ex.on_event(ex.run_id)
     result = _result(ex, "retrying" if status == "queued" else "failed")
     result.error = info
+    result.exception = exc
     return result
 
 

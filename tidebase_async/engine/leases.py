@@ -62,6 +62,7 @@ class Leases:
         self._listener = context.listener
         self._lease_s = context.lease_s
         self._heartbeat_now = Signal()
+        self._check_cancelled_now = Signal()
 
     def subscribe(self) -> list[Callable[[], None]]:
         """Listen for cancellations of held runs; returns the unsubscribe callables.
@@ -113,17 +114,21 @@ class Leases:
             scope.cancel()
 
     def _on_cancel(self, payload: str) -> None:
-        ids: list[UUID] = []
+        """A cancel notification is a hint, never trusted by itself: any role that can
+        connect to the database can send one. If it names a held run, the database is
+        asked at once which held runs are really cancelled (``_cancel_poll_loop``)."""
         for text in payload.split(","):
             with contextlib.suppress(ValueError):
-                ids.append(UUID(text))
-        self.stop_cancelled(ids)
+                if UUID(text) in self.executions:
+                    self._check_cancelled_now.set()
+                    return
 
     async def _cancel_poll_loop(self) -> None:
-        """The floor under the cancel notifications: once a second, one indexed read
-        finds held runs that were cancelled meanwhile."""
+        """Once a second, and at once on a cancel notification naming a held run, one
+        indexed read finds held runs that were cancelled; only those are stopped."""
         while True:
-            await anyio.sleep(CANCEL_POLL_S)
+            await self._check_cancelled_now.wait_for(CANCEL_POLL_S)
+            self._check_cancelled_now.clear()
             if not self.executions:
                 continue
             try:

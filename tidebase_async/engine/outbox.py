@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import random
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 from uuid import UUID
 
 import anyio
@@ -24,6 +23,7 @@ import msgspec
 from tidebase_async import errors
 from tidebase_async._util.signals import Signal
 from tidebase_async._util.signing import DELIVERY_HEADER, SIGNATURE_HEADER, sign
+from tidebase_async._util.urls import redact_url
 from tidebase_async.store import DueDelivery, Store
 
 if TYPE_CHECKING:
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _MAX_BACKOFF_S = 300.0
+#: At most this much of a receiver's answer is read.
+_MAX_RESPONSE_BYTES = 64 * 1024
 
 
 def backoff_s(attempts: int) -> float:
@@ -110,6 +112,11 @@ class Deliverer:
     async def _deliver(self, row: DueDelivery) -> None:
         try:
             await self._deliver_one(row)
+        except Exception:
+            # A bug, or a delivery the code cannot handle: it must not stop the
+            # delivery loop or the reconciler around it. Its lease runs out and it is
+            # tried again with the others.
+            logger.exception("delivery %s failed unexpectedly", row.id)
         finally:
             self._active -= 1
             self._slot_free.set()
@@ -169,7 +176,9 @@ class Deliverer:
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
-                await resp.read()
+                # The status is the answer; a body is drained only up to a bound (a
+                # receiver answering gigabytes must not fill this worker's memory).
+                await resp.content.read(_MAX_RESPONSE_BYTES)
                 if 200 <= resp.status < 300:
                     return True, resp.status, None
                 return False, resp.status, f"HTTP {resp.status}"
@@ -194,14 +203,3 @@ class Deliverer:
                 logger.error("run %s failed: %s", run_id, info["message"])
         except errors.StoreError as exc:
             logger.warning("run %s: could not record its failed recovery: %s", run_id, exc)
-
-
-def redact_url(url: str) -> str:
-    """A webhook URL as shown in logs, errors and the API: scheme, host and port only
-    (paths and queries of hook URLs often hold a secret)."""
-    parts = urlsplit(url)
-    if not parts.scheme or not parts.hostname:
-        return "<url>"
-    host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
-    tail = "/…" if (parts.path not in ("", "/") or parts.query) else ""
-    return f"{parts.scheme}://{host}{tail}"

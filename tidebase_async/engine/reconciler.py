@@ -1,7 +1,8 @@
-"""The reconciler: every worker runs one, a session advisory lock makes one of them
-active at a time. Its ticks requeue runs whose lease expired, wake waiting runs whose
-timer is due (durable sleeps, gate expiries), cancel runs past their deadline, fire due
-schedule ticks, deliver the outbox, and prune finished runs past retention.
+"""The reconciler: every worker runs one, a leadership (``Store.leadership``: a session
+advisory lock, or a lease row through a pooler) makes one of them active at a time. Its
+ticks requeue runs whose lease expired, wake waiting runs whose timer is due (durable
+sleeps, gate expiries), cancel runs past their deadline, fire due schedule ticks, deliver
+the outbox, and prune finished runs past retention.
 
 Correctness never depends on the election: every tick's statements are safe to run
 twice (each takes its rows with ``FOR UPDATE SKIP LOCKED`` or a unique key).
@@ -18,7 +19,8 @@ import anyio
 from tidebase_async import errors
 from tidebase_async.engine.context import EngineContext
 from tidebase_async.engine.firing import fire_due
-from tidebase_async.store import SessionLock
+from tidebase_async.engine.leases import new_owner_id
+from tidebase_async.store import Leadership
 
 if TYPE_CHECKING:
     from tidebase_async.engine.outbox import Deliverer
@@ -26,8 +28,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Session advisory lock that elects the one active reconciler among all workers.
-MAINTENANCE_LOCK = 7_321_094_451_006_132_812
+# The leadership that elects the one active reconciler among all workers.
+MAINTENANCE = "maintenance"
 _SWEEP_LIMIT = 500
 _PRUNE_BATCHES = 4
 # Only when the server runs without autovacuum (see Reconciler._lead).
@@ -51,8 +53,11 @@ class Reconciler:
         interval_s: float,
         retention_s: float | None,
         deliverer: Deliverer | None,
+        holder: str | None = None,
     ) -> None:
         self._store = context.store
+        # Who leads, as the lease row names it (through a pooler): the worker's id.
+        self._holder = holder or new_owner_id()
         self._notifier = context.notifier
         self._workflows = context.workflows
         self.stats = stats
@@ -67,9 +72,10 @@ class Reconciler:
         self._last_vacuum = 0.0
 
     async def run(self) -> None:
-        """The reconciler. Every worker runs it; a session advisory lock makes one of
-        them active at a time. A crashed holder's lock goes with its session; a frozen
-        holder's session is ended by the server's idle timeout (see ``_maintain``)."""
+        """The reconciler. Every worker runs it; a leadership makes one of them active
+        at a time. A crashed holder's advisory lock goes with its session, its lease row
+        expires; a frozen holder's session is ended by the server's idle timeout, its
+        lease expires too (see ``_maintain``)."""
         while True:
             try:
                 await self._maintain()
@@ -87,19 +93,19 @@ class Reconciler:
                 await anyio.sleep(self._maintenance_s)
 
     async def _maintain(self) -> None:
-        # A frozen worker (SIGSTOP, VM pause) keeps its sockets open: without the idle
-        # timeout it would hold the lock, and no expired lease would ever be requeued.
-        idle_timeout_s = max(2.0, 5 * self._maintenance_s)
-        async with self._store.try_advisory_lock(
-            MAINTENANCE_LOCK, idle_timeout_s=idle_timeout_s
-        ) as lock:
-            if lock.held:
-                await self._lead(lock)
+        # A frozen worker (SIGSTOP, VM pause) keeps its sockets open: without an expiry
+        # it would lead forever, and no expired lease would ever be requeued.
+        expiry_s = max(2.0, 5 * self._maintenance_s)
+        async with self._store.leadership(
+            MAINTENANCE, holder=self._holder, expiry_s=expiry_s
+        ) as lead:
+            if lead.held:
+                await self._lead(lead)
                 return
         # Not elected: give the connection back while waiting for the next try.
         await anyio.sleep(self._maintenance_s * 5)
 
-    async def _lead(self, lock: SessionLock) -> None:
+    async def _lead(self, lock: Leadership) -> None:
         if self._retention_s is not None and not await self._store.autovacuum_enabled():
             # Deleted runs only free their space once vacuumed; without autovacuum the
             # tables would grow with every run ever executed.

@@ -20,6 +20,7 @@ import functools
 import inspect
 import logging
 import random as _random
+import time
 import uuid as _uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -130,7 +131,86 @@ class Run(RunWaits):
         if not isinstance(policy, Retry) or policy.attempts < 1:
             raise errors.ConfigurationError(f"{where}: retry must be a Retry with attempts >= 1")
         timeout_s = as_seconds(timeout, what=f"{where} timeout")
+        # Tracing off: this one check. Built-ins (~now, ...) get no span of their own.
+        if ex.tracer is None or name[0] == "~":
+            return await self._execute_step(
+                position, name, full_name, fn, args, kwargs, policy, timeout_s, tp
+            )
+        return await ex.telemetry.traced_step(
+            ex,
+            full_name,
+            functools.partial(
+                self._execute_step,
+                position,
+                name,
+                full_name,
+                fn,
+                args,
+                kwargs,
+                policy,
+                timeout_s,
+                tp,
+            ),
+        )
+
+    async def _execute_step(
+        self,
+        position: int,
+        name: str,
+        full_name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        policy: Retry,
+        timeout_s: float | None,
+        tp: Any,
+    ) -> Any:
+        """Execute a step not in the history (with ``policy``'s attempts) and checkpoint
+        its outcome; its duration goes to the step metrics (built-ins excepted)."""
+        ex = self._ex
+        where = f"step {full_name!r}"
         started_at = ex.now()
+        began = time.perf_counter()
+        try:
+            value, attempt = await self._attempts(
+                position, full_name, fn, args, kwargs, policy, timeout_s, started_at
+            )
+            try:
+                # Checkpoints are stored as bytes (not jsonb): NUL characters are fine.
+                data = codec.encode(value, where=where, max_size=ex.max_payload, jsonb=False)
+            except errors.SerializationError as exc:
+                await self._record_failure(position, full_name, attempt, started_at, exc)
+                raise
+            await self._checkpoint(
+                position,
+                full_name,
+                "completed",
+                attempt,
+                started_at,
+                output=data,
+                event={"name": full_name, "position": position + 1},
+            )
+        finally:
+            if name[0] != "~":
+                ex.telemetry.step_done(self.workflow, name, time.perf_counter() - began)
+        ex.executed_steps += 1
+        return codec.decode(data, tp=tp, where=where)
+
+    async def _attempts(
+        self,
+        position: int,
+        full_name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        policy: Retry,
+        timeout_s: float | None,
+        started_at: datetime,
+    ) -> tuple[Any, int]:
+        """Call the step's function up to ``policy.attempts`` times; its value and the
+        attempt that returned it. The last attempt's failure is checkpointed and raised."""
+        ex = self._ex
+        where = f"step {full_name!r}"
         attempt = 0
         while True:
             attempt += 1
@@ -157,23 +237,7 @@ class Run(RunWaits):
                 await anyio.sleep(delay)
             finally:
                 _ENTRY.reset(token)
-        try:
-            # Checkpoints are stored as bytes (not jsonb): NUL characters are fine.
-            data = codec.encode(value, where=where, max_size=ex.max_payload, jsonb=False)
-        except errors.SerializationError as exc:
-            await self._record_failure(position, full_name, attempt, started_at, exc)
-            raise
-        await self._checkpoint(
-            position,
-            full_name,
-            "completed",
-            attempt,
-            started_at,
-            output=data,
-            event={"name": full_name, "position": position + 1},
-        )
-        ex.executed_steps += 1
-        return codec.decode(data, tp=tp, where=where)
+        return value, attempt
 
     async def emit(self, chunk: Any, *, stream: str = "output") -> None:
         """Publish ``chunk`` (JSON: text, a dict, ...) on the run's live ``stream`` for

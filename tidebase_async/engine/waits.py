@@ -451,6 +451,8 @@ class RunWaits(RunHistory):
             run_at=None,
             delay_s=0.0,
             deadline_at=ex.claimed.deadline_at,
+            # The child's run span is a child of this run's (its trace carried along).
+            trace_context=ex.telemetry.child_context(ex.claimed.trace_context),
         )
 
     def _decode_outputs(

@@ -128,6 +128,7 @@ class Worker:
             interval_s=maintenance_interval_s,
             retention_s=retention_s,
             deliverer=deliverer,
+            holder=self.id,
         )
         # Controls of this worker's controlled queues (paused, capped, rate limited);
         # refreshed on NOTIFY and every poll interval. The database enforces them
@@ -148,6 +149,11 @@ class Worker:
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+
+    @property
+    def draining(self) -> bool:
+        """True once ``stop()`` or SIGTERM began the drain: this worker claims no more."""
+        return self._stop.is_set()
 
     def _free(self) -> int:
         return self._concurrency - len(self._inflight) + len(self._finishing)

@@ -16,6 +16,7 @@ connection and session helpers.
 from __future__ import annotations
 
 import time
+import uuid
 
 import anyio
 import asyncpg
@@ -27,12 +28,13 @@ from tidebase_async.store.children import ChildrenMixin
 from tidebase_async.store.connection import (
     _is_closed,
     connect_kwargs,
+    detect_pooler,
     open_connection,
 )
 from tidebase_async.store.control import ControlMixin
 from tidebase_async.store.enqueue import EnqueueMixin
 from tidebase_async.store.gates import GatesMixin
-from tidebase_async.store.locks import LocksMixin, SessionLock
+from tidebase_async.store.locks import Leadership, LocksMixin, SessionLock
 from tidebase_async.store.maintenance import MaintenanceMixin
 from tidebase_async.store.outbox import OutboxMixin
 from tidebase_async.store.queues import QueuesMixin
@@ -72,7 +74,7 @@ from tidebase_async.store.runs import RunsMixin
 from tidebase_async.store.schedules import SchedulesMixin
 from tidebase_async.store.schema import SchemaMixin
 from tidebase_async.store.state import StateMixin
-from tidebase_async.store.translate import _CONNECTION_ERRORS
+from tidebase_async.store.translate import _CONNECTION_ERRORS, _translate
 from tidebase_async.store.waits import WaitsMixin
 
 __all__ = [
@@ -91,6 +93,7 @@ __all__ = [
     "GateDetail",
     "GateResolution",
     "GateRow",
+    "Leadership",
     "NewRun",
     "QueueControl",
     "RunListRow",
@@ -108,7 +111,9 @@ __all__ = [
     "_is_closed",
     "connect_kwargs",
     "describe_dsn",
+    "detect_pooler",
     "open_connection",
+    "probe_pooler",
 ]
 
 
@@ -139,26 +144,39 @@ class Store(
         min_size: int = 1,
         max_size: int = 20,
         connect_timeout: float = 10.0,
+        pooled: bool | None = None,
     ) -> Store:
         """Open a pool, retrying with backoff for up to ``connect_timeout`` seconds.
+
+        ``pooled``: whether ``dsn`` goes through a transaction-mode pooler (PgBouncer,
+        Supavisor); None detects it (see ``connection.detect_pooler``). Through one, the
+        pool sends no startup parameter but ``application_name``, keeps no prepared
+        statement between statements and elects leaders by lease rows (``pooled`` is
+        set on the store).
 
         Raises:
             DatabaseUnreachable: no connection within the time; names host, port and
                 database and the last error.
-            ConfigurationError: the DSN is malformed or authentication failed.
+            ConfigurationError: the DSN is malformed, authentication failed, or a
+                pooler refused a startup parameter.
         """
         deadline = time.monotonic() + connect_timeout
         delay = 0.1
         while True:
             try:
+                timeout = max(1.0, min(10.0, connect_timeout))
+                if pooled is None:
+                    pooled = await detect_pooler(dsn, timeout=timeout)
                 pool = await asyncpg.create_pool(
                     dsn,
                     min_size=min_size,
                     max_size=max_size,
-                    timeout=max(1.0, min(10.0, connect_timeout)),
-                    **connect_kwargs(),
+                    timeout=timeout,
+                    **connect_kwargs(pooled=pooled),
                 )
-                return cls(pool, dsn)
+                store = cls(pool, dsn)
+                store.pooled = pooled
+                return store
             except (
                 asyncpg.exceptions.InvalidAuthorizationSpecificationError,
                 asyncpg.exceptions.InvalidPasswordError,
@@ -172,6 +190,21 @@ class Store(
                 asyncpg.exceptions.ClientConfigurationError,
             ) as exc:
                 raise errors.ConfigurationError(f"invalid database DSN: {exc}") from exc
+            except asyncpg.exceptions.ProtocolViolationError as exc:
+                refused = _refused_startup_parameter(exc)
+                if refused is None:
+                    raise errors.StoreError(f"connecting to {describe_dsn(dsn)}: {exc}") from exc
+                raise errors.ConfigurationError(
+                    f"{describe_dsn(dsn)} refused the startup parameter {refused!r} "
+                    f"({exc}): a connection pooler (PgBouncer, Supavisor) answers there. "
+                    + (
+                        "Pass Tidebase(pooled=True) or set TIDEBASE_POOLED=1 (or let it be "
+                        "detected), so that tidebase sends only application_name"
+                        if refused == "jit"
+                        else f"Remove {refused!r} from the DSN's parameters, or list it in "
+                        "the pooler's ignore_startup_parameters"
+                    )
+                ) from exc
             except (*_CONNECTION_ERRORS, TimeoutError, asyncpg.PostgresError) as exc:
                 if time.monotonic() + delay > deadline:
                     raise errors.DatabaseUnreachable(
@@ -182,3 +215,63 @@ class Store(
                 logger.info("database not reachable yet (%s); retrying in %.1fs", exc, delay)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    async def hears_notifications(self, listen_dsn: str, *, timeout_s: float = 2.0) -> bool:
+        """Whether a session on ``listen_dsn`` hears a NOTIFY sent through this store's
+        pool: false when ``listen_dsn`` goes through a transaction-mode pooler (its
+        LISTEN stays on a server connection the pooler hands to others; PgBouncer drops
+        that connection when the notification arrives) or reaches another database.
+        A session-mode pooler passes, as a direct connection does. Waits up to
+        ``timeout_s`` only when the answer is no.
+
+        Raises:
+            ConfigurationError: a malformed ``listen_dsn``.
+            StoreError: no connection on ``listen_dsn`` (``ConnectionLost``), or the
+                server refused it.
+        """
+        channel = f"tidebase_probe_{uuid.uuid4().hex}"
+        heard = anyio.Event()
+        try:
+            with _translate(f"connecting to {describe_dsn(listen_dsn)}"):
+                conn = await open_connection(listen_dsn, timeout=max(1.0, timeout_s * 2))
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise errors.ConfigurationError(f"invalid listen DSN: {exc}") from exc
+        try:
+            with _translate("listen_dsn: LISTEN"):
+                await conn.add_listener(channel, lambda *_: heard.set())
+            await self.notify([(channel, "probe")])
+            with anyio.move_on_after(timeout_s):
+                await heard.wait()
+            return heard.is_set()
+        finally:
+            conn.terminate()
+
+
+async def probe_pooler(dsn: str, *, timeout: float = 10.0) -> bool:
+    """Whether ``dsn`` goes through a connection pooler (one login, see
+    ``connection.detect_pooler``).
+
+    Raises:
+        ConfigurationError: a malformed DSN.
+        StoreError: no connection (``ConnectionLost``), or the server refused it.
+    """
+    try:
+        with _translate(f"connecting to {describe_dsn(dsn)}"):
+            return await detect_pooler(dsn, timeout=timeout)
+    except (
+        ValueError,
+        TypeError,
+        OverflowError,
+        asyncpg.exceptions.ClientConfigurationError,
+    ) as exc:
+        raise errors.ConfigurationError(f"invalid DSN: {exc}") from exc
+
+
+def _refused_startup_parameter(exc: asyncpg.exceptions.ProtocolViolationError) -> str | None:
+    """The parameter a pooler refused at login (PgBouncer: SQLSTATE 08P01
+    "unsupported startup parameter: jit"), or None for another protocol violation."""
+    _, found, rest = str(exc).partition("unsupported startup parameter")
+    if not found:
+        return None
+    words = rest.lstrip(": ").split()
+    return words[0] if words else "?"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import asyncpg
@@ -17,11 +18,49 @@ from tidebase_async.store.translate import _TRANSIENT_ERRORS, _translate
 logger = logging.getLogger("tidebase_async.store")
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+S = TypeVar("S", bound="StoreBase")
+
+#: The default of ``StoreBase.reconnect_s``.
+RECONNECT_S = 30.0
+
+
+def read_retrying(
+    method: Callable[Concatenate[S, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
+    """A read that rides out a lost connection: on ``ConnectionLost`` (a failover to a
+    promoted standby, a server restart, a pooler dropping its server) it is tried
+    again, with backoff, until the store's ``reconnect_s`` has passed since the first
+    try; then the last error is raised. Safe because the method only reads. The pool
+    replaces broken connections, and a multi-host DSN with
+    ``target_session_attrs=read-write`` lands the new ones on the new primary."""
+
+    async def retrying(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        deadline = anyio.current_time() + self.reconnect_s
+        delay = 0.05
+        while True:
+            try:
+                return await method(self, *args, **kwargs)
+            except errors.ConnectionLost as exc:
+                if anyio.current_time() + delay > deadline:
+                    raise
+                logger.info("%s: %s; retrying in %.2fs", method.__name__, exc, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    functools.update_wrapper(retrying, method)
+    return retrying
+
+
 class StoreBase:
     """The pool under every ``Store`` method; each concern's mixin extends this."""
 
     _pool: asyncpg.Pool
     dsn: str
+    #: How long reads (``read_retrying``) and enqueues keep trying through a lost
+    #: connection before they raise ``ConnectionLost``.
+    reconnect_s: float = RECONNECT_S
 
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool

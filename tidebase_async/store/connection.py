@@ -29,8 +29,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Pool reset: nothing. asyncpg's default runs RESET ALL, UNLISTEN and friends
     after every pooled statement, doubling round trips; our pooled sessions never keep
-    state (the two that take advisory locks clean up through ``_clean_session``, and
-    open transactions are still rolled back by the pool)."""
+    state (the advisory lock's session cleans up through ``_clean_session``, and open
+    transactions are still rolled back by the pool). Through a transaction-mode pooler
+    a reset would run on whichever server connection the pooler picked, not ours."""
 
 
 async def _lock_or_close(conn: asyncpg.Connection, sql: str, key: int) -> Any:
@@ -69,13 +70,50 @@ def _is_closed(conn: asyncpg.Connection) -> bool:
         return True
 
 
-def connect_kwargs() -> dict[str, Any]:
+def connect_kwargs(*, pooled: bool = False) -> dict[str, Any]:
+    """asyncpg pool options. Through a transaction-mode pooler (``pooled``): no startup
+    parameter but ``application_name`` (PgBouncer refuses those it does not track, such
+    as ``jit``) and no statement cache (a named prepared statement lives on one server
+    connection, and the next transaction may run on another; unnamed ones are parsed
+    again each time, which the pooler keeps within one server connection)."""
+    if pooled:
+        return {
+            "init": _init_connection,
+            "reset": _keep_session,
+            "statement_cache_size": 0,
+            "server_settings": {"application_name": "tidebase"},
+        }
     return {
         "init": _init_connection,
         "reset": _keep_session,
-        # Plans of the CTE statements are tiny; JIT compilation would only add latency.
+        # Plans of the CTE statements are tiny, but their estimated costs can pass
+        # jit_above_cost on big tables: JIT compilation would only add latency.
         "server_settings": {"application_name": "tidebase", "jit": "off"},
     }
+
+
+async def detect_pooler(dsn: str, *, timeout: float = 10.0) -> bool:
+    """Whether ``dsn`` reaches Postgres through a connection pooler.
+
+    A pooler (PgBouncer, Supavisor) answers the login itself, with a process id of its
+    own making in the cancellation key; Postgres gives its backend's. So the pid asyncpg
+    got at login differs from ``pg_backend_pid()`` exactly when something stands
+    between us and the server. Sends no startup parameter a pooler refuses.
+
+    Raises:
+        asyncpg and OS errors of connecting, as they are (``Store.connect`` sorts them).
+    """
+    conn = await asyncpg.connect(
+        dsn,
+        timeout=timeout,
+        statement_cache_size=0,
+        server_settings={"application_name": "tidebase"},
+    )
+    try:
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        return int(conn.get_server_pid()) != int(backend)
+    finally:
+        await conn.close()
 
 
 async def open_connection(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection:

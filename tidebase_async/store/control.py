@@ -8,7 +8,7 @@ from uuid import UUID
 import asyncpg
 
 from tidebase_async import errors
-from tidebase_async.store.base import StoreBase
+from tidebase_async.store.base import StoreBase, read_retrying
 from tidebase_async.store.sql import Q
 from tidebase_async.store.translate import _translate
 
@@ -49,6 +49,7 @@ class ControlMixin(StoreBase):
         with _translate("check for cancelled runs"):
             return [row[0] for row in await self._pool.fetch(Q["cancelled_among"], list(run_ids))]
 
+    @read_retrying
     async def step_positions(self, run_id: UUID) -> list[tuple[int, str]]:
         with _translate("read history"):
             return [(r[0], r[1]) for r in await self._pool.fetch(Q["step_positions"], run_id)]

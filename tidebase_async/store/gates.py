@@ -9,7 +9,7 @@ from uuid import UUID
 import msgspec
 
 from tidebase_async import errors
-from tidebase_async.store.base import StoreBase
+from tidebase_async.store.base import StoreBase, read_retrying
 from tidebase_async.store.records import GateResolution
 from tidebase_async.store.rows import GateDetail, GateRow, row_to
 from tidebase_async.store.sql import Q
@@ -65,6 +65,7 @@ class GatesMixin(StoreBase):
                 count = await conn.fetchval(Q["expire_gate"], run_id, name)
         return bool(count)
 
+    @read_retrying
     async def get_gate(self, run_id: UUID, name: str) -> GateDetail | None:
         with _translate("get gate"):
             row = await self._pool.fetchrow(Q["get_gate"], run_id, name)
@@ -158,6 +159,7 @@ class GatesMixin(StoreBase):
         with _translate("issue gate token"):
             return bool(await self._pool.fetchval(Q["set_gate_token"], run_id, name, token_hash))
 
+    @read_retrying
     async def list_gates(
         self,
         *,
@@ -178,6 +180,7 @@ class GatesMixin(StoreBase):
             )
         return [row_to(GateRow, row) for row in rows]
 
+    @read_retrying
     async def get_run_gates(self, run_id: UUID) -> list[GateRow]:
         with _translate("get gates"):
             rows = await self._pool.fetch(Q["get_run_gates"], run_id)

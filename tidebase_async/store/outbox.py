@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from tidebase_async.store.base import StoreBase
+from tidebase_async.store.base import StoreBase, read_retrying
 from tidebase_async.store.rows import (
     DeliveryOutcome,
     DeliveryRow,
@@ -52,6 +52,7 @@ class OutboxMixin(StoreBase):
             value = await self._pool.fetchval(Q["next_delivery"])
         return None if value is None else float(value)
 
+    @read_retrying
     async def get_deliveries(self, run_id: UUID) -> list[DeliveryRow]:
         with _translate("get deliveries"):
             rows = await self._pool.fetch(Q["get_deliveries"], run_id)

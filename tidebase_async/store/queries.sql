@@ -26,15 +26,17 @@ SELECT max(version) FROM tidebase.schema_migrations;
 WITH ins AS (
   INSERT INTO tidebase.runs AS r
     (id, workflow, queue, status, input, priority, dedupe_key, metadata, parent_id,
-     max_attempts, run_at, deadline_at, channels, created_at, updated_at, event_seq)
+     max_attempts, run_at, deadline_at, channels, created_at, updated_at, event_seq,
+     trace_context)
   SELECT u.id, u.workflow, u.queue, 'queued', u.input, u.priority, u.dedupe_key,
          u.metadata, u.parent_id, u.max_attempts,
          COALESCE(u.run_at, tidebase.now()) + make_interval(secs => u.delay_s),
-         u.deadline_at, u.channels, tidebase.now(), tidebase.now(), 1
+         u.deadline_at, u.channels, tidebase.now(), tidebase.now(), 1, u.trace_context
   FROM jsonb_to_recordset($1::jsonb)
        AS u(id uuid, workflow text, queue text, input jsonb, priority int4,
             dedupe_key text, metadata jsonb, parent_id uuid, max_attempts int4,
-            run_at timestamptz, delay_s float8, deadline_at timestamptz, channels jsonb)
+            run_at timestamptz, delay_s float8, deadline_at timestamptz, channels jsonb,
+            trace_context jsonb)
   ON CONFLICT (queue, dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'waiting')
     DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key
@@ -45,6 +47,12 @@ WITH ins AS (
   FROM (SELECT DISTINCT queue FROM ins WHERE inserted) AS q
 )
 SELECT id, inserted, queue, dedupe_key, due FROM ins, wake;
+
+-- name: enqueued_runs
+-- The runs among ids $1 that exist: after a connection loss left an enqueue's commit
+-- unknown, these are the ones it inserted (run ids are made by the client).
+SELECT id, queue, dedupe_key, run_at <= tidebase.now() AS due
+FROM tidebase.runs WHERE id = ANY($1::uuid[]);
 
 -- name: notify
 -- Hints from the workers' writes are sent after those transactions committed, in a
@@ -77,7 +85,7 @@ claimed AS (
   FROM picked WHERE r.id = picked.id
   RETURNING r.id, r.workflow, r.queue, r.input, r.state, r.attempt, r.released,
             r.max_attempts, r.deadline_at, r.step_count, r.event_seq, r.created_at,
-            r.wake_seq
+            r.wake_seq, r.run_at, r.trace_context
 ), ev AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, event_seq, 'run.claimed', tidebase.now(),
@@ -182,6 +190,29 @@ SELECT name, concurrency, rate_per_minute, paused FROM tidebase.queues ORDER BY 
 -- name: queue_counts
 SELECT queue, status, count(*) AS n FROM tidebase.runs GROUP BY queue, status;
 
+-- name: queue_depths
+-- The metrics' queue gauges: for up to $1 queues that have queued runs, how many are
+-- due (counted up to $2) and how long the oldest due one has waited. Bounded: the
+-- queues are found by a loose index scan (one probe of runs_claimable per queue, not a
+-- scan of the backlog) and each count reads at most $2 index entries.
+WITH RECURSIVE queues AS (
+  (SELECT queue FROM tidebase.runs WHERE status = 'queued' ORDER BY queue LIMIT 1)
+  UNION ALL
+  SELECT (SELECT r.queue FROM tidebase.runs r
+          WHERE r.status = 'queued' AND r.queue > q.queue ORDER BY r.queue LIMIT 1)
+  FROM queues q WHERE q.queue IS NOT NULL
+)
+SELECT q.queue,
+       (SELECT count(*) FROM (SELECT 1 FROM tidebase.runs r
+                              WHERE r.status = 'queued' AND r.queue = q.queue
+                                AND r.run_at <= tidebase.now() LIMIT $2) AS d) AS depth,
+       COALESCE(EXTRACT(epoch FROM tidebase.now() - (
+         SELECT min(r.run_at) FROM tidebase.runs r
+         WHERE r.status = 'queued' AND r.queue = q.queue AND r.run_at <= tidebase.now()
+       )), 0)::float8 AS oldest_s
+FROM queues q WHERE q.queue IS NOT NULL
+LIMIT $1;
+
 -- name: start_inline_run
 -- Create a run that this process executes in place, already leased to $2.
 -- No row when a run with id $1 exists already (a concurrent tide.run with the same
@@ -197,7 +228,7 @@ WITH ins AS (
           tidebase.now(), tidebase.now(), tidebase.now(), 2, $9, $10)
   ON CONFLICT (id) DO NOTHING
   RETURNING id, workflow, queue, input, state, attempt, released, max_attempts,
-            deadline_at, step_count, event_seq, created_at, wake_seq
+            deadline_at, step_count, event_seq, created_at, wake_seq, run_at, trace_context
 ), ev AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, 2, 'run.claimed', tidebase.now(),
@@ -765,13 +796,14 @@ LIMIT $6;
 WITH ins AS (
   INSERT INTO tidebase.runs
     (id, workflow, queue, status, input, priority, metadata, parent_id, max_attempts,
-     run_at, deadline_at, created_at, updated_at, event_seq)
+     run_at, deadline_at, created_at, updated_at, event_seq, trace_context)
   SELECT u.id, u.workflow, u.queue, 'queued', u.input, u.priority, u.metadata,
          u.parent_id, u.max_attempts, tidebase.now(), u.deadline_at, tidebase.now(),
-         tidebase.now(), 1
+         tidebase.now(), 1, u.trace_context
   FROM jsonb_to_recordset($1::jsonb)
        AS u(id uuid, workflow text, queue text, input jsonb, priority int4,
-            metadata jsonb, parent_id uuid, max_attempts int4, deadline_at timestamptz)
+            metadata jsonb, parent_id uuid, max_attempts int4, deadline_at timestamptz,
+            trace_context jsonb)
   ON CONFLICT (id) DO NOTHING
   RETURNING id, queue
 )
@@ -1125,3 +1157,22 @@ WITH r AS (
   SELECT pg_notify('tidebase_wake', queue) FROM r
 )
 SELECT r.queue FROM r, (SELECT count(*) FROM wake) w, (SELECT count(*) FROM kid_wake) k;
+
+-- name: take_lease
+-- Take lease $1 for holder $2 for $3 seconds, or renew it when $2 holds it already; a
+-- row comes back only when $2 holds it now. One statement, so it is safe through a
+-- transaction-mode pooler; an expired lease goes to whoever asks first.
+INSERT INTO tidebase.leases AS l (name, holder, acquired_at, expires_at)
+VALUES ($1, $2, tidebase.now(), tidebase.now() + make_interval(secs => $3::float8))
+ON CONFLICT (name) DO UPDATE
+SET holder = EXCLUDED.holder,
+    acquired_at = CASE WHEN l.holder = EXCLUDED.holder THEN l.acquired_at
+                       ELSE EXCLUDED.acquired_at END,
+    expires_at = EXCLUDED.expires_at
+WHERE l.holder = EXCLUDED.holder OR l.expires_at < tidebase.now()
+RETURNING l.holder;
+
+-- name: release_lease
+-- Give lease $1 up if holder $2 still holds it, so the next candidate need not wait
+-- for it to expire.
+DELETE FROM tidebase.leases WHERE name = $1 AND holder = $2;

@@ -24,6 +24,10 @@ class ClaimedRun(msgspec.Struct, frozen=True, kw_only=True):
     db_now: datetime
     # Read with the claim; a suspension is refused once it changed (see suspend_run).
     wake_seq: int = 0
+    # When the run was due (its run_at as claimed): the claim lag is db_now - due_at.
+    due_at: datetime | None = None
+    # The W3C trace context (JSON) stored at enqueue; the run's spans join that trace.
+    trace_context: bytes | None = None
 
 
 class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,6 +126,8 @@ class NewRun(msgspec.Struct, frozen=True, kw_only=True):
     delay_s: float
     deadline_at: datetime | None
     channels: list[str] | None = None
+    #: The W3C trace context current at enqueue (a JSON object), or None.
+    trace_context: msgspec.Raw | None = None
 
 
 class ScheduledRun(NewRun, frozen=True, kw_only=True):
@@ -149,4 +155,6 @@ def _claimed(row: asyncpg.Record) -> ClaimedRun:
         created_at=row["created_at"],
         db_now=row["db_now"],
         wake_seq=row["wake_seq"],
+        due_at=row["run_at"],
+        trace_context=row["trace_context"],
     )

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from uuid import UUID
 
 from tidebase_async import errors
-from tidebase_async.store.base import StoreBase
+from tidebase_async.store.base import StoreBase, read_retrying
 from tidebase_async.store.records import Checkpoint, ClaimedRun, Completion, StepRecord, _claimed
 from tidebase_async.store.sql import Q
 from tidebase_async.store.translate import _translate
@@ -174,6 +174,7 @@ class RunsMixin(StoreBase):
             )
         return [row["queue"] for row in rows]
 
+    @read_retrying
     async def seconds_until_due(self, run_id: UUID) -> float:
         """Seconds until a queued run becomes claimable (<= 0: now)."""
         with _translate("run due time"):

@@ -9,7 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
-from tidebase_async.store.base import StoreBase
+from tidebase_async.store.base import StoreBase, read_retrying
 from tidebase_async.store.records import ScheduledRun, _batch_encoder
 from tidebase_async.store.rows import (
     DueSchedule,
@@ -23,6 +23,7 @@ from tidebase_async.store.translate import _translate
 class SchedulesMixin(StoreBase):
     """Schedule CRUD, due ticks and firing; overdue runs."""
 
+    @read_retrying
     async def db_now(self) -> datetime:
         with _translate("read the database clock"):
             now: datetime = await self._pool.fetchval(Q["db_now"])
@@ -51,11 +52,13 @@ class SchedulesMixin(StoreBase):
             )
         return row_to(ScheduleRow, row)
 
+    @read_retrying
     async def get_schedule(self, name: str) -> ScheduleRow | None:
         with _translate("get schedule"):
             row = await self._pool.fetchrow(Q["get_schedule"], name)
         return None if row is None else row_to(ScheduleRow, row)
 
+    @read_retrying
     async def list_schedules(self) -> list[ScheduleRow]:
         with _translate("list schedules"):
             rows = await self._pool.fetch(Q["list_schedules"])

@@ -7,7 +7,7 @@ from decimal import Decimal
 from uuid import UUID
 
 from tidebase_async import errors
-from tidebase_async.store.base import StoreBase
+from tidebase_async.store.base import StoreBase, read_retrying
 from tidebase_async.store.rows import (
     StateVersionRow,
     UsageGroupRow,
@@ -52,11 +52,13 @@ class StateMixin(StoreBase):
             )
         return version
 
+    @read_retrying
     async def state_history(self, run_id: UUID) -> list[StateVersionRow]:
         with _translate("state history"):
             rows = await self._pool.fetch(Q["state_history"], run_id)
         return [row_to(StateVersionRow, row) for row in rows]
 
+    @read_retrying
     async def state_at(self, run_id: UUID, version: int) -> bytes | None:
         """The state (JSON) of version ``version`` of the run; None when it has no
         such version."""
@@ -103,11 +105,13 @@ class StateMixin(StoreBase):
             raise errors.LeaseLost(f"run {run_id} is no longer leased to this worker")
         return bool(row["recorded"])
 
+    @read_retrying
     async def run_usage(self, run_id: UUID) -> UsageTotalsRow:
         with _translate("run usage"):
             row = await self._pool.fetchrow(Q["run_usage"], run_id)
         return row_to(UsageTotalsRow, row)
 
+    @read_retrying
     async def usage_summary(
         self,
         *,

@@ -25,12 +25,22 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InternalClientError,
     ConnectionError,
     OSError,
+    # asyncpg's connect and command timeouts (a host that stopped answering).
+    TimeoutError,
 )
 
 
 _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
+)
+
+
+# SQLSTATE 26000 and 42P05 about asyncpg's own statements ("__asyncpg_stmt_N__"): what
+# its statement cache meets behind a transaction-mode pooler.
+_POOLER_STATEMENT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.InvalidSQLStatementNameError,
+    asyncpg.exceptions.DuplicatePreparedStatementError,
 )
 
 
@@ -49,5 +59,12 @@ def _translate(what: str) -> Any:
         # asyncpg could not encode an argument (a date out of Postgres' range, say): bad
         # input, not a database failure, and another try would fail the same way.
         raise errors.ConfigurationError(f"{what}: a value the database refuses: {exc}") from exc
+    except _POOLER_STATEMENT_ERRORS as exc:
+        # asyncpg's cached (named) prepared statements met a transaction-mode pooler
+        # that was not detected: the next transaction ran on another server connection.
+        raise errors.ConfigurationError(
+            f"{what}: {exc}: this looks like a transaction pooler (PgBouncer, Supavisor) "
+            "in front of the database: pass Tidebase(pooled=True) or set TIDEBASE_POOLED=1"
+        ) from exc
     except asyncpg.PostgresError as exc:
         raise errors.StoreError(f"{what}: {type(exc).__name__}: {exc}") from exc

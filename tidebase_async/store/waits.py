@@ -6,7 +6,7 @@ from datetime import datetime
 from uuid import UUID
 
 from tidebase_async import errors
-from tidebase_async.store.base import StoreBase
+from tidebase_async.store.base import StoreBase, read_retrying
 from tidebase_async.store.sql import Q
 from tidebase_async.store.translate import _translate
 
@@ -56,6 +56,7 @@ class WaitsMixin(StoreBase):
         with _translate("wake run"):
             return await self._pool.fetchval(Q["wake_if_due"], run_id) is not None
 
+    @read_retrying
     async def waiting_state(self, run_id: UUID) -> tuple[str | None, float | None]:
         """(status, seconds until its timer) of a run."""
         with _translate("run status"):

@@ -81,12 +81,14 @@ class Endpoint:
         try:
             async for chunk in resp.stream:
                 await stream.write(chunk)
-        except ConnectionResetError:
-            return stream  # the client went away: nothing left to send it
+        except ConnectionError:
+            # The client went away (aiohttp raises ConnectionResetError or a bare
+            # ConnectionError("Connection lost")): nothing left to send it.
+            return stream
         finally:
             with anyio.CancelScope(shield=True):
                 await resp.stream.aclose()  # type: ignore[attr-defined]
-        with contextlib.suppress(ConnectionResetError):
+        with contextlib.suppress(ConnectionError):
             await stream.write_eof()
         return stream
 

@@ -2,7 +2,9 @@
 
 Routes (relative to where the app is mounted; JSON in and out):
 
-    GET  /health                              no auth
+    GET  /health                              no auth; 503 when the database does not answer
+    GET  /ready                               no auth; 503 while closed or a worker drains
+    GET  /metrics                             Prometheus text format
     GET  /openapi.json
     GET  /runs?status=&workflow=&queue=&dedupe_key=&limit=&cursor=
     POST /runs                                enqueue; 201 {"id", "deduplicated"}
@@ -23,14 +25,15 @@ Routes (relative to where the app is mounted; JSON in and out):
     POST /schedules/{name}/pause | /resume
 
 With an API key configured (``Tidebase(api_key=...)`` or ``TIDEBASE_API_KEY``) every route
-but ``/health`` needs ``Authorization: Bearer <key>`` (compared in constant time); a gate
-resolution that carries a token needs no key: the token is the credential. Errors are
+but ``/health`` and ``/ready`` needs ``Authorization: Bearer <key>`` (compared in constant
+time); a gate resolution that carries a token needs no key: the token is the credential. Errors are
 ``{"error": {"code", "message"}}`` with 400, 401, 404, 405, 409, 413 or 503.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
@@ -38,6 +41,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+import anyio
 import msgspec
 
 from tidebase_async import errors
@@ -51,6 +55,7 @@ from tidebase_async.web.core import (
     HttpResponse,
     decode_json_body,
     error_for,
+    error_response,
     json_response,
 )
 from tidebase_async.web.openapi import openapi_document
@@ -58,7 +63,13 @@ from tidebase_async.web.openapi import openapi_document
 if TYPE_CHECKING:
     from tidebase_async.client.tidebase import Tidebase
 
+logger = logging.getLogger(__name__)
+
 _KEEPALIVE_S = 15.0
+#: How often ``/events`` asks for a refresh when there is no LISTEN connection.
+_REFRESH_WITHOUT_LISTEN_S = 5.0
+#: How long ``GET /health`` waits for the database.
+HEALTH_TIMEOUT_S = 5.0
 _INT4_MAX = 2**31 - 1
 _INTEGER = re.compile(r"-?[0-9]{1,9}")
 
@@ -108,6 +119,8 @@ class Api:
         self._routes: list[tuple[str, re.Pattern[str], Handler, bool]] = [
             # (method, path, handler, needs the API key)
             ("GET", re.compile(r"/health"), self._health, False),
+            ("GET", re.compile(r"/ready"), self._ready, False),
+            ("GET", re.compile(r"/metrics"), self._metrics, True),
             # The dashboard's page and assets carry no data: the page asks for the key.
             ("GET", re.compile(r"/"), self._dashboard, False),
             ("GET", re.compile(r"/assets/([A-Za-z0-9_.-]+)"), self._asset, False),
@@ -174,8 +187,35 @@ class Api:
     # -- routes -----------------------------------------------------------------------
 
     async def _health(self, request: HttpRequest, params: list[str]) -> HttpResponse:
-        await self._tide.ping()
+        """200 when the database answers; 503 (JSON error) when it does not, or the
+        client is closed."""
+        try:
+            # Bounded: reads ride out a lost connection for reconnect_timeout, longer
+            # than a prober waits for an answer.
+            with anyio.fail_after(HEALTH_TIMEOUT_S):
+                await self._tide.ping()
+        except (errors.TidebaseError, TimeoutError) as exc:
+            logger.warning("health check failed: %s", exc or "no answer")
+            return error_response(503, "unavailable", "the database does not answer")
         return json_response(200, {"ok": True})
+
+    async def _ready(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        """200 while the client is open and none of its workers drains; 503 once a
+        drain began (``stop()``/SIGTERM) or the client closed: take this process out
+        of the load balancer."""
+        if not self._tide.ready:
+            return error_response(503, "not_ready", "closed, or draining its workers")
+        return json_response(200, {"ready": True})
+
+    async def _metrics(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        return HttpResponse(
+            status=200,
+            headers=[
+                ("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                ("Cache-Control", "no-store"),
+            ],
+            body=(await self._tide.metrics_text()).encode(),
+        )
 
     async def _dashboard(self, request: HttpRequest, params: list[str]) -> HttpResponse:
         return _static("index.html")
@@ -198,6 +238,9 @@ class Api:
         )
 
     async def _changes_stream(self) -> AsyncIterator[bytes]:
+        # Without LISTEN (a pooler without listen_dsn) no change arrives: ask the live
+        # list to refresh every few seconds instead (an empty list means "reload").
+        refresh_s = _REFRESH_WITHOUT_LISTEN_S if self._tide.listener is None else None
         with changed_runs(self._tide) as changes:
             yield b": connected\n\n"
             idle = 0.0
@@ -208,6 +251,10 @@ class Api:
                     idle = 0.0
                     continue
                 idle += 1.0
+                if refresh_s is not None and idle >= refresh_s:
+                    idle = 0.0
+                    yield b"event: runs\ndata: []\n\n"
+                    continue
                 if idle >= _KEEPALIVE_S:
                     idle = 0.0
                     yield b": keepalive\n\n"
@@ -395,6 +442,14 @@ class Api:
         stream = request.query.get("stream") or "output"
         check_name("stream", stream)
         await self._tide.runs.status(rid)  # RunNotFound before the stream starts
+        if self._tide.listener is None:
+            # Through a transaction-mode pooler without listen_dsn: output is not stored.
+            raise HttpError(
+                503,
+                "unavailable",
+                "live output needs a LISTEN connection: configure listen_dsn "
+                "(TIDEBASE_LISTEN_URL), a direct connection beside the pooler",
+            )
 
         async def chunks() -> AsyncIterator[bytes]:
             yield b": connected\n\n"
@@ -444,9 +499,12 @@ def _static(name: str) -> HttpResponse:
             ("Content-Type", _STATIC[suffix]),
             ("Cache-Control", "no-cache"),
             ("X-Content-Type-Options", "nosniff"),
+            # Nobody may frame the dashboard (clickjacking its buttons).
+            ("X-Frame-Options", "DENY"),
             (
                 "Content-Security-Policy",
-                "default-src 'self'; connect-src 'self'; img-src 'self' data:",
+                "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+                "frame-ancestors 'none'; object-src 'none'; base-uri 'none'",
             ),
         ],
         body=entry.read_bytes(),

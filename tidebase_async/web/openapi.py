@@ -130,6 +130,28 @@ def openapi_document() -> dict[str, Any]:
                 },
             }
         },
+        "/ready": {
+            "get": {
+                "summary": "Readiness: the client is open and none of its workers drains (no auth)",
+                "security": [],
+                "responses": {
+                    "200": {"description": "Ready", **_json({"type": "object"})},
+                    "503": {"description": "Closed, or draining", **_json(_ERROR)},
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Metrics in the Prometheus text format (runs, steps, queues)",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format 0.0.4",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(401),
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "summary": "This document",
