@@ -105,6 +105,33 @@ async def test_help_warns_that_secrets_on_the_command_line_show_in_ps(
         assert "prefer $TIDEBASE_API_KEY (arguments show in `ps`)" in out
 
 
+@pytest.mark.parametrize("command", ["serve", "dev"])
+async def test_a_public_bind_without_an_api_key_is_refused(
+    command: str, dsn: str, capsys: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: `tidebase dev --host 0.0.0.0` served the whole API to the network
+    with only a warning."""
+    monkeypatch.delenv("TIDEBASE_API_KEY", raising=False)
+    app = ["tidebase_async.cli.demo_app:tide"] if command == "serve" else []
+    code = await cli(command, *app, "--dsn", dsn, "--host", "0.0.0.0", "--port", "0")
+    assert code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "refusing to serve 0.0.0.0 without an API key" in err
+    assert "--insecure-no-auth" in err
+
+
+def test_insecure_no_auth_serves_any_host_and_says_so(capsys: Capture) -> None:
+    from tidebase_async.cli.main import _check_exposure
+
+    tide = Tidebase("postgresql://unused@127.0.0.1/x")
+    _check_exposure(tide, "0.0.0.0", insecure=True)
+    assert tide.allowed_hosts == frozenset({"*"})
+    assert "without an API key" in capsys.readouterr().out
+    keyed = Tidebase("postgresql://unused@127.0.0.1/x", api_key="k")
+    _check_exposure(keyed, "0.0.0.0", insecure=False)  # a key: nothing to refuse
+    assert keyed.allowed_hosts == frozenset()
+
+
 async def test_migrate_shows_progress_then_is_idempotent(empty_dsn: str, capsys: Capture) -> None:
     latest = migrations()[-1][0]
     assert await cli("migrate", "--dsn", empty_dsn) == 0

@@ -55,7 +55,7 @@ async def serve_starlette(
     # httpx.ASGITransport sends no lifespan events: enter the app's lifespan here.
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
             yield http, app.state.tide
 
 

@@ -294,7 +294,10 @@ async def test_state_usage_fork_and_reset_over_http(tide: Tidebase) -> None:
         return tag
 
     transport = httpx.ASGITransport(app=tide.asgi_app())
-    async with working(tide), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+    async with (
+        working(tide),
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c,
+    ):
         h = await tide.enqueue("two-steps", input="x")
         await tide.runs.wait(h.id, timeout=10)
         versions = (await c.get(f"/runs/{h.id}/state")).json()["items"]

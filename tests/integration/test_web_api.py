@@ -21,6 +21,7 @@ from aiohttp import web
 from tests.integration.core_support import eventually, status_of, working
 from tests.integration.web_support import (
     API_KEY,
+    JSON_HEADERS,
     KINDS,
     SECRET,
     bearer,
@@ -610,7 +611,9 @@ async def test_queue_schedule_and_search_routes(tide: Tidebase) -> None:
         return None
 
     transport = httpx.ASGITransport(app=tide.asgi_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://127.0.0.1", headers=JSON_HEADERS
+    ) as http:
         r = await http.post("/queues/jobs", json={"concurrency": 2, "paused": True})
         assert r.status_code == 200, r.text
         assert (r.json()["concurrency"], r.json()["paused"]) == (2, True)
@@ -668,3 +671,115 @@ async def test_openapi_lists_exactly_the_routes_served(
             assert "401" in op["responses"], (method, path)
     for ref in ("EnqueueRequest", "ResolveRequest", "Error", "RunInfo", "GateInfo"):
         assert ref in doc["components"]["schemas"], ref
+
+
+# -- requests from elsewhere ------------------------------------------------------------
+
+HOSTILE_HOSTS = ["evil.example", "evil.example:8800", "10.0.0.5", "[2001:db8::1]:80", ""]
+HOSTILE_ORIGINS = ["https://evil.example", "http://localhost.evil.example", "null"]
+
+
+@pytest.fixture
+async def open_api(dsn: str) -> AsyncIterator[Tidebase]:
+    """No API key: what `tidebase dev` serves on 127.0.0.1."""
+    async with Tidebase(dsn) as tide:
+        register(tide)
+        yield tide
+
+
+async def test_without_a_key_only_loopback_hosts_and_origins_are_served(
+    kind: str, open_api: Tidebase, db: asyncpg.Connection
+) -> None:
+    """Regression: with no API key every route answered any Host and any Origin, so a
+    web page could drive `tidebase dev` on 127.0.0.1 (enqueue, pause, resolve gates) and
+    DNS rebinding could read it."""
+    before = await snapshot(db)
+    async with serve(open_api, kind) as client:
+        for host in HOSTILE_HOSTS:
+            for method, path in (("GET", "/tidebase/runs"), ("POST", "/tidebase/runs")):
+                resp = await client.request(
+                    method, path, headers={"Host": host}, json={"workflow": "done", "input": 1}
+                )
+                assert resp.status_code == 403, (host, method, resp.text)
+                assert error_of(resp)["code"] == "forbidden_host"
+        for origin in HOSTILE_ORIGINS:
+            resp = await client.post(
+                "/tidebase/runs", headers={"Origin": origin}, json={"workflow": "done"}
+            )
+            assert resp.status_code == 403, (origin, resp.text)
+            assert error_of(resp)["code"] == "forbidden_origin"
+        assert await snapshot(db) == before
+        for host in ("localhost:8800", "127.0.0.1", "[::1]:8800"):
+            resp = await client.get("/tidebase/runs", headers={"Host": host})
+            assert resp.status_code == 200, (host, resp.text)
+        resp = await client.post(
+            "/tidebase/runs",
+            headers={"Origin": "http://127.0.0.1:8800"},
+            json={"workflow": "done", "input": 1},
+        )
+        assert resp.status_code == 201, resp.text
+
+
+async def test_allowed_hosts_and_an_api_key_lift_the_host_check(dsn: str) -> None:
+    async with Tidebase(dsn, allowed_hosts=["app.example"]) as tide:
+        register(tide)
+        async with serve(tide, "starlette") as client:
+            ok = await client.get("/tidebase/runs", headers={"Host": "app.example"})
+            assert ok.status_code == 200, ok.text
+            other = await client.get("/tidebase/runs", headers={"Host": "evil.example"})
+            assert other.status_code == 403
+    async with Tidebase(dsn, api_key=API_KEY) as tide, serve(tide, "starlette") as client:
+        resp = await client.get("/tidebase/runs", headers={"Host": "app.example", **bearer()})
+        assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
+async def test_a_post_that_is_not_json_is_415_and_changes_nothing(
+    kind: str, content_type: str | None, open_api: Tidebase, db: asyncpg.Connection
+) -> None:
+    """Regression: a cross-site HTML form (which cannot send application/json without a
+    CORS preflight) could enqueue and resolve gates."""
+    rid = await waiting_run(open_api, db)
+    before = await snapshot(db)
+    async with serve(open_api, kind) as client:
+        for path in ("/tidebase/runs", f"/tidebase/runs/{rid}/cancel", "/tidebase/queues/default"):
+            headers = {"Content-Type": content_type} if content_type else {}
+            if content_type is None:
+                client.headers.pop("Content-Type", None)
+            resp = await client.post(path, content=b'{"workflow": "done"}', headers=headers)
+            assert resp.status_code == 415, (path, resp.text)
+            assert error_of(resp)["code"] == "unsupported_media_type"
+    assert await snapshot(db) == before
+
+
+async def test_an_unauthenticated_request_is_refused_before_its_body_arrives(
+    keyed: Tidebase,
+) -> None:
+    """Regression: every route read its body (up to ~16 MiB) before checking the key. A
+    request that announces a large body but sends none is answered 401 at once."""
+    app = web.Application()
+    app.add_subapp("/tidebase/", keyed.http_app())
+    app.router.add_post("/hook", keyed.webhook())
+    runner, base = await serve_aiohttp(app)
+    try:
+        host, port = base.removeprefix("http://").split(":")
+        for path, extra in (("/tidebase/runs", ""), ("/hook", "")):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: 10000000\r\n{extra}\r\n".encode()
+            )
+            await writer.drain()
+            with anyio.fail_after(5):  # the body never comes: only an early answer ends this
+                status = await reader.readline()
+            assert b" 401 " in status, (path, status)
+            writer.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_get_with_a_body_is_413(kind: str, client: httpx.AsyncClient) -> None:
+    resp = await client.request("GET", "/tidebase/runs", headers=bearer(), content=b"{}")
+    assert resp.status_code == 413, resp.text

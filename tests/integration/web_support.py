@@ -25,6 +25,8 @@ from tidebase_async import Tidebase
 
 #: The two ways the tests reach the API and the webhook.
 KINDS = ("aiohttp", "starlette")
+#: Every POST of the API is JSON (a bodiless one too); the server refuses other types.
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 API_KEY = "test-api-key-4d1b7e0c93"
 SECRET = "test-webhook-secret-a8f2c6"
@@ -85,14 +87,17 @@ async def serve(
         app.router.add_post("/hook", tide.webhook(execute=execute))
         runner, base = await serve_aiohttp(app)
         try:
-            async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=20) as client:
+            async with httpx.AsyncClient(
+                base_url=base, trust_env=False, timeout=20, headers=JSON_HEADERS
+            ) as client:
                 yield client
         finally:
             await runner.cleanup()
     elif kind == "starlette":
         transport = httpx.ASGITransport(app=starlette_app(tide, execute=execute))
+        # A loopback host: without an API key the API serves no other.
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://testserver", timeout=20
+            transport=transport, base_url="http://127.0.0.1", timeout=20, headers=JSON_HEADERS
         ) as client:
             yield client
     elif kind == "uvicorn":
@@ -114,7 +119,10 @@ async def serve(
                 await asyncio.sleep(0.01)
             port = server.servers[0].sockets[0].getsockname()[1]
             async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=20
+                base_url=f"http://127.0.0.1:{port}",
+                trust_env=False,
+                timeout=20,
+                headers=JSON_HEADERS,
             ) as client:
                 yield client
         finally:

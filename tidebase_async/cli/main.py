@@ -494,7 +494,7 @@ async def _serve(args: argparse.Namespace) -> int:
     tide = load_app(args.app)
     _configure_app(tide, args)
     host, port = _host_port(args)
-    services.exposure_warning(tide, host)
+    _check_exposure(tide, host, insecure=bool(getattr(args, "insecure_no_auth", False)))
     stopper = services.Stopper()
     with stopper.installed():
         await services.serve_until_stopped(
@@ -523,7 +523,7 @@ async def _dev(args: argparse.Namespace) -> int:
         label = f"the demo app ({demo_app.WORKFLOW}: steps, progress and an approval gate)"
     _configure_app(tide, args)
     host, port = _host_port(args)
-    services.exposure_warning(tide, host)
+    _check_exposure(tide, host, insecure=bool(getattr(args, "insecure_no_auth", False)))
     options = _worker_options(args)
     stopper = services.Stopper()
     hooks: list[Callable[[Tidebase], Awaitable[None]]] = []
@@ -637,6 +637,33 @@ def _web_options(p: argparse.ArgumentParser) -> None:
         "--webhook-secret",
         help="webhook signing secret; prefer $TIDEBASE_WEBHOOK_SECRET (arguments show in `ps`)",
     )
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve a non-loopback --host without an API key: anyone who can reach it can "
+        "enqueue, cancel and resolve gates",
+    )
+
+
+def _check_exposure(tide: Tidebase, host: str, *, insecure: bool) -> None:
+    """Without an API key only loopback is served, unless ``--insecure-no-auth``.
+
+    Raises:
+        UsageError: a non-loopback ``--host`` without a key or the flag.
+    """
+    if tide.api_key or host in ("127.0.0.1", "localhost", "::1"):
+        return
+    if not insecure:
+        raise UsageError(
+            f"refusing to serve {host} without an API key: anyone who can reach it could "
+            "enqueue, cancel and resolve gates. Set TIDEBASE_API_KEY (or --api-key), or "
+            "pass --insecure-no-auth to serve it open"
+        )
+    services.say(
+        f"warning: --insecure-no-auth: serving {host} without an API key; anyone who can "
+        "reach it can read, enqueue and cancel runs"
+    )
+    tide.allowed_hosts = frozenset({"*"})
 
 
 def _worker_args(p: argparse.ArgumentParser, *, grace: float) -> None:

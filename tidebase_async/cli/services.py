@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import errno
 import signal
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -174,16 +173,6 @@ def apply_web_options(tide: Tidebase, *, api_key: str | None, public_url: str | 
         tide.api_key = api_key
     if public_url:
         tide.public_url = public_url
-
-
-def exposure_warning(tide: Tidebase, host: str) -> None:
-    if not tide.api_key and host not in ("127.0.0.1", "localhost", "::1"):
-        print(
-            f"tidebase: warning: no API key and listening on {host}: anyone who can reach "
-            "it can read, enqueue and cancel runs (set TIDEBASE_API_KEY or --api-key)",
-            file=sys.stderr,
-            flush=True,
-        )
 
 
 async def serve_until_stopped(

@@ -123,6 +123,11 @@ class Tidebase:
     retried enqueue never creates a run twice (run ids are made here and looked up).
     Workers' fenced writes retry on their own (up to 5 minutes).
 
+    ``api_key`` (or ``TIDEBASE_API_KEY``): the bearer key of the HTTP API. Without one,
+    the API answers only requests addressed to a loopback host (and from a loopback
+    Origin), or to one of ``allowed_hosts`` (or ``TIDEBASE_ALLOWED_HOSTS``, comma
+    separated; ``*`` for any), for apps that authenticate in front of it.
+
     ``webhook_secret`` (or ``TIDEBASE_WEBHOOK_SECRET``) checks the signature of inbound
     ``run.resume`` requests (``tide.webhook()``); ``signing_secret`` (or
     ``TIDEBASE_SIGNING_SECRET``) signs outbound deliveries, and falls back to
@@ -141,6 +146,7 @@ class Tidebase:
         webhook_secret: str | None = None,
         signing_secret: str | None = None,
         api_key: str | None = None,
+        allowed_hosts: Iterable[str] | None = None,
         pool_size: int = 20,
         connect_timeout: float = 10.0,
         reconnect_timeout: float | timedelta = 30.0,
@@ -160,6 +166,15 @@ class Tidebase:
         # Signs outbound deliveries; falls back to webhook_secret (see outbound_secret).
         self.signing_secret = signing_secret or os.environ.get("TIDEBASE_SIGNING_SECRET")
         self.api_key = api_key or os.environ.get("TIDEBASE_API_KEY")
+        # Without an API key the HTTP API serves loopback hosts only, and these.
+        hosts = allowed_hosts
+        if hosts is None:
+            hosts = (os.environ.get("TIDEBASE_ALLOWED_HOSTS") or "").split(",")
+        elif isinstance(hosts, str):
+            raise errors.ConfigurationError("allowed_hosts must be a list of host names")
+        self.allowed_hosts: frozenset[str] = frozenset(
+            h.strip().lower() for h in hosts if h.strip()
+        )
         if pool_size < 2:
             raise errors.ConfigurationError(f"pool_size must be >= 2, got {pool_size}")
         self._pool_size = pool_size
@@ -725,8 +740,7 @@ class Tidebase:
         from tidebase_async.web.adapters import Endpoint
         from tidebase_async.web.webhook import WebhookHandler
 
-        handler = WebhookHandler(self, execute=execute)
-        return Endpoint(handler.handle, max_body=self._max_body(), mounted=False)
+        return Endpoint(WebhookHandler(self, execute=execute), mounted=False)
 
     def asgi_app(self) -> Endpoint:
         """The HTTP API as an ASGI app (``Mount("/tidebase", app=tide.asgi_app())``).
@@ -734,7 +748,7 @@ class Tidebase:
         from tidebase_async.web.adapters import Endpoint
         from tidebase_async.web.api import Api
 
-        return Endpoint(Api(self).handle, max_body=self._max_body(), mounted=True)
+        return Endpoint(Api(self), mounted=True)
 
     def http_app(self) -> web.Application:
         """The HTTP API as an aiohttp sub-application
@@ -742,10 +756,6 @@ class Tidebase:
         from tidebase_async.web.adapters import aiohttp_app
 
         return aiohttp_app(self.asgi_app())
-
-    def _max_body(self) -> int:
-        # An enqueue body carries an input of up to max_payload_bytes, plus the rest.
-        return self.max_payload_bytes + 64 * 1024
 
     # -- workers ----------------------------------------------------------------------
 

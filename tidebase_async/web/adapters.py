@@ -15,11 +15,17 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import anyio
+import msgspec
 from aiohttp import web
 
-from tidebase_async.web.core import HttpRequest, HttpResponse, error_response
+from tidebase_async.web.core import (
+    Handler,
+    HttpRequest,
+    HttpResponse,
+    error_for,
+    error_response,
+)
 
-Handle = Callable[[HttpRequest], Awaitable[HttpResponse]]
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -30,13 +36,14 @@ class BodyTooLarge(Exception):
 
 
 class Endpoint:
-    """``handle`` behind aiohttp and ASGI. ``mounted``: the request path below the
-    mount point is the route (a sub-application); else the whole path is ignored
-    (a single route such as the webhook)."""
+    """``handler`` behind aiohttp and ASGI: a request's body is read only once
+    ``handler.admit`` accepted the request without it, and only up to the size it
+    allows. ``mounted``: the request path below the mount point is the route (a
+    sub-application); else the whole path is ignored (a single route such as the
+    webhook)."""
 
-    def __init__(self, handle: Handle, *, max_body: int, mounted: bool) -> None:
-        self._handle = handle
-        self._max_body = max_body
+    def __init__(self, handler: Handler, *, mounted: bool) -> None:
+        self._handler = handler
         self._mounted = mounted
         # aiohttp accepts coroutine functions as handlers without a deprecation
         # warning; an instance with an async __call__ is one in all but name (the
@@ -57,23 +64,26 @@ class Endpoint:
         if self._mounted:
             tail = request.match_info.get("tail", "") if isinstance(request, web.Request) else ""
             path = "/" + tail
-        if request.content_length is not None and request.content_length > self._max_body:
-            return _aiohttp_response(_too_large(self._max_body))
-        # StreamReader.read(n) returns what has arrived, up to n: read to the end.
-        buffer = bytearray()
-        while chunk := await request.content.read(65536):
-            buffer += chunk
-            if len(buffer) > self._max_body:
-                return _aiohttp_response(_too_large(self._max_body))
-        body = bytes(buffer)
-        req = HttpRequest(
+        head = HttpRequest(
             method=request.method,
             path=path,
             query={k: v for k, v in reversed(list(request.query.items()))},
             headers={k.lower(): v for k, v in request.headers.items()},
-            body=body,
         )
-        resp = await self._handle(req)
+        try:
+            limit = self._handler.admit(head)
+        except Exception as exc:
+            return _aiohttp_response(error_for(exc))
+        if request.content_length is not None and request.content_length > limit:
+            return _aiohttp_response(_too_large(limit))
+        # StreamReader.read(n) returns what has arrived, up to n: read to the end.
+        buffer = bytearray()
+        while chunk := await request.content.read(65536):
+            buffer += chunk
+            if len(buffer) > limit:
+                return _aiohttp_response(_too_large(limit))
+        req = msgspec.structs.replace(head, body=bytes(buffer))
+        resp = await self._handler.handle(req)
         if resp.stream is None:
             return _aiohttp_response(resp)
         stream = web.StreamResponse(status=resp.status, headers=resp.headers)
@@ -105,13 +115,6 @@ class Endpoint:
                     return
         if scope["type"] != "http":
             return
-        try:
-            body = await _read_body(receive, self._max_body)
-        except BodyTooLarge:
-            await _asgi_send(send, _too_large(self._max_body), receive)
-            return
-        if body is None:
-            return  # the client went away mid-request: act on nothing it did not finish
         path = "/"
         if self._mounted:
             path = scope.get("path", "/")
@@ -124,14 +127,26 @@ class Endpoint:
             k.decode("latin-1").lower(): v.decode("utf-8", "surrogateescape")
             for k, v in scope.get("headers", [])
         }
-        req = HttpRequest(
+        head = HttpRequest(
             method=scope.get("method", "GET"),
             path=path,
             query={k: v for k, v in reversed(parse_qsl(raw_query, keep_blank_values=True))},
             headers=headers,
-            body=body,
         )
-        await _asgi_send(send, await self._handle(req), receive)
+        try:
+            limit = self._handler.admit(head)
+        except Exception as exc:
+            await _asgi_send(send, error_for(exc), receive)
+            return
+        try:
+            body = await _read_body(receive, limit)
+        except BodyTooLarge:
+            await _asgi_send(send, _too_large(limit), receive)
+            return
+        if body is None:
+            return  # the client went away mid-request: act on nothing it did not finish
+        req = msgspec.structs.replace(head, body=body)
+        await _asgi_send(send, await self._handler.handle(req), receive)
 
 
 def _too_large(limit: int) -> HttpResponse:

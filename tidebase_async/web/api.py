@@ -50,13 +50,17 @@ from tidebase_async.client.queues import UNSET
 from tidebase_async.client.runs import as_uuid
 from tidebase_async.client.streams import changed_runs
 from tidebase_async.web.core import (
+    SMALL_BODY,
     HttpError,
     HttpRequest,
     HttpResponse,
     decode_json_body,
     error_for,
     error_response,
+    host_of,
+    is_loopback_host,
     json_response,
+    require_json,
 )
 from tidebase_async.web.openapi import openapi_document
 
@@ -147,27 +151,75 @@ class Api:
             ("POST", re.compile(r"/runs/([^/]+)/gates/([^/]+)/resolve"), self._resolve, False),
         ]
 
+    def admit(self, request: HttpRequest) -> int:
+        """Checks made before a body is read: the route and its method, where the
+        request comes from (without an API key only loopback Hosts and Origins, or the
+        ``allowed_hosts``: DNS rebinding and cross-site requests), the key, and a JSON
+        Content-Type on POST. Returns how large the body may be: nothing for GET, the
+        payload limit for an enqueue, 64 KiB for the rest.
+
+        Raises:
+            HttpError: 404, 405, 403, 401 or 415.
+        """
+        method, path, _handler, _groups, needs_key = self._route(request)
+        self._check_origin(request)
+        if needs_key:
+            self._authorize(request)
+        if method == "GET":
+            return 0
+        require_json(request)
+        return self._tide.max_payload_bytes + SMALL_BODY if path == "/runs" else SMALL_BODY
+
     async def handle(self, request: HttpRequest) -> HttpResponse:
         try:
-            path = request.path.rstrip("/") or "/"
-            allowed: list[str] = []
-            for method, pattern, handler, needs_key in self._routes:
-                match = pattern.fullmatch(path)
-                if match is None:
-                    continue
-                if method != request.method:
-                    allowed.append(method)
-                    continue
-                if needs_key:
-                    self._authorize(request)
-                # The adapters hand over the path decoded once (as the frameworks
-                # route on it): never decode it again.
-                return await handler(request, list(match.groups()))
-            if allowed:
-                raise HttpError(405, "method_not_allowed", f"use {', '.join(allowed)} on {path}")
-            raise HttpError(404, "not_found", f"no route {request.method} {path}")
+            self.admit(request)
+            _method, _path, handler, groups, _key = self._route(request)
+            # The adapters hand over the path decoded once (as the frameworks route on
+            # it): never decode it again.
+            return await handler(request, groups)
         except Exception as exc:
             return error_for(exc)
+
+    def _route(self, request: HttpRequest) -> tuple[str, str, Handler, list[str], bool]:
+        path = request.path.rstrip("/") or "/"
+        allowed: list[str] = []
+        for method, pattern, handler, needs_key in self._routes:
+            match = pattern.fullmatch(path)
+            if match is None:
+                continue
+            if method != request.method:
+                allowed.append(method)
+                continue
+            return method, path, handler, list(match.groups()), needs_key
+        if allowed:
+            raise HttpError(405, "method_not_allowed", f"use {', '.join(allowed)} on {path}")
+        raise HttpError(404, "not_found", f"no route {request.method} {path}")
+
+    def _check_origin(self, request: HttpRequest) -> None:
+        """Without an API key the API answers only requests addressed to a loopback
+        host (or one of ``allowed_hosts``) and, when a browser says where a request
+        comes from (Origin), only from such a host: another site cannot drive it, and
+        DNS rebinding cannot read it."""
+        allowed = self._tide.allowed_hosts
+        if self._tide.api_key or "*" in allowed:
+            return
+        host = host_of(request.headers.get("host", ""))
+        if not (is_loopback_host(host) or host.lower() in allowed):
+            raise HttpError(
+                403,
+                "forbidden_host",
+                f"no API key is set, so only loopback hosts are served, not {host!r:.80}: "
+                "set an API key (TIDEBASE_API_KEY), or name the host in allowed_hosts "
+                "(TIDEBASE_ALLOWED_HOSTS) when something in front authenticates requests",
+            )
+        origin = request.headers.get("origin")
+        if origin is not None:
+            authority = origin.partition("://")[2].partition("/")[0]
+            origin_host = host_of(authority)
+            if not (is_loopback_host(origin_host) or origin_host.lower() in allowed):
+                raise HttpError(
+                    403, "forbidden_origin", f"requests from {origin!r:.80} are not served"
+                )
 
     def _authorize(self, request: HttpRequest) -> None:
         key = self._tide.api_key

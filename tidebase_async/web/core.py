@@ -1,15 +1,18 @@
 """Framework-neutral HTTP: a request and a response as data, errors as JSON.
 
-The aiohttp and ASGI adapters turn their framework's request into an ``HttpRequest``
-(body already read, within a size limit) and send back the ``HttpResponse``; all
-behaviour lives here and in ``api``/``webhook``, tested once for both.
+The aiohttp and ASGI adapters serve a ``Handler`` in two steps: ``admit`` sees the
+request without its body (method, path, query, headers) and either refuses it (an
+``HttpError``: unknown route, no credentials, a forbidden Host, a wrong Content-Type)
+or says how many body bytes it may carry; only then is the body read, within that
+limit, and ``handle`` called. All behaviour lives here and in ``api``/``webhook``,
+tested once for both frameworks.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -29,6 +32,52 @@ class HttpRequest(msgspec.Struct, frozen=True, kw_only=True):
     #: Header names lower-cased.
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     body: bytes = b""
+
+
+class Handler(Protocol):
+    """What an ``Endpoint`` serves."""
+
+    def admit(self, request: HttpRequest) -> int:
+        """The most body bytes ``request`` (given without its body) may carry.
+
+        Raises:
+            HttpError: the request is refused before its body is read.
+        """
+        ...
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        """The response to ``request``, body included; never raises."""
+        ...
+
+
+#: A small JSON body: a gate decision, a queue's settings, a webhook.
+SMALL_BODY = 64 * 1024
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+def require_json(request: HttpRequest) -> None:
+    """POST bodies are JSON and say so: a browser cannot send ``application/json``
+    cross-site without a CORS preflight, which nothing here answers.
+
+    Raises:
+        HttpError: 415.
+    """
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != JSON:
+        raise HttpError(
+            415, "unsupported_media_type", f"send the body as {JSON} (Content-Type: {JSON})"
+        )
+
+
+def host_of(value: str) -> str:
+    """The host of a Host header value or an Origin's authority, without the port."""
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rpartition(":")[0] if value.count(":") == 1 else value
+
+
+def is_loopback_host(host: str) -> bool:
+    return host.lower() in _LOOPBACK
 
 
 class HttpResponse(msgspec.Struct, kw_only=True):

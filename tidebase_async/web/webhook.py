@@ -17,7 +17,14 @@ import msgspec
 
 from tidebase_async import errors
 from tidebase_async._util.signing import verify
-from tidebase_async.web.core import HttpError, HttpRequest, HttpResponse, error_for, json_response
+from tidebase_async.web.core import (
+    SMALL_BODY,
+    HttpError,
+    HttpRequest,
+    HttpResponse,
+    error_for,
+    json_response,
+)
 
 if TYPE_CHECKING:
     from tidebase_async.client.tidebase import Tidebase
@@ -44,17 +51,26 @@ class WebhookHandler:
         except Exception as exc:
             return error_for(exc)
 
-    async def _handle(self, request: HttpRequest) -> HttpResponse:
+    def admit(self, request: HttpRequest) -> int:
+        """A POST with a signature header, while a secret is configured: its body (a
+        small JSON envelope) may be read. Everything else is refused unread."""
         if request.method != "POST":
             raise HttpError(405, "method_not_allowed", "the webhook takes POST")
-        secret = self._tide.webhook_secret
-        if not secret:
+        if not self._tide.webhook_secret:
             raise HttpError(
                 401,
                 "unauthorized",
                 "no webhook secret is configured (Tidebase(webhook_secret=...) or "
                 "TIDEBASE_WEBHOOK_SECRET): refusing unsigned requests",
             )
+        if not request.headers.get("tidebase-signature"):
+            raise HttpError(401, "unauthorized", "missing Tidebase-Signature header")
+        return SMALL_BODY
+
+    async def _handle(self, request: HttpRequest) -> HttpResponse:
+        self.admit(request)
+        secret = self._tide.webhook_secret
+        assert secret is not None
         verify(request.headers.get("tidebase-signature"), request.body, secret)
         try:
             envelope: Any = msgspec.json.decode(request.body)

@@ -70,9 +70,10 @@ async function errorOf(resp) {
 /** A JSON request; resolves to the decoded body, rejects with ApiError. */
 export async function request(method, path, { params, body, signal } = {}) {
   const init = { method, headers: headers(), signal, cache: "no-store" };
-  if (body !== undefined) {
+  if (method !== "GET") {
+    // Every POST is JSON, an empty one included: the server refuses other types.
     init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+    init.body = JSON.stringify(body === undefined ? {} : body);
   }
   let resp;
   try {
