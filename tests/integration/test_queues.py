@@ -159,8 +159,11 @@ async def test_concurrency_cap_of_two_holds_across_two_worker_processes(
     assert info.concurrency == 2
     # 8 waves of 0.25 s: a wave that waited for the 30 s poll would blow this.
     assert elapsed < 10, f"{n_runs} runs took {elapsed:.1f}s: freed slots did not wake workers"
-    # Both processes claimed freed slots (each wakes on the other's NOTIFY).
-    assert {r["pid"] for r in rows} == {first.pid, second.pid}
+    # Which process takes a freed slot is a race: the one that freed it claims again
+    # in-process before its NOTIFY reaches the other, so under load one process may take
+    # every slot. The cap held across both (above), and freed slots woke claimers in
+    # time (elapsed), whichever took them.
+    assert {r["pid"] for r in rows} <= {first.pid, second.pid}
 
 
 async def test_concurrency_cap_is_exact_with_several_clients_racing_in_one_process(

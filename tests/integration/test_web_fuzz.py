@@ -310,3 +310,91 @@ async def test_huge_bodies_are_refused_unread_on_every_route(
             assert status == (413 if auth or public else 401), (method, path, auth)
 
         await run_examples(examples)
+
+
+hostile_hosts = st.one_of(
+    st.sampled_from(
+        ["evil.example", "evil.example:8800", "10.0.0.5", "[2001:db8::1]", "localhost.evil", ""]
+    ),
+    st.from_regex(r"[a-z0-9.-]{1,30}(:[0-9]{1,5})?", fullmatch=True).filter(
+        lambda h: h.partition(":")[0] not in ("localhost", "127.0.0.1")
+    ),
+)
+hostile_origins = st.one_of(
+    st.just(None),
+    st.sampled_from(["https://evil.example", "null", "http://127.0.0.1.evil", "file://"]),
+)
+content_types = st.sampled_from(
+    [
+        None,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonx",
+        "application/json",
+    ]
+)
+
+
+@pytest.fixture
+async def open_fuzz_tide(dsn: str) -> AsyncIterator[Tidebase]:
+    """No API key: the Host/Origin checks stand between the API and the world."""
+    async with Tidebase(dsn, webhook_secret=SECRET, max_payload_bytes=MAX_PAYLOAD) as t:
+        register(t)
+        yield t
+
+
+async def test_hostile_hosts_origins_and_content_types_change_nothing(
+    open_fuzz_tide: Tidebase, db: asyncpg.Connection
+) -> None:
+    """Every route, without an API key, under requests another site or a rebound DNS
+    name could make: a non-loopback Host is 403 on every route but the health probes
+    and the dashboard's static files; a hostile Origin is 403; a POST that is not JSON
+    is 415. None of them writes anything."""
+    rid = str(await waiting_run(open_fuzz_tide, db))
+    async with serve(open_fuzz_tide, "starlette") as client:
+        # The run's event stream follows a waiting run until it ends: not a one-shot.
+        routes = [r for r in await routes_of(client) if r[1] != "/runs/{run_id}/events"]
+        checker = Checker(client, db)
+        await checker.start()
+
+        @settings(SETTINGS, max_examples=50)
+        @given(
+            route=st.sampled_from(routes),
+            host=st.one_of(st.just(None), hostile_hosts),
+            origin=hostile_origins,
+            content_type=content_types,
+            body=bodies,
+        )
+        def examples(
+            route: tuple[str, str],
+            host: str | None,
+            origin: str | None,
+            content_type: str | None,
+            body: bytes,
+        ) -> None:
+            method, path = route
+            headers: dict[str, str] = {}
+            if host is not None:
+                headers["Host"] = host
+            if origin is not None:
+                headers["Origin"] = origin
+            if content_type is not None:
+                headers["Content-Type"] = content_type
+            else:
+                headers["Content-Type"] = ""
+            status = anyio.from_thread.run(
+                lambda: checker.check(
+                    method,
+                    fill(path, rid, "ok"),
+                    body=body if method == "POST" else b"",
+                    headers=headers,
+                )
+            )
+            if host is not None or origin is not None:
+                assert status == 403, (method, path, host, origin, status)
+            elif method == "POST" and content_type != "application/json":
+                assert status == 415, (method, path, content_type, status)
+            # And whatever it was, nothing changed unless it was a 2xx (the checker).
+
+        await run_examples(examples)

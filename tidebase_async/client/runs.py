@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
+import anyio
+
 from tidebase_async import errors
 from tidebase_async._util import codec
 from tidebase_async._util.checks import as_seconds, check_name, check_text, is_utf8
@@ -31,6 +33,7 @@ from tidebase_async.models import (
     StepInfo,
     UsageTotals,
 )
+from tidebase_async.store import RunRow
 from tidebase_async.store.listener import watch_run
 
 if TYPE_CHECKING:
@@ -60,6 +63,12 @@ class Runs:
     def __init__(self, tide: Tidebase) -> None:
         self._tide = tide
 
+    async def _row(self, rid: UUID) -> RunRow:
+        row = await self._tide.store.get_run(rid)
+        if row is None:
+            raise errors.RunNotFound(f"no run with id {rid}")
+        return row
+
     async def get(self, run_id: UUID | str) -> RunInfo:
         """Everything about a run: status, input, output, error, state, steps, children.
 
@@ -68,9 +77,7 @@ class Runs:
         """
         rid = as_uuid(run_id)
         store = self._tide.store
-        row = await store.get_run(rid)
-        if row is None:
-            raise errors.RunNotFound(f"no run with id {rid}")
+        row = await self._row(rid)
         steps = await store.get_steps(rid)
         children = await store.get_children(rid)
         gates = await store.get_run_gates(rid)
@@ -259,7 +266,8 @@ class Runs:
         self, run_id: UUID | str, *, after: int = 0, poll: float = 1.0
     ) -> AsyncIterator[Event]:
         """The run's events with ``seq > after``: history first, then live as they
-        happen (LISTEN, polling as the floor), gap-free and in order. Ends after the
+        happen (woken by LISTEN, reading the database every ``poll`` seconds as the
+        floor), gap-free and in order. Ends after the
         run's terminal event (``run.completed``, ``run.failed``, ``run.cancelled``).
 
         Raises:
@@ -281,7 +289,7 @@ class Runs:
         after every ``idle_s`` seconds without an event (the SSE route's keepalive)."""
         store = self._tide.store
         last = after
-        quiet = 0.0
+        quiet_since = anyio.current_time()
         # Watching starts before the first read: an event committed after that read
         # sets the signal, so the next read finds it.
         with self.watch(run_id) as changed:
@@ -294,7 +302,7 @@ class Runs:
                 if len(rows) == _EVENT_PAGE:
                     continue
                 if rows:
-                    quiet = 0.0
+                    quiet_since = anyio.current_time()
                 if not rows or rows[-1].type in _TERMINAL_EVENTS:
                     status = await store.run_status(run_id)
                     if status is None or status in TERMINAL_STATUSES:
@@ -303,11 +311,15 @@ class Runs:
                         if not await store.list_events(run_id, after=last, limit=1):
                             return
                         continue
-                if await changed.wait_for(poll):
+                # Woken by LISTEN (a reconnect wakes it too, as notifications may have
+                # been missed); ``poll`` is the floor.
+                floor = poll
+                if idle_s is not None:
+                    floor = min(floor, max(0.0, quiet_since + idle_s - anyio.current_time()))
+                if await changed.wait_for(floor):
                     continue
-                quiet += poll
-                if idle_s is not None and quiet >= idle_s:
-                    quiet = 0.0
+                if idle_s is not None and anyio.current_time() - quiet_since >= idle_s:
+                    quiet_since = anyio.current_time()
                     yield None
 
     async def cancel(
@@ -359,9 +371,7 @@ class Runs:
         """
         rid = as_uuid(run_id)
         store = self._tide.store
-        row = await store.get_run(rid)
-        if row is None:
-            raise errors.RunNotFound(f"no run with id {rid}")
+        row = await self._row(rid)
         position, entry = await self._entry(rid, from_step)
         data = None
         if input is not UNSET_INPUT:
@@ -388,9 +398,7 @@ class Runs:
         """
         rid = as_uuid(run_id)
         store = self._tide.store
-        row = await store.get_run(rid)
-        if row is None:
-            raise errors.RunNotFound(f"no run with id {rid}")
+        row = await self._row(rid)
         position, entry = await self._entry(rid, to_step)
         wf = self._tide.workflows.get(row.workflow)
         budget = wf.max_attempts if wf else DEFAULT_RETRY_BUDGET
@@ -478,9 +486,7 @@ class Runs:
         """
         rid = as_uuid(run_id)
         store = self._tide.store
-        row = await store.get_run(rid)
-        if row is None:
-            raise errors.RunNotFound(f"no run with id {rid}")
+        row = await self._row(rid)
         wf = self._tide.workflows.get(row.workflow)
         budget = wf.max_attempts if wf else DEFAULT_RETRY_BUDGET
         queue, child_queues = await store.retry_run(run_id=rid, budget=budget)

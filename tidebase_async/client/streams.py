@@ -82,23 +82,36 @@ class _Reassembly:
         return taken
 
 
+#: Changed run ids a reader may have pending; past this it is told to refresh all.
+MAX_CHANGED_IDS = 10_000
+
+
 class RunChanges:
     """Ids of runs that changed since ``take()`` was last called, and a signal set when
-    there are some, or when a queue got new runs that no event names yet."""
+    there are some, or when a queue got new runs that no event names yet. Bounded: a
+    reader that falls more than ``MAX_CHANGED_IDS`` ids behind gets an empty list
+    (refresh everything) instead."""
 
     def __init__(self) -> None:
         self.signal = Signal()
         self._ids: set[str] = set()
+        self._overflowed = False
 
     def add(self, ids: str) -> None:
-        self._ids.update(p for p in ids.split(",") if p)
+        if not self._overflowed:
+            self._ids.update(p for p in ids.split(",") if p)
+            if len(self._ids) > MAX_CHANGED_IDS:
+                self._ids.clear()
+                self._overflowed = True
         self.signal.set()
 
     def take(self) -> list[str]:
-        """The changed ids, sorted, and clears them (and the signal)."""
+        """The changed ids, sorted, and clears them (and the signal); an empty list
+        after an overflow."""
         self.signal.clear()
         ids = sorted(self._ids)
         self._ids.clear()
+        self._overflowed = False
         return ids
 
 

@@ -95,6 +95,20 @@ def _pooled_option(pooled: bool | None) -> bool | None:
     raise errors.ConfigurationError(f"TIDEBASE_POOLED must be 1 or 0, got {value!r}")
 
 
+def _allowed_hosts(hosts: Iterable[str] | None) -> frozenset[str]:
+    if hosts is None:
+        hosts = (os.environ.get("TIDEBASE_ALLOWED_HOSTS") or "").split(",")
+    elif isinstance(hosts, str):
+        raise errors.ConfigurationError("allowed_hosts must be a list of host names")
+    return frozenset(h.strip().lower() for h in hosts if h.strip())
+
+
+def _int_at_least(what: str, value: object, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise errors.ConfigurationError(f"{what} must be an int >= {least}, got {value!r}")
+    return value
+
+
 class Tidebase:
     """Durable workflows in your Postgres.
 
@@ -147,6 +161,7 @@ class Tidebase:
         signing_secret: str | None = None,
         api_key: str | None = None,
         allowed_hosts: Iterable[str] | None = None,
+        max_event_streams: int = 200,
         pool_size: int = 20,
         connect_timeout: float = 10.0,
         reconnect_timeout: float | timedelta = 30.0,
@@ -167,29 +182,17 @@ class Tidebase:
         self.signing_secret = signing_secret or os.environ.get("TIDEBASE_SIGNING_SECRET")
         self.api_key = api_key or os.environ.get("TIDEBASE_API_KEY")
         # Without an API key the HTTP API serves loopback hosts only, and these.
-        hosts = allowed_hosts
-        if hosts is None:
-            hosts = (os.environ.get("TIDEBASE_ALLOWED_HOSTS") or "").split(",")
-        elif isinstance(hosts, str):
-            raise errors.ConfigurationError("allowed_hosts must be a list of host names")
-        self.allowed_hosts: frozenset[str] = frozenset(
-            h.strip().lower() for h in hosts if h.strip()
-        )
-        if pool_size < 2:
-            raise errors.ConfigurationError(f"pool_size must be >= 2, got {pool_size}")
-        self._pool_size = pool_size
+        self.allowed_hosts = _allowed_hosts(allowed_hosts)
+        #: Server-sent event streams (``/events``, ``/runs/{id}/events`` and
+        #: ``/runs/{id}/stream``) this process serves at once at most; more get 503.
+        self.max_event_streams = _int_at_least("max_event_streams", max_event_streams, 1)
+        #: Those open now.
+        self.open_event_streams = 0
+        self._pool_size = _int_at_least("pool_size", pool_size, 2)
         self._connect_timeout = connect_timeout
         # How long reads and enqueues ride out a lost connection (a failover).
         self._reconnect_s = as_seconds(reconnect_timeout, what="reconnect_timeout") or 0.0
-        if (
-            isinstance(max_payload_bytes, bool)
-            or not isinstance(max_payload_bytes, int)
-            or max_payload_bytes < 1
-        ):
-            raise errors.ConfigurationError(
-                f"max_payload_bytes must be an int >= 1, got {max_payload_bytes!r}"
-            )
-        self.max_payload_bytes = max_payload_bytes
+        self.max_payload_bytes = _int_at_least("max_payload_bytes", max_payload_bytes, 1)
         self._embedded_dir = embedded_dir
         # Finished runs older than this are deleted by the workers' maintenance loop,
         # with their steps and events; None keeps everything.

@@ -30,10 +30,12 @@ class Usage:
         since: datetime | None = None,
         until: datetime | None = None,
         group_by: Iterable[str] = ("workflow", "model"),
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[UsageSummary]:
         """Usage recorded in ``[since, until)`` (of ``workflow``, if given), summed per
         group of ``group_by`` (any of ``workflow``, ``model``, ``provider``, ``kind``;
-        empty: one total).
+        empty: one total), in a stable order; ``limit`` groups from ``offset`` on.
 
         Raises:
             ConfigurationError: an unknown dimension, a naive datetime, a bad workflow.
@@ -51,8 +53,12 @@ class Usage:
             check_name("workflow", workflow)
         # GROUPING() bits, most significant first: 1 folds the dimension away.
         folded = sum(1 << (3 - i) for i, d in enumerate(DIMENSIONS) if d not in dims)
+        if limit is not None and (isinstance(limit, bool) or not 1 <= limit <= 100_000):
+            raise errors.ConfigurationError(f"limit must be 1..100000, got {limit!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise errors.ConfigurationError(f"offset must be an int >= 0, got {offset!r}")
         rows = await self._tide.store.usage_summary(
-            workflow=workflow, since=since, until=until, folded=folded
+            workflow=workflow, since=since, until=until, folded=folded, limit=limit, offset=offset
         )
         return [
             UsageSummary(

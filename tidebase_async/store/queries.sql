@@ -386,7 +386,8 @@ WHERE ($1::text IS NULL OR workflow = $1)
   AND ($3::timestamptz IS NULL OR recorded_at < $3)
 GROUP BY CUBE (workflow, model, provider, kind)
 HAVING GROUPING(workflow, model, provider, kind) = $4
-ORDER BY workflow NULLS FIRST, model NULLS FIRST, provider NULLS FIRST, kind NULLS FIRST;
+ORDER BY workflow NULLS FIRST, model NULLS FIRST, provider NULLS FIRST, kind NULLS FIRST
+LIMIT $5 OFFSET $6;
 
 -- name: complete_runs
 -- Complete several runs in one statement, each fenced on its own claim. Returns the

@@ -119,7 +119,11 @@ class StateMixin(StoreBase):
         since: datetime | None,
         until: datetime | None,
         folded: int,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[UsageGroupRow]:
         with _translate("usage summary"):
-            rows = await self._pool.fetch(Q["usage_summary"], workflow, since, until, folded)
+            rows = await self._pool.fetch(
+                Q["usage_summary"], workflow, since, until, folded, limit, offset
+            )
         return [row_to(UsageGroupRow, row) for row in rows]

@@ -180,6 +180,24 @@ class Api:
         except Exception as exc:
             return error_for(exc)
 
+    def _slotted(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``stream`` holding one of the client's ``max_event_streams`` slots until it is
+        closed (the adapters always close it).
+
+        Raises:
+            HttpError: 503 when every slot is taken.
+        """
+        tide = self._tide
+        if tide.open_event_streams >= tide.max_event_streams:
+            raise HttpError(
+                503,
+                "too_many_streams",
+                f"this process serves {tide.max_event_streams} live streams at most "
+                "(Tidebase(max_event_streams=...)); retry later",
+            )
+        tide.open_event_streams += 1
+        return _SlotHeld(stream, tide)
+
     def _route(self, request: HttpRequest) -> tuple[str, str, Handler, list[str], bool]:
         path = request.path.rstrip("/") or "/"
         allowed: list[str] = []
@@ -286,7 +304,7 @@ class Api:
                 ("Cache-Control", "no-store"),
                 ("X-Accel-Buffering", "no"),
             ],
-            stream=self._changes_stream(),
+            stream=self._slotted(self._changes_stream()),
         )
 
     async def _changes_stream(self) -> AsyncIterator[bytes]:
@@ -454,7 +472,7 @@ class Api:
                 ("Cache-Control", "no-store"),
                 ("X-Accel-Buffering", "no"),
             ],
-            stream=self._event_stream(rid, after),
+            stream=self._slotted(self._event_stream(rid, after)),
         )
 
     async def _state_history(self, request: HttpRequest, params: list[str]) -> HttpResponse:
@@ -479,13 +497,23 @@ class Api:
     async def _usage(self, request: HttpRequest, params: list[str]) -> HttpResponse:
         q = request.query
         group_by = [d for d in q.get("group_by", "workflow,model").split(",") if d]
+        limit = _int_param(q, "limit", 1000)
+        if not 1 <= limit <= 10_000:
+            raise HttpError(400, "bad_request", f"limit must be 1..10000, got {limit}")
+        cursor = q.get("cursor") or "0"
+        if _INTEGER.fullmatch(cursor) is None or not 0 <= int(cursor) <= 2**31:
+            raise HttpError(400, "bad_request", f"invalid cursor {cursor!r:.40}")
         rows = await self._tide.usage.summary(
             workflow=q.get("workflow") or None,
             since=_time_param(q, "since"),
             until=_time_param(q, "until"),
             group_by=group_by,
+            limit=limit + 1,
+            offset=int(cursor),
         )
-        return json_response(200, {"items": rows})
+        more = len(rows) > limit
+        next_cursor = str(int(cursor) + limit) if more else None
+        return json_response(200, {"items": rows[:limit], "next_cursor": next_cursor})
 
     async def _output(self, request: HttpRequest, params: list[str]) -> HttpResponse:
         """A run's live output (``run.emit``) as server-sent ``chunk`` events, from now
@@ -505,8 +533,13 @@ class Api:
 
         async def chunks() -> AsyncIterator[bytes]:
             yield b": connected\n\n"
-            async for chunk in self._tide.runs.stream(rid, stream=stream):
-                yield b"event: chunk\ndata: " + msgspec.json.encode(chunk) + b"\n\n"
+            try:
+                async for chunk in self._tide.runs.stream(rid, stream=stream):
+                    yield b"event: chunk\ndata: " + msgspec.json.encode(chunk) + b"\n\n"
+            except errors.StreamOverflow as exc:
+                # A reader too slow for the output: told so, and the stream ends.
+                yield b"event: error\ndata: " + msgspec.json.encode(str(exc)) + b"\n\n"
+                return
             yield b"event: end\ndata: null\n\n"
 
         return HttpResponse(
@@ -516,18 +549,46 @@ class Api:
                 ("Cache-Control", "no-store"),
                 ("X-Accel-Buffering", "no"),
             ],
-            stream=chunks(),
+            stream=self._slotted(chunks()),
         )
 
     async def _event_stream(self, run_id: UUID, after: int) -> AsyncIterator[bytes]:
         """``runs.events`` as SSE: each event with its seq as the SSE id; a comment
         every 15 s keeps proxies from closing an idle stream."""
-        async for r in self._tide.runs.event_rows(run_id, after=after, idle_s=_KEEPALIVE_S):
+        # Many idle followers must not poll the database each second: with LISTEN the
+        # floor is the keepalive interval (a deleted or pruned run, which nothing
+        # announces, ends its stream that late); without it, each second.
+        poll = 1.0 if self._tide.listener is None else _KEEPALIVE_S
+        rows = self._tide.runs.event_rows(run_id, after=after, poll=poll, idle_s=_KEEPALIVE_S)
+        async for r in rows:
             if r is None:
                 yield b": keepalive\n\n"
                 continue
             data = b"null" if r.data is None else r.data
             yield f"id: {r.seq}\nevent: {r.type}\ndata: ".encode() + _one_line(data) + b"\n\n"
+
+
+class _SlotHeld:
+    """An SSE stream that gives its slot back when closed, started or not (closing an
+    async generator that never started does not run its ``finally``)."""
+
+    def __init__(self, inner: AsyncIterator[bytes], tide: Tidebase) -> None:
+        self._inner = inner
+        self._tide: Tidebase | None = tide
+
+    def __aiter__(self) -> _SlotHeld:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._inner.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()  # type: ignore[attr-defined]
+        finally:
+            if self._tide is not None:
+                self._tide.open_event_streams -= 1
+                self._tide = None
 
 
 _STATIC = {

@@ -448,6 +448,8 @@ def openapi_document() -> dict[str, Any]:
                 query("since", {"type": "string", "format": "date-time"}),
                 query("until", {"type": "string", "format": "date-time"}),
                 query("group_by", string),
+                query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}),
+                query("cursor", string),
             ],
             "responses": {
                 "200": {
@@ -455,7 +457,10 @@ def openapi_document() -> dict[str, Any]:
                     **_json(
                         {
                             "type": "object",
-                            "properties": {"items": {"type": "array", "items": usage_summary}},
+                            "properties": {
+                                "items": {"type": "array", "items": usage_summary},
+                                "next_cursor": {"type": ["string", "null"]},
+                            },
                         }
                     ),
                 },
