@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -260,6 +261,30 @@ async def test_enqueue_many_is_one_span_whose_context_every_run_stores(
         [h.id for h in handles],
     )
     assert [r["tp"] for r in rows] == [_traceparent(span)] * 3
+
+
+async def test_an_inline_run_stores_its_callers_trace(
+    traced: Traced, db: asyncpg.Connection
+) -> None:
+    """An inline run (``tide.run``) stores the trace context current when it was
+    called, so a worker that resumes it after a crash continues the caller's trace; in
+    process its run span is a child of the caller's span."""
+    tide = traced.tide
+    register_pair(tide)
+    tracer = traced.provider.get_tracer("test")
+    with tracer.start_as_current_span("request") as request:
+        assert await tide.run("pair", input=1, run_id=RUN_ID) == 20
+    stored = await db.fetchval(
+        "SELECT trace_context->>'traceparent' FROM tidebase.runs WHERE id = $1", RUN_ID
+    )
+    (request_span,) = traced.spans("request")
+    assert stored == _traceparent(request_span)
+    (run_span,) = traced.spans("tidebase.run")
+    assert _ids(run_span)[0] == request.get_span_context().trace_id
+    assert _ids(run_span)[2] == request.get_span_context().span_id
+
+
+RUN_ID = uuid.UUID("0193a5c4-0000-7000-8000-000000000001")
 
 
 # -- across processes -----------------------------------------------------------------------

@@ -711,7 +711,11 @@ class Tidebase:
                     "recovery_webhook needs a secret to sign its deliveries: "
                     "Tidebase(signing_secret=...) or TIDEBASE_SIGNING_SECRET"
                 )
-        return self._new_run(spec)
+        # The caller's trace goes with the run: a worker that resumes it after a crash
+        # continues that trace.
+        return msgspec.structs.replace(
+            self._new_run(spec), trace_context=self.telemetry.child_context(None)
+        )
 
     def _engine_context(self, lease: float | timedelta) -> EngineContext:
         """What the executions of a worker or of an inline run share, with leases of

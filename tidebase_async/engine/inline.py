@@ -98,6 +98,7 @@ async def _create_claimed(
         lease_s=context.lease_s,
         channels=None if new.channels is None else msgspec.json.encode(new.channels),
         recovery_webhook=recovery_webhook,
+        trace_context=None if new.trace_context is None else bytes(new.trace_context),
     )
     if claimed is not None:
         context.notifier.runs_changed(run_id)

@@ -222,10 +222,10 @@ WITH ins AS (
   INSERT INTO tidebase.runs
     (id, workflow, queue, status, input, priority, metadata, max_attempts, run_at,
      lease_owner, lease_expires_at, attempt, inline, created_at, started_at, updated_at,
-     event_seq, channels, recovery_webhook)
+     event_seq, channels, recovery_webhook, trace_context)
   VALUES ($1, $3, $4, 'running', $5, 0, $6, $7, tidebase.now(), $2,
           tidebase.now() + make_interval(secs => $8::float8), 1, true,
-          tidebase.now(), tidebase.now(), tidebase.now(), 2, $9, $10)
+          tidebase.now(), tidebase.now(), tidebase.now(), 2, $9, $10, $11::jsonb)
   ON CONFLICT (id) DO NOTHING
   RETURNING id, workflow, queue, input, state, attempt, released, max_attempts,
             deadline_at, step_count, event_seq, created_at, wake_seq, run_at, trace_context

@@ -50,8 +50,10 @@ class RunsMixin(StoreBase):
         lease_s: float,
         channels: bytes | None = None,
         recovery_webhook: str | None = None,
+        trace_context: bytes | None = None,
     ) -> ClaimedRun | None:
-        """Insert a run leased to ``worker_id``; None when ``run_id`` exists already."""
+        """Insert a run leased to ``worker_id``; None when ``run_id`` exists already.
+        ``trace_context``: the W3C context (JSON) the run's spans continue."""
         with _translate("start inline run"):
             row = await self._pool.fetchrow(
                 Q["start_inline_run"],
@@ -65,6 +67,7 @@ class RunsMixin(StoreBase):
                 lease_s,
                 channels,
                 recovery_webhook,
+                trace_context,
             )
         return None if row is None else _claimed(row)
 
