@@ -32,6 +32,7 @@ to pick another). Their directories go to /dev/shm when it has room
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import atexit
 import contextlib
@@ -241,7 +242,51 @@ def pgbouncer_version(binary: str | None = None) -> tuple[int, int, int]:
     return int(match[1]), int(match[2]), int(match[3] or 0)
 
 
-class PgBouncer:
+class _Service(abc.ABC):
+    """A server process a test starts and stops: ``with`` and ``async with`` both run
+    ``start()`` (off the event loop when async) and always ``stop()``, also when the
+    start failed half-way."""
+
+    @abc.abstractmethod
+    def start(self) -> Self:
+        """Start the service and wait until it serves."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop it and remove what it left on disk; idempotent."""
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        try:
+            return await asyncio.to_thread(self.start)
+        except BaseException:
+            await asyncio.to_thread(self.stop)
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.stop)
+
+
+class PgBouncer(_Service):
     """One PgBouncer process in a temporary directory; see :func:`start_pgbouncer`.
 
     ``with``/``async with`` start it (unless started) and stop it on the way out,
@@ -451,32 +496,6 @@ class PgBouncer:
             _remove_dir(self.dir)
             self.dir = None
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        try:
-            return await asyncio.to_thread(self.start)
-        except BaseException:
-            self.stop()
-            raise
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.to_thread(self.stop)
-
 
 def start_pgbouncer(
     *,
@@ -657,7 +676,7 @@ def _initdb_template(bindir: Path, *, timeout: float) -> Path:
         return data
 
 
-class ReplicaPair:
+class ReplicaPair(_Service):
     """A primary and one synchronous streaming standby on 127.0.0.1, in a temporary
     directory, as the service user.
 
@@ -978,36 +997,6 @@ class ReplicaPair:
                     )
         _remove_dir(self.dir)
         self.dir = None
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        try:
-            return await asyncio.to_thread(self.start)
-        except BaseException:
-            await asyncio.to_thread(self.stop)
-            raise
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.to_thread(self.stop)
 
 
 @pytest.fixture
