@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import anyio
 
 from benchmarks import (
+    agent,
     common,
     compare,
     environment,
@@ -41,6 +42,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     soak.NAME: soak.measure,
     memory.NAME: memory.measure,
     compare.NAME: compare.measure,
+    agent.NAME: agent.measure,
 }
 
 

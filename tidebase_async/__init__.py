@@ -7,7 +7,7 @@ from tidebase_async.client.queues import UNSET, Queues
 from tidebase_async.client.runs import Runs
 from tidebase_async.client.schedules import Schedules
 from tidebase_async.client.tidebase import Tidebase
-from tidebase_async.engine.run import Run
+from tidebase_async.engine.run import Run, current_run
 from tidebase_async.engine.state import RunState
 from tidebase_async.engine.worker import Worker
 from tidebase_async.errors import (
@@ -111,4 +111,5 @@ __all__ = [
     "WaitTimeout",
     "Worker",
     "WorkflowNotFound",
+    "current_run",
 ]

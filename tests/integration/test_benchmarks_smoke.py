@@ -1,5 +1,5 @@
-"""The benchmarks still measure: tiny versions of throughput, steps, wake-up, replay
-and the raw asyncpg peer, against the test server. No timing is asserted (figures
+"""The benchmarks still measure: tiny versions of throughput, steps, wake-up, replay,
+the durable agent and the raw asyncpg peer, against the test server. No timing is asserted (figures
 belong in benchmarks/RESULTS.md); each benchmark checks its own outcome (every run
 completed, every sample seen) and raises BenchmarkError otherwise."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from benchmarks import replay, steps, throughput, wakeup
+from benchmarks import agent, replay, steps, throughput, wakeup
 from benchmarks.common import Context, fresh_database, fresh_tidebase
 from benchmarks.peers.base import WakeParams
 from benchmarks.peers.raw import Raw
@@ -51,3 +51,9 @@ async def test_the_raw_peer_wakes_through_its_claim(server_dsn: str) -> None:
     async with fresh_database(server_dsn) as dsn:
         result = await Raw().wakeup(dsn, params)
     assert len(result.latencies_ms) == 3
+
+
+async def test_agent_runs_drain(server_dsn: str) -> None:
+    for workflow in ("agent-live", "agent-quiet"):
+        params = agent.Params(runs=8, concurrency=4)
+        assert await agent._drain(_ctx(server_dsn), workflow, params) > 0

@@ -19,7 +19,7 @@ from tidebase_async._util import codec
 from tidebase_async._util.failures import error_info
 from tidebase_async.engine.context import EngineContext
 from tidebase_async.engine.execution import Execution, Suspend
-from tidebase_async.engine.run import Run
+from tidebase_async.engine.run import _CURRENT, Run
 from tidebase_async.engine.workflows import Workflow, backoff_delay
 from tidebase_async.engine.writes import RunWrites
 from tidebase_async.models import Retry
@@ -119,6 +119,7 @@ async def _execute(ex: Execution, cancel_scope: anyio.CancelScope) -> ExecutionR
     deadline_in = (
         None if claimed.deadline_at is None else (claimed.deadline_at - ex.now()).total_seconds()
     )
+    current = _CURRENT.set(run)
     with cancel_scope, anyio.move_on_after(deadline_in) as deadline_scope:
         try:
             if wf.takes_input:
@@ -138,6 +139,8 @@ async def _execute(ex: Execution, cancel_scope: anyio.CancelScope) -> ExecutionR
             if isinstance(exc, _PASS_THROUGH) or is_cancellation(exc):
                 raise
             failure = exc
+        finally:
+            _CURRENT.reset(current)
     stopped = _stopped(ex, cancel_scope)
     if stopped is not None:
         return stopped

@@ -16,6 +16,7 @@ and checkpoints), ``waits`` (sleep, gate, child, fanout), ``state`` (``run.state
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import logging
@@ -43,6 +44,29 @@ from tidebase_async.models import Retry
 logger = logging.getLogger(__name__)
 
 _NO_RETRY = Retry(attempts=1)
+
+#: The run whose workflow code executes in this context (set by the executor around the
+#: workflow function; asyncio tasks the workflow starts inherit it).
+_CURRENT: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
+    "tidebase_current_run", default=None
+)
+
+
+def current_run() -> Run | None:
+    """The ``Run`` whose workflow code is executing in this context, else None.
+
+    Integrations use it to find the run from code the workflow calls (a Pydantic AI
+    agent, a helper library) without passing ``run`` through every call. Inside a step
+    function it is still the step's run.
+    """
+    return _CURRENT.get()
+
+
+def executing_step() -> str | None:
+    """The full name of the step (or built-in) whose function executes in this
+    context, else None (workflow code between steps, or outside any run)."""
+    entry = _ENTRY.get()
+    return None if entry is None else entry[1]
 
 
 class Run(RunWaits):

@@ -1,7 +1,8 @@
 // #/runs/<id> : one run, live. The run's event stream (GET /runs/<id>/events) is shown as
 // it arrives, and every event refreshes the rest of the page from GET /runs/<id> (and the
 // state history from GET /runs/<id>/state). While the run is active its live output
-// (GET /runs/<id>/stream) is followed too. A step row can fork the run from that step.
+// (GET /runs/<id>/stream, streams "output" and "agent", see output.js) is followed too.
+// A step row can fork the run from that step.
 
 import { ApiError, get, post, stream } from "./api.js";
 import { historyPanel } from "./history.js";

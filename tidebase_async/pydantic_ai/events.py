@@ -1,0 +1,55 @@
+"""The agent's stream events as live output of the run (``run.emit``, stream
+``"agent"``): text and tool-call deltas as the model streams them, tool calls and
+their results as the agent makes them.
+
+Live output is not checkpointed: replayed code does not emit again, so a subscriber
+sees each event once, while it happens.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any, get_args
+
+from pydantic import TypeAdapter
+from pydantic_ai.messages import AgentStreamEvent, ModelResponseStreamEvent
+
+from tidebase_async import errors
+from tidebase_async.engine.run import Run
+
+logger = logging.getLogger(__name__)
+
+_EVENTS: TypeAdapter[Any] = TypeAdapter(AgentStreamEvent)
+
+#: The events a model's stream makes (parts starting, deltas, parts ending, the final
+#: result); the others are the agent's own (tool calls and results, ...).
+MODEL_EVENTS: tuple[type[Any], ...] = get_args(get_args(ModelResponseStreamEvent)[0])
+
+
+def event_chunk(event: AgentStreamEvent) -> Any:
+    """An event as a JSON value (its ``event_kind`` says which event it is)."""
+    return _EVENTS.dump_python(event, mode="json")
+
+
+async def emit_event(run: Run, stream: str, event: AgentStreamEvent) -> None:
+    """Publish ``event`` on the run's live ``stream``. An event too large for a
+    chunk is replaced by a note naming its kind: live output must never fail the run."""
+    chunk = event_chunk(event)
+    try:
+        await run.emit(chunk, stream=stream)
+    except errors.SerializationError as exc:
+        logger.warning("agent event not streamed: %s", exc, extra={"run_id": str(run.id)})
+        kind = chunk.get("event_kind") if isinstance(chunk, dict) else None
+        await run.emit({"event_kind": kind, "omitted": "too large to stream"}, stream=stream)
+
+
+async def emitting(
+    run: Run, stream: str, events: AsyncIterable[AgentStreamEvent]
+) -> AsyncIterator[AgentStreamEvent]:
+    """Pass ``events`` through, publishing each model stream event first (the agent's
+    own events are published where they are dispatched)."""
+    async for event in events:
+        if isinstance(event, MODEL_EVENTS):
+            await emit_event(run, stream, event)
+        yield event
