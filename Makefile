@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint fmt demo example-aiohttp example-starlette bench bench-full chaos pg clean
+.PHONY: install test lint fmt demo example-aiohttp example-starlette example-agent bench bench-full chaos pg clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(BENCH_STAMP): $(STAMP)
 EXAMPLES_STAMP := $(VENV)/.installed-examples
 
 $(EXAMPLES_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,examples]'
+	$(PY) -m pip install -q -e '.[dev,examples,pydantic-ai]'
 	touch $(EXAMPLES_STAMP)
 
 install: $(STAMP)
@@ -59,6 +59,12 @@ example-aiohttp: $(STAMP)
 
 example-starlette: $(EXAMPLES_STAMP)
 	$(PY) -m examples.starlette_app --port $(EXAMPLE_PORT)
+
+# The durable research agent (Pydantic AI) with its page on http://127.0.0.1:$(EXAMPLE_PORT):
+# a scripted model by default, a real one with OPENAI_API_KEY or ANTHROPIC_API_KEY set
+# (see examples/agent/README.md). A worker runs in the same process; Ctrl-C stops it.
+example-agent: $(EXAMPLES_STAMP)
+	$(PY) -m examples.agent --port $(EXAMPLE_PORT)
 
 bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks

@@ -6,6 +6,7 @@ Commands::
     tidebase migrate                apply schema migrations (with progress)
     tidebase worker module:tide     execute runs (--queue, --concurrency, --lease, ...)
     tidebase serve module:tide      the HTTP API and dashboard only (no worker)
+    tidebase mcp module:tide        an MCP server over stdio (extra tidebase-async[mcp])
     tidebase runs list|show|cancel|retry|wait
     tidebase gates list|resolve
     tidebase enqueue WORKFLOW --input JSON
@@ -508,6 +509,17 @@ async def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _mcp(args: argparse.Namespace) -> int:
+    """Serve MCP over stdin/stdout until the client closes stdin (no worker)."""
+    tide = load_app(args.app)
+    services.use_dsn(tide, _opt(args, "dsn"))
+    # Lazily: the mcp SDK is an extra (ConfigurationError naming it when missing).
+    from tidebase_async.web.mcp import serve_stdio
+
+    await serve_stdio(tide)
+    return EXIT_OK
+
+
 async def _dev(args: argparse.Namespace) -> int:
     from tidebase_async.cli import demo_app
 
@@ -732,6 +744,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app", help="module:attribute naming a Tidebase")
     _web_options(p)
     p.set_defaults(fn=_serve, service=True)
+
+    p = command(
+        "mcp",
+        "serve an MCP server for module:tide over stdio (tools: runs, enqueue, gates, "
+        "events); needs tidebase-async[mcp]",
+    )
+    p.add_argument("app", help="module:attribute naming a Tidebase")
+    p.set_defaults(fn=_mcp)
 
     p = command("runs", "list, show, cancel, retry or wait for runs")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")

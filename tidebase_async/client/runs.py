@@ -280,6 +280,26 @@ class Runs:
             if r is not None:
                 yield Event(seq=r.seq, type=r.type, at=r.at, data=stored_json(r.data))
 
+    async def event_page(
+        self, run_id: UUID | str, *, after: int = 0, limit: int = 100
+    ) -> builtins.list[Event]:
+        """The run's stored events with ``seq > after``, at most ``limit``, in order.
+        Returns at once (``events`` waits for live ones); a full page means more may
+        follow: pass the last ``seq`` back as ``after``.
+
+        Raises:
+            RunNotFound: no run has this id.
+            ConfigurationError: ``after`` below 0, or ``limit`` outside 1..1000.
+        """
+        rid = as_uuid(run_id)
+        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < 2**31:
+            raise errors.ConfigurationError(f"after must be an event seq >= 0, got {after!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise errors.ConfigurationError(f"limit must be an int in 1..1000, got {limit!r}")
+        await self.status(rid)  # RunNotFound
+        rows = await self._tide.store.list_events(rid, after=after, limit=limit)
+        return [Event(seq=r.seq, type=r.type, at=r.at, data=stored_json(r.data)) for r in rows]
+
     async def event_rows(
         self, run_id: UUID, *, after: int, poll: float = 1.0, idle_s: float | None = None
     ) -> AsyncIterator[EventRow | None]:

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
     from tidebase_async.embedded import EmbeddedPostgres
     from tidebase_async.web.adapters import Endpoint
+    from tidebase_async.web.mcp import McpApp
 
 logger = logging.getLogger(__name__)
 
@@ -756,6 +757,21 @@ class Tidebase:
         from tidebase_async.web.api import Api
 
         return Endpoint(Api(self), mounted=True)
+
+    def mcp_app(self) -> McpApp:
+        """An MCP server over the streamable HTTP transport, as an ASGI app
+        (``Mount("/mcp", app=tide.mcp_app())``), behind the HTTP API's key (without
+        one, loopback only). Tools: list_runs, get_run, enqueue, cancel_run, retry_run,
+        list_gates, resolve_gate, run_events. Stateless: it needs no lifespan of its
+        own, but this Tidebase must be open while it serves. See ``web.mcp``.
+
+        Raises:
+            ConfigurationError: the ``mcp`` SDK is not installed
+                (``pip install 'tidebase-async[mcp]'``).
+        """
+        from tidebase_async.web.mcp import McpApp
+
+        return McpApp(self)
 
     def http_app(self) -> web.Application:
         """The HTTP API as an aiohttp sub-application

@@ -2,8 +2,11 @@
 ``"agent"``): text and tool-call deltas as the model streams them, tool calls and
 their results as the agent makes them.
 
-Live output is not checkpointed: replayed code does not emit again, so a subscriber
-sees each event once, while it happens.
+Live output is not checkpointed: replayed code does not emit again. Events the agent
+made after its last checkpoint and before a wait (the tool call that asks for
+approval) are made again when the run resumes from that wait, as any code after the
+last checkpoint runs again; a reader that must not show them twice can key them by
+``tool_call_id``.
 """
 
 from __future__ import annotations

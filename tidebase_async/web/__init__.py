@@ -1,5 +1,6 @@
 """The web layer: signed webhooks and the HTTP API, framework-neutral, with aiohttp and
-ASGI adapters (``tide.webhook()``, ``tide.http_app()``, ``tide.asgi_app()``)."""
+ASGI adapters (``tide.webhook()``, ``tide.http_app()``, ``tide.asgi_app()``), and the MCP
+server (``tide.mcp_app()``, ``tidebase mcp``; the ``mcp`` extra, imported only there)."""
 
 from __future__ import annotations
 

@@ -106,47 +106,60 @@ class Endpoint:
 
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
-        path = "/"
-        if self._mounted:
-            path = scope.get("path", "/")
-            root = scope.get("root_path", "")
-            if root and path.startswith(root):
-                path = path[len(root) :]
-            path = path or "/"
-        raw_query = scope.get("query_string", b"").decode("latin-1")
-        headers = {
-            k.decode("latin-1").lower(): v.decode("utf-8", "surrogateescape")
-            for k, v in scope.get("headers", [])
-        }
-        head = HttpRequest(
-            method=scope.get("method", "GET"),
-            path=path,
-            query={k: v for k, v in reversed(parse_qsl(raw_query, keep_blank_values=True))},
-            headers=headers,
-        )
+        head = request_head(scope, mounted=self._mounted)
         try:
             limit = self._handler.admit(head)
         except Exception as exc:
-            await _asgi_send(send, error_for(exc), receive)
+            await send_response(send, error_for(exc), receive)
             return
         try:
             body = await _read_body(receive, limit)
         except BodyTooLarge:
-            await _asgi_send(send, _too_large(limit), receive)
+            await send_response(send, _too_large(limit), receive)
             return
         if body is None:
             return  # the client went away mid-request: act on nothing it did not finish
         req = msgspec.structs.replace(head, body=body)
-        await _asgi_send(send, await self._handler.handle(req), receive)
+        await send_response(send, await self._handler.handle(req), receive)
+
+
+async def serve_lifespan(receive: Receive, send: Send) -> None:
+    """Answer an ASGI lifespan: nothing to start or stop (the app's own lifespan opens
+    the Tidebase)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def request_head(scope: Scope, *, mounted: bool) -> HttpRequest:
+    """An ASGI HTTP request without its body. ``mounted``: the path below the mount
+    point (``root_path`` removed) is kept, else the path is ``/``."""
+    path = "/"
+    if mounted:
+        path = scope.get("path", "/")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        path = path or "/"
+    raw_query = scope.get("query_string", b"").decode("latin-1")
+    headers = {
+        k.decode("latin-1").lower(): v.decode("utf-8", "surrogateescape")
+        for k, v in scope.get("headers", [])
+    }
+    return HttpRequest(
+        method=scope.get("method", "GET"),
+        path=path,
+        query={k: v for k, v in reversed(parse_qsl(raw_query, keep_blank_values=True))},
+        headers=headers,
+    )
 
 
 def _too_large(limit: int) -> HttpResponse:
@@ -174,7 +187,8 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
-async def _asgi_send(send: Send, resp: HttpResponse, receive: Receive) -> None:
+async def send_response(send: Send, resp: HttpResponse, receive: Receive) -> None:
+    """Send ``resp`` (streamed ones until they end or the client disconnects)."""
     await send(
         {
             "type": "http.response.start",

@@ -32,7 +32,6 @@ time); a gate resolution that carries a token needs no key: the token is the cre
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,6 +48,7 @@ from tidebase_async._util.checks import check_name
 from tidebase_async.client.queues import UNSET
 from tidebase_async.client.runs import as_uuid
 from tidebase_async.client.streams import changed_runs
+from tidebase_async.web.access import authorize, check_origin
 from tidebase_async.web.core import (
     SMALL_BODY,
     HttpError,
@@ -57,8 +57,6 @@ from tidebase_async.web.core import (
     decode_json_body,
     error_for,
     error_response,
-    host_of,
-    is_loopback_host,
     json_response,
     require_json,
 )
@@ -162,9 +160,9 @@ class Api:
             HttpError: 404, 405, 403, 401 or 415.
         """
         method, path, _handler, _groups, needs_key = self._route(request)
-        self._check_origin(request)
+        check_origin(self._tide, request)
         if needs_key:
-            self._authorize(request)
+            authorize(self._tide, request)
         if method == "GET":
             return 0
         require_json(request)
@@ -212,47 +210,6 @@ class Api:
         if allowed:
             raise HttpError(405, "method_not_allowed", f"use {', '.join(allowed)} on {path}")
         raise HttpError(404, "not_found", f"no route {request.method} {path}")
-
-    def _check_origin(self, request: HttpRequest) -> None:
-        """Without an API key the API answers only requests addressed to a loopback
-        host (or one of ``allowed_hosts``) and, when a browser says where a request
-        comes from (Origin), only from such a host: another site cannot drive it, and
-        DNS rebinding cannot read it."""
-        allowed = self._tide.allowed_hosts
-        if self._tide.api_key or "*" in allowed:
-            return
-        host = host_of(request.headers.get("host", ""))
-        if not (is_loopback_host(host) or host.lower() in allowed):
-            raise HttpError(
-                403,
-                "forbidden_host",
-                f"no API key is set, so only loopback hosts are served, not {host!r:.80}: "
-                "set an API key (TIDEBASE_API_KEY), or name the host in allowed_hosts "
-                "(TIDEBASE_ALLOWED_HOSTS) when something in front authenticates requests",
-            )
-        origin = request.headers.get("origin")
-        if origin is not None:
-            authority = origin.partition("://")[2].partition("/")[0]
-            origin_host = host_of(authority)
-            if not (is_loopback_host(origin_host) or origin_host.lower() in allowed):
-                raise HttpError(
-                    403, "forbidden_origin", f"requests from {origin!r:.80} are not served"
-                )
-
-    def _authorize(self, request: HttpRequest) -> None:
-        key = self._tide.api_key
-        if not key:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        # Header values arrive as text decoded from UTF-8 bytes (surrogateescape keeps
-        # bytes that are not UTF-8): encoding them back gives the bytes that were sent.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode("utf-8", "surrogateescape"), key.encode("utf-8")
-        ):
-            raise HttpError(
-                401, "unauthorized", "a valid 'Authorization: Bearer <api key>' is required"
-            )
 
     # -- routes -----------------------------------------------------------------------
 
@@ -423,10 +380,10 @@ class Api:
         body = _decode(request, ResolveBody)
         trusted = True
         if body.token is None:
-            self._authorize(request)
+            authorize(self._tide, request)
         elif self._tide.api_key:
             try:
-                self._authorize(request)
+                authorize(self._tide, request)
             except HttpError:
                 trusted = False
         try:

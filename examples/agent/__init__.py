@@ -1,0 +1,1 @@
+"""A durable research agent (Pydantic AI) behind a Starlette app; see README.md."""
