@@ -88,6 +88,13 @@ class Run(RunWaits):
         self.usage = RunUsage(self)
         self._emitted: dict[str, int] = {}
 
+    @property
+    def replaying(self) -> bool:
+        """True while the workflow code re-runs the part of the run its history
+        recorded (a resumed run before its last checkpoint): code with effects outside
+        the run that is not a step (a notification, a log line) can skip them."""
+        return self._replaying()
+
     async def step(
         self,
         name: str,

@@ -16,10 +16,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import anyio
+from pydantic import TypeAdapter
 from pydantic_ai.durable_exec import (
     CallableOperationBackend,
     DurableOperationId,
     JournalOperationNamer,
+    ModelCompactMessagesId,
     ModelRequestId,
     RoleBasedOperationConfig,
 )
@@ -63,7 +65,13 @@ def _status(exc: ModelHTTPError) -> int:
 
 
 def retryable(exc: BaseException) -> bool:
-    """Whether an operation that raised ``exc`` is worth another attempt."""
+    """Whether an operation that raised ``exc`` is worth another attempt: not when a
+    retry cannot fix it, nor when a model stream failed after it had produced output
+    (its events are out already: Pydantic AI treats that as a stream that started)."""
+    from pydantic_ai.durable_exec._utils import streamed_before_failing
+
+    if streamed_before_failing(exc) is not None:
+        return False
     return not isinstance(exc, NON_RETRYABLE) and not _client_error(exc)
 
 
@@ -118,15 +126,16 @@ _RESPONSES: contextvars.ContextVar[list[ModelResponse] | None] = contextvars.Con
 )
 
 
-#: True inside the step function of one of our operations.
-_IN_UNIT: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "tidebase_pydantic_ai_in_unit", default=False
+#: The capability whose operation's step function executes in this context.
+_UNIT_OWNER: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "tidebase_pydantic_ai_unit_owner", default=None
 )
 
 
-def in_unit() -> bool:
-    """Whether an agent operation's step function executes in this context."""
-    return _IN_UNIT.get()
+def unit_owner() -> object | None:
+    """The capability whose operation executes in this context (an agent called from
+    another agent's tool sees the outer agent's capability here, not its own)."""
+    return _UNIT_OWNER.get()
 
 
 def capture_response(response: ModelResponse) -> None:
@@ -146,12 +155,14 @@ class TidebaseOperationBackend(CallableOperationBackend[StepConfig]):
         default_model_id: str | None,
         config: RoleBasedOperationConfig[StepConfig],
         current: Callable[[], Run],
+        owner: object,
     ) -> None:
         super().__init__(
             namer=JournalOperationNamer(agent_name, default_model_id=default_model_id or "default"),
             config=config,
         )
         self._current = current
+        self._owner = owner
 
     async def execute(
         self,
@@ -165,18 +176,31 @@ class TidebaseOperationBackend(CallableOperationBackend[StepConfig]):
         """Execute ``body`` as the step ``name`` of the current run (replayed from its
         checkpoint when the run recorded it before)."""
         run = self._current()
-        is_model = isinstance(operation_id, ModelRequestId)
+        usage = _usage_kind(operation_id)
+        owner = self._owner
 
         async def unit() -> Any:
-            token = _IN_UNIT.set(True)
+            token = _UNIT_OWNER.set(owner)
             try:
-                return await _attempts(run, name, body, config, record_usage=is_model)
+                return await _attempts(run, name, body, config, usage=usage)
             finally:
-                _IN_UNIT.reset(token)
+                _UNIT_OWNER.reset(token)
 
         # The policy lives in the unit (it knows which failures are worth a retry); the
         # step itself makes one attempt and checkpoints the outcome.
         return await run.step(name, unit, timeout=None)
+
+
+_RESPONSE: TypeAdapter[ModelResponse] = TypeAdapter(ModelResponse)
+
+
+def _usage_kind(operation_id: DurableOperationId) -> str | None:
+    """Which operations make model responses whose usage goes to the ledger."""
+    if isinstance(operation_id, ModelRequestId):
+        return "request"
+    if isinstance(operation_id, ModelCompactMessagesId):
+        return "compact"
+    return None
 
 
 async def _attempts(
@@ -185,7 +209,7 @@ async def _attempts(
     body: Callable[[], Awaitable[object]],
     config: StepConfig,
     *,
-    record_usage: bool,
+    usage: str | None,
 ) -> object:
     policy = config.get("retry") or _ONCE
     timeout = config.get("timeout")
@@ -214,7 +238,10 @@ async def _attempts(
             continue
         finally:
             _RESPONSES.reset(token)
-        if record_usage:
+        if usage == "compact" and not responses:
+            # Compaction returns its response without the stamping hook.
+            responses.append(_RESPONSE.validate_python(payload))
+        if usage is not None:
             for response in responses:
                 await record_response_usage(run, response)
         return payload
@@ -233,15 +260,24 @@ async def record_response_usage(run: Run, response: ModelResponse) -> None:
     cost = _cost(response)
     if cost is None:
         metadata["cost_known"] = False
-    await run.usage.record(
-        kind="llm",
-        provider=response.provider_name,
-        model=response.model_name,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cost_usd=cost or 0,
-        metadata=metadata or None,
-    )
+    try:
+        await run.usage.record(
+            kind="llm",
+            provider=_label(response.provider_name),
+            model=_label(response.model_name),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cost_usd=cost or 0,
+            metadata=metadata or None,
+        )
+    except errors.ConfigurationError as exc:
+        # The tokens are spent and the response is good: a record the ledger refuses
+        # (a provider's odd token count, say) must not fail the step.
+        logger.warning("usage of %r not recorded: %s", response.model_name, exc)
+
+
+def _label(value: str | None) -> str | None:
+    return None if value is None else value[:200]
 
 
 def _cost(response: ModelResponse) -> Any:

@@ -10,13 +10,14 @@ a step of that run (``backend``), streams the agent's events as live output
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 from weakref import WeakKeyDictionary
 
-from pydantic_ai.agent import EventStreamHandler
+from pydantic_ai.agent import AgentRunResult, EventStreamHandler
+from pydantic_ai.capabilities.abstract import WrapRunHandler
 from pydantic_ai.durable_exec import (
     JSON_CODEC,
     BaseDurabilityCapability,
@@ -44,13 +45,15 @@ from tidebase_async.pydantic_ai.backend import (
     TidebaseOperationBackend,
     capture_response,
     check_step_config,
-    in_unit,
+    unit_owner,
 )
 from tidebase_async.pydantic_ai.events import emit_event, emitting
 
 #: Agent runs started by each execution of a run's workflow code, for replay-stable
 #: default run ids (a replay starts the same runs in the same order).
 _AGENT_RUNS: WeakKeyDictionary[Run, int] = WeakKeyDictionary()
+#: Runs whose workflow code is inside a durable agent run now.
+_ACTIVE: WeakKeyDictionary[Run, str] = WeakKeyDictionary()
 
 
 def _serialization_failure(exc: Exception) -> BaseException:
@@ -130,8 +133,9 @@ class TidebaseDurability(BaseDurabilityCapability[AgentDepsT]):
         Args:
             name: the agent's name in step names (default: the agent's ``name``).
             models: extra models by id, for ``agent.run(model=...)`` inside workflows.
-            event_stream_handler: also called with the agent's events (tool events
-                inside steps of their own, so a replay does not call it again).
+            event_stream_handler: also called with the agent's events as they happen
+                (the model's inside its request step, the others in workflow code), not
+                for the parts of a run that replay.
             stream: the live output stream the events go to; None for none (then
                 model requests stream only when ``event_stream_handler`` is given:
                 with live output every model request is a streamed one).
@@ -189,10 +193,11 @@ class TidebaseDurability(BaseDurabilityCapability[AgentDepsT]):
         def tool_config(
             operation_id: DurableOperationId, tool: object | None, tool_name: str
         ) -> StepConfig | Literal[False]:
-            assert isinstance(operation_id, ToolsetCallToolId | ToolsetValidateToolArgumentsId)
-            resolve = self._build_resolve_tool_config(
-                self._toolset_base_config(operation_id.toolset_kind)
-            )
+            if isinstance(operation_id, ToolsetCallToolId | ToolsetValidateToolArgumentsId):
+                base = self._toolset_base_config(operation_id.toolset_kind)
+            else:  # the union of operations grows in Pydantic AI's minor releases
+                base = self._tool_step
+            resolve = self._build_resolve_tool_config(base)
             config = resolve(cast(ToolsetTool[Any] | None, tool), tool_name)
             if config is False:
                 return False
@@ -209,6 +214,7 @@ class TidebaseDurability(BaseDurabilityCapability[AgentDepsT]):
                 resolve_tool=tool_config,
             ),
             current=self._run,
+            owner=self,
         )
 
     def _toolset_base_config(self, kind: ToolsetKind) -> Any:
@@ -220,15 +226,19 @@ class TidebaseDurability(BaseDurabilityCapability[AgentDepsT]):
 
     # -- events as live output -----------------------------------------------------
 
-    def _live(self) -> bool:
-        if self._stream is None:
-            return False
-        return self.in_durable_context or in_unit()
-
     def _effective_event_stream_handler(self) -> EventStreamHandler[AgentDepsT] | None:
-        if not self._live():
-            return self._event_stream_handler
-        return self._stream_events
+        # In workflow code with live output, the base dispatches the agent's own events
+        # to _dispatch_event_stream_event (below): say there is a handler. Elsewhere
+        # (outside runs, an agent called from inside a step) only the user's counts.
+        if self._stream is not None and self.in_durable_context:
+            return self._stream_events
+        return self._event_stream_handler
+
+    def _model_stream_event_handler(self) -> EventStreamHandler[AgentDepsT] | None:
+        # Inside this capability's own model request step: publish the stream.
+        if self._stream is not None and unit_owner() is self:
+            return self._stream_events
+        return self._event_stream_handler
 
     async def _stream_events(
         self, ctx: RunContext[AgentDepsT], events: AsyncIterable[AgentStreamEvent]
@@ -246,15 +256,39 @@ class TidebaseDurability(BaseDurabilityCapability[AgentDepsT]):
     async def _dispatch_event_stream_event(
         self, ctx: RunContext[AgentDepsT], event: AgentStreamEvent
     ) -> None:
-        # Workflow-side events (tool calls and results): published here, where a
-        # replay does not publish again; the user's handler gets its own step.
+        # The agent's own events (tool calls and results, events a tool emitted), in
+        # workflow code: published live, and given to the user's handler, unless the
+        # run is replaying. Not as steps of their own: an event a tool emits inside its
+        # step is not emitted again on replay, and a step for it would shift the
+        # history.
+        run = self._run()
         if self._stream is not None:
-            await emit_event(self._run(), self._stream, event)
-        if self._event_stream_handler is not None:
-            bound = self._bound_event_operation or self._bind_event_operation(
-                self.get_durable_operation_backend()
+            await emit_event(run, self._stream, event)
+        if self._event_stream_handler is not None and not run.replaying:
+            await self._event_stream_handler(ctx, _one(event))
+
+    # -- one agent at a time -------------------------------------------------------
+
+    async def wrap_run(
+        self, ctx: RunContext[AgentDepsT], *, handler: WrapRunHandler
+    ) -> AgentRunResult[Any]:
+        if not self.in_durable_context:
+            return await super().wrap_run(ctx, handler=handler)
+        run = self._run()
+        other = _ACTIVE.get(run)
+        if other is not None:
+            # Their steps would share the run's positional history in an order set by
+            # model latencies, which a replay (all answers at once) does not repeat.
+            raise errors.ConfigurationError(
+                f"run {run.id}: agent {self.name!r} started while agent {other!r} runs in "
+                "the same workflow; durable agents of one run run one at a time: start "
+                "concurrent agents as child runs (run.child, run.fanout)"
             )
-            await bound(_event_params(event, ctx))
+        _ACTIVE[run] = self.name
+        try:
+            return await super().wrap_run(ctx, handler=handler)
+        finally:
+            _ACTIVE.pop(run, None)
 
     # -- approvals as gates --------------------------------------------------------
 
@@ -272,7 +306,5 @@ class TidebaseDurability(BaseDurabilityCapability[AgentDepsT]):
         )
 
 
-def _event_params(event: AgentStreamEvent, ctx: RunContext[Any]) -> Any:
-    from pydantic_ai.durable_exec import EventStreamHandlerParams
-
-    return EventStreamHandlerParams(event, run_context=ctx)
+async def _one(event: AgentStreamEvent) -> AsyncIterator[AgentStreamEvent]:
+    yield event

@@ -17,6 +17,7 @@ from typing import Any, get_args
 
 from pydantic import TypeAdapter
 from pydantic_ai.messages import AgentStreamEvent, ModelResponseStreamEvent
+from pydantic_core import PydanticSerializationError
 
 from tidebase_async import errors
 from tidebase_async.engine.run import Run
@@ -32,19 +33,22 @@ MODEL_EVENTS: tuple[type[Any], ...] = get_args(get_args(ModelResponseStreamEvent
 
 def event_chunk(event: AgentStreamEvent) -> Any:
     """An event as a JSON value (its ``event_kind`` says which event it is)."""
-    return _EVENTS.dump_python(event, mode="json")
+    return _EVENTS.dump_python(event, mode="json", warnings=False)
 
 
 async def emit_event(run: Run, stream: str, event: AgentStreamEvent) -> None:
-    """Publish ``event`` on the run's live ``stream``. An event too large for a
-    chunk is replaced by a note naming its kind: live output must never fail the run."""
-    chunk = event_chunk(event)
+    """Publish ``event`` on the run's live ``stream``. An event too large for a chunk,
+    or not JSON, is replaced by a note naming its kind: live output never fails the run."""
+    kind = getattr(event, "event_kind", None)
     try:
-        await run.emit(chunk, stream=stream)
-    except errors.SerializationError as exc:
+        await run.emit(event_chunk(event), stream=stream)
+    except errors.PayloadTooLarge as exc:
         logger.warning("agent event not streamed: %s", exc, extra={"run_id": str(run.id)})
-        kind = chunk.get("event_kind") if isinstance(chunk, dict) else None
         await run.emit({"event_kind": kind, "omitted": "too large to stream"}, stream=stream)
+    except (errors.SerializationError, PydanticSerializationError, ValueError, TypeError) as exc:
+        # An event holding a value JSON cannot carry (a custom event's payload, say).
+        logger.warning("agent event not streamed: %s", exc, extra={"run_id": str(run.id)})
+        await run.emit({"event_kind": kind, "omitted": "not JSON"}, stream=stream)
 
 
 async def emitting(
