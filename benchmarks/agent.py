@@ -39,7 +39,7 @@ class Params(msgspec.Struct, frozen=True, kw_only=True):
 
 PARAMS: dict[Mode, Params] = {
     "quick": Params(runs=200, concurrency=16),
-    "full": Params(runs=2_000, concurrency=16),
+    "full": Params(runs=1_000, concurrency=16),
 }
 
 
