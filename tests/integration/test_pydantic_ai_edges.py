@@ -346,3 +346,46 @@ async def test_two_approvals_one_rejected_then_replayed(
         output = await tide.runs.wait(handle.id, timeout=20)
     assert sent == ["qa"]
     assert output == "sent to qa; no dev"
+
+
+# -- the agent's own waits are durable sleeps of the run --------------------------------
+
+
+async def test_polling_a_suspended_response_sleeps_durably(
+    tide: Tidebase, db: asyncpg.Connection
+) -> None:
+    """A model answering "suspended" (a background job) is polled after the model's
+    continuation delay; inside a workflow that wait is a durable sleep of the run (a
+    history entry, not an in-memory sleep a crash would lose)."""
+    calls: list[int] = []
+
+    def job(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            return ModelResponse(parts=[], state="suspended", provider_response_id="job-1")
+        return ModelResponse(parts=[TextPart("job done")])
+
+    class Polled(FunctionModel):
+        def continuation_delay(self, response: ModelResponse) -> float | None:
+            return 0.05
+
+    agent = Agent(
+        Polled(job, model_name="scripted"),
+        name="poller",
+        capabilities=[TidebaseDurability(stream=None)],
+    )
+
+    @tide.workflow("poll", max_attempts=1)
+    async def poll(run: Any) -> str:
+        return str((await agent.run("go")).output)
+
+    handle = await tide.enqueue("poll")
+    async with working(tide):
+        output = await tide.runs.wait(handle.id, timeout=20)
+    assert output == "job done"
+    names = [name for name, _ in await _steps(db, handle.id)]
+    assert "poller.sleep" in names, names
+    kinds = await db.fetch(
+        "SELECT kind FROM tidebase.steps WHERE run_id = $1 AND name = 'poller.sleep'", handle.id
+    )
+    assert [r["kind"] for r in kinds] == ["sleep"]

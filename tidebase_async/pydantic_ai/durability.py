@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 from weakref import WeakKeyDictionary
 
-from pydantic_ai.agent import AgentRunResult, EventStreamHandler
+from pydantic_ai.agent import Agent, AgentRunResult, EventStreamHandler
 from pydantic_ai.capabilities.abstract import WrapRunHandler
 from pydantic_ai.durable_exec import (
     JSON_CODEC,
@@ -285,8 +285,17 @@ class TidebaseDurability(BaseDurabilityCapability[AgentDepsT]):
                 "concurrent agents as child runs (run.child, run.fanout)"
             )
         _ACTIVE[run] = self.name
+        sleep_name = f"{self.name}.sleep"
+
+        async def durable_sleep(seconds: float) -> None:
+            # The agent's waits (between polls of a background model response, say)
+            # are durable sleeps of the run: a long one parks the run without a slot,
+            # and a replay does not wait again.
+            await run.sleep(sleep_name, max(0.0, seconds))
+
         try:
-            return await super().wrap_run(ctx, handler=handler)
+            with Agent.using_sleep(durable_sleep):
+                return await super().wrap_run(ctx, handler=handler)
         finally:
             _ACTIVE.pop(run, None)
 
