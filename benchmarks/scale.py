@@ -183,6 +183,8 @@ async def claim_args(conn: Any) -> list[Any]:
             args.append(CLAIM_LIMIT)
         elif param.name in ("float4", "float8", "numeric"):
             args.append(LEASE_S)
+        elif param.name == "_text":
+            args.append([])  # the worker's workflow versions: none
         else:
             raise BenchmarkError(
                 f"claim_runs_one takes a {param.name} parameter now; update benchmarks/scale.py"
@@ -191,6 +193,8 @@ async def claim_args(conn: Any) -> list[Any]:
 
 
 def _literal(value: Any) -> str:
+    if isinstance(value, list):
+        return "'{}'::text[]" if not value else "ARRAY[" + ", ".join(map(_literal, value)) + "]"
     return f"'{value}'" if isinstance(value, str) else repr(value)
 
 

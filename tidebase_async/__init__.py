@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tidebase_async.client.events import Events
 from tidebase_async.client.gates import Gates
 from tidebase_async.client.queues import UNSET, Queues
 from tidebase_async.client.runs import Runs
@@ -41,8 +42,10 @@ from tidebase_async.errors import (
 )
 from tidebase_async.models import (
     Event,
+    EventWaitInfo,
     GateDecision,
     GateInfo,
+    KeyedEvent,
     Page,
     QueueInfo,
     Retry,
@@ -67,6 +70,8 @@ __all__ = [
     "DatabaseUnreachable",
     "EmbeddedPostgresError",
     "Event",
+    "EventWaitInfo",
+    "Events",
     "GateAlreadyResolved",
     "GateDecision",
     "GateInfo",
@@ -74,6 +79,7 @@ __all__ = [
     "GateTokenInvalid",
     "Gates",
     "InvalidSchedule",
+    "KeyedEvent",
     "LeaseLost",
     "NonDeterminismError",
     "NotFoundError",

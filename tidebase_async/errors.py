@@ -26,7 +26,7 @@ Everything the library raises on purpose subclasses :class:`TidebaseError`::
       RunFailed             workflow raised; holds the recorded error
       RunCancelled
       StepTimeout           a step ran past its ``timeout``
-      WaitTimeout           runs.wait gave up (also a TimeoutError)
+      WaitTimeout           runs.wait gave up, or run.wait_for_event timed out (a TimeoutError)
       StreamOverflow        a live-output subscriber fell too far behind; chunks dropped
       StepFailed            replay of a step whose recorded failure the workflow handled
       PayloadTooLarge       a checkpoint, input or state exceeds the configured limit
@@ -183,7 +183,9 @@ class StreamOverflow(TidebaseError):
 
 
 class WaitTimeout(TidebaseError, TimeoutError):
-    """``runs.wait`` reached its timeout before the run finished (the run goes on)."""
+    """``runs.wait`` reached its timeout before the run finished (the run goes on), or
+    ``run.wait_for_event`` reached its timeout before an event came (nothing arrives
+    at that wait later)."""
 
 
 class RunFailed(TidebaseError):

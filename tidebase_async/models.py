@@ -14,7 +14,7 @@ import msgspec
 
 RunStatus = Literal["queued", "running", "waiting", "completed", "failed", "cancelled"]
 StepStatus = Literal["completed", "failed"]
-StepKind = Literal["step", "sleep", "gate", "child", "fanout"]
+StepKind = Literal["step", "sleep", "gate", "child", "fanout", "event"]
 GateStatus = Literal["pending", "approved", "rejected", "expired", "cancelled"]
 
 RUN_STATUSES: tuple[str, ...] = ("queued", "running", "waiting", "completed", "failed", "cancelled")
@@ -68,6 +68,8 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
     deadline: datetime | None = None
     metadata: dict[str, Any] | None = None
     webhooks: list[str] | None = None
+    #: The workflow version to run (default: the newest registered in this process).
+    version: str | None = None
 
 
 class DeliveryInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -118,7 +120,8 @@ class StateVersion(msgspec.Struct, frozen=True, kw_only=True):
 class StepInfo(msgspec.Struct, frozen=True, kw_only=True):
     """One entry of a run's history, in the order the workflow reached it. ``kind`` is
     ``step``, or ``sleep`` (output: when it ends), ``gate`` (output: the decision),
-    ``child`` or ``fanout`` (output: the children's outputs)."""
+    ``child`` or ``fanout`` (output: the children's outputs), ``event`` (output: the
+    payload ``run.wait_for_event`` received)."""
 
     name: str
     status: StepStatus
@@ -265,6 +268,18 @@ class ScheduleInfo(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime | None = None
 
 
+class QueueVersion(msgspec.Struct, frozen=True, kw_only=True):
+    """Queued runs of one version of a workflow in a queue: how many, how long the
+    oldest due one has waited, and how many live workers have that version (0: none
+    can take them; they stay queued until one that has it starts)."""
+
+    workflow: str
+    version: str
+    queued: int
+    oldest_s: float = 0.0
+    workers: int = 0
+
+
 class QueueInfo(msgspec.Struct, frozen=True, kw_only=True):
     """A queue's controls (None: not limited) and its runs counted by status."""
 
@@ -273,3 +288,44 @@ class QueueInfo(msgspec.Struct, frozen=True, kw_only=True):
     rate_per_minute: float | None = None
     paused: bool = False
     counts: dict[str, int] = msgspec.field(default_factory=dict)
+    #: Queued runs of versioned workflows, per version (unversioned runs not listed).
+    versions: list[QueueVersion] = msgspec.field(default_factory=list)
+
+
+# -- events by key (run.wait_for_event, tide.events) -------------------------------------
+
+KeyedEventStatus = Literal["stored", "delivered", "consumed"]
+EventWaitStatus = Literal["waiting", "received", "timed_out"]
+
+
+class KeyedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event sent by key (``tide.events.send``), as recorded. ``status``:
+    ``delivered`` (runs waited for it when it was sent: each in ``received_by`` got
+    it), ``stored`` (nobody waited: the next run to wait for its name and key takes
+    it, until ``expires_at``) or ``consumed`` (a stored event a later waiter took)."""
+
+    id: UUID
+    name: str
+    key: str
+    payload: Any = None
+    status: KeyedEventStatus = "stored"
+    received_by: list[UUID] = msgspec.field(default_factory=list)
+    sent_at: datetime | None = None
+    consumed_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+class EventWaitInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A run's wait for an event by key (``run.wait_for_event``); ``wait`` is its
+    history entry's name (with ordinal)."""
+
+    run_id: UUID
+    wait: str
+    name: str
+    key: str
+    status: EventWaitStatus = "waiting"
+    event_id: UUID | None = None
+    payload: Any = None
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    closed_at: datetime | None = None

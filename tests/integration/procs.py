@@ -250,8 +250,10 @@ class Workers:
         maintenance_interval: float = 0.2,
         shutdown_grace: float = 5.0,
         ready: bool = True,
+        code: str | None = None,
     ) -> WorkerProcess:
-        """Start a worker process and (by default) wait for its READY line."""
+        """Start a worker process and (by default) wait for its READY line.
+        ``code``: also register that variant of the deploy workflows (worker_app)."""
         proc = self._spawn(
             name or f"{len(self.procs) + 1}-{mode}",
             [
@@ -267,6 +269,7 @@ class Workers:
                 str(maintenance_interval),
                 "--shutdown-grace",
                 str(shutdown_grace),
+                *(["--code", code] if code is not None else []),
             ],
         )
         if ready:

@@ -150,7 +150,7 @@ async def test_claim_many_does_not_lock_runs_it_does_not_lease(tide: Tidebase, d
     try:
         async with holder.transaction():
             # The statement of a claimer, its row locks held as they are while it runs.
-            first = await holder.fetch(Q["claim_runs_many"], "w1", ["a", "b"], 30.0, 2, 1)
+            first = await holder.fetch(Q["claim_runs_many"], "w1", ["a", "b"], 30.0, 2, 1, [])
             assert len(first) == 2
             second = await tide.store.claim(
                 worker_id="w2", queues=["a", "b"], limit=2, lease_s=30.0

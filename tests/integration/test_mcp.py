@@ -38,6 +38,7 @@ TOOLS = {
     "list_gates",
     "resolve_gate",
     "run_events",
+    "send_event",
 }
 API_KEY = "mcp-test-key-5e2a91"
 Capture = pytest.CaptureFixture[str]

@@ -60,7 +60,7 @@ ROUTES = {
     "/schedules/{name}/resume": {"post"},
     "/": {"get"},
     "/assets/{name}": {"get"},
-    "/events": {"get"},
+    "/events": {"get", "post"},
     "/runs/{run_id}/stream": {"get"},
     "/runs/{run_id}/state": {"get"},
     "/runs/{run_id}/fork": {"post"},

@@ -33,7 +33,17 @@ SECRET = "test-webhook-secret-a8f2c6"
 OLD_SECRET = "test-webhook-secret-old-77e0"
 
 #: Every table a request could write to.
-TABLES = ("runs", "steps", "events", "gates", "outbox", "schedules", "queues")
+TABLES = (
+    "runs",
+    "steps",
+    "events",
+    "gates",
+    "outbox",
+    "schedules",
+    "queues",
+    "keyed_events",
+    "event_waits",
+)
 
 AiohttpRoute = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
 

@@ -14,6 +14,8 @@ Workflows:
 - ``nap``: one step ``nap`` (the blocking step) that sleeps ``input`` seconds.
 - ``pair``: steps ``a`` and ``b``, each sleeping ``input`` seconds.
 - ``sleeper``: step ``before``, a durable ``run.sleep("nap", input)``, step ``after``.
+- ``event_waiter``: step ``before``, ``run.wait_for_event("payment", key=input["key"])``,
+  step ``after``; returns the payload and the pid of ``after``.
   Output ``{"before": <pid>, "after": <pid>}``.
 - ``family``: input ``{"one": n, "many": [n, ...], "nap": s}``; a child ``leaf`` named
   ``one`` with ``n``, then a fan-out ``many`` of one ``leaf`` per element. Output
@@ -25,6 +27,15 @@ Workflows:
   themselves in ``chaos_log`` (see ``procs.CHAOS_LOG_DDL``) with the claim's attempt and
   this process's clock, retrying across lost connections and server restarts, so that
   no execution by a live process goes unrecorded.
+
+``--code v1`` / ``--code v2`` (changing code under running runs, test_versions.py)
+also registers a variant of the code of a deploy:
+
+- ``deploy``: input: seconds to sleep. v1: steps ``a``, ``b``, a durable sleep ``nap``,
+  step ``c``; v2 replaces ``b`` by ``b2`` behind ``run.patched("new-b")``. Output
+  ``{"path": [<step names>], "pid": <pid>}``.
+- ``versioned``: registered as version ``"1"`` (v1) or ``"2"`` (v2); one step.
+  Output ``{"version": <version>, "pid": <pid>}``.
 
 ``--mode`` says what the blocking step does in this process, after logging itself:
 
@@ -175,6 +186,17 @@ def register(tide: Tidebase, log: StepLog, mode: str) -> None:
         after = await run.step("after", logged, "after")
         return {"before": before, "after": after}
 
+    @tide.workflow("event_waiter")
+    async def event_waiter(run: Run, input: dict[str, Any]) -> dict[str, Any]:
+        async def logged(name: str) -> int:
+            await log.record(run.id, name)
+            return PID
+
+        await run.step("before", logged, "before")
+        payload = await run.wait_for_event("payment", key=input["key"])
+        pid = await run.step("after", logged, "after")
+        return {"payload": payload, "pid": pid}
+
     @tide.workflow("leaf")
     async def leaf(run: Run, input: dict[str, Any]) -> dict[str, Any]:
         async def leaf_step() -> int:
@@ -207,11 +229,39 @@ def register(tide: Tidebase, log: StepLog, mode: str) -> None:
         return done
 
 
+def register_code(tide: Tidebase, log: StepLog, code: str) -> None:
+    """The workflows whose code changes between deploys (``--code``)."""
+
+    async def logged(run: Run, name: str) -> str:
+        await log.record(run.id, name)
+        return name
+
+    @tide.workflow("deploy")
+    async def deploy(run: Run, input: float) -> dict[str, Any]:
+        path = [await run.step("a", logged, run, "a")]
+        if code == "v2" and await run.patched("new-b"):
+            path.append(await run.step("b2", logged, run, "b2"))
+        else:
+            path.append(await run.step("b", logged, run, "b"))
+        await run.sleep("nap", input)
+        path.append(await run.step("c", logged, run, "c"))
+        return {"path": path, "pid": PID}
+
+    version = "1" if code == "v1" else "2"
+
+    @tide.workflow("versioned", version=version)
+    async def versioned(run: Run, input: Any) -> dict[str, Any]:
+        await run.step("work", logged, run, f"work-v{version}")
+        return {"version": version, "pid": PID}
+
+
 async def serve(args: argparse.Namespace) -> int:
     pool = await asyncpg.create_pool(args.dsn, min_size=1, max_size=4)
     try:
         tide = Tidebase(args.dsn, pool_size=args.pool_size)
         register(tide, StepLog(pool), args.mode)
+        if args.code is not None:
+            register_code(tide, StepLog(pool), args.code)
         started = anyio.Event()
         async with anyio.create_task_group() as tg:
 
@@ -245,6 +295,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--maintenance-interval", type=float, default=0.2)
     parser.add_argument("--shutdown-grace", type=float, default=5.0)
     parser.add_argument("--pool-size", type=int, default=6)
+    parser.add_argument("--code", choices=("v1", "v2"), default=None)
     return parser.parse_args(argv)
 
 

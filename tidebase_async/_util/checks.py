@@ -4,6 +4,7 @@ durations, webhook channels. Pure: each returns the value or raises
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 from tidebase_async import errors
@@ -97,6 +98,38 @@ def check_history_name(kind: str, name: object) -> str:
         # routing, so a '/' in it could never be addressed there.
         raise errors.ConfigurationError(f"gate name {name!r} may not contain '/'")
     return name
+
+
+#: The longest key of an event (``run.wait_for_event``, ``tide.events.send``).
+MAX_EVENT_KEY_LENGTH = 200
+
+
+def check_event_key(key: object, *, event: str) -> str:
+    """The key of event ``event``: a non-empty str of at most 200 characters that
+    Postgres text can hold (no NUL, no lone surrogate); an int or a UUID stands for
+    its str form (``42`` and ``"42"`` are one key).
+
+    Raises:
+        ConfigurationError: names the event, the problem and the key.
+    """
+    if (isinstance(key, int) and not isinstance(key, bool)) or isinstance(key, uuid.UUID):
+        key = str(key)
+    if not isinstance(key, str):
+        raise errors.ConfigurationError(
+            f"event {event!r}: key must be a str (or an int or UUID), got {type(key).__name__}"
+        )
+    if not key:
+        raise errors.ConfigurationError(f"event {event!r}: key must not be empty")
+    if len(key) > MAX_EVENT_KEY_LENGTH:
+        raise errors.ConfigurationError(
+            f"event {event!r}: key is {len(key)} characters long; the limit is "
+            f"{MAX_EVENT_KEY_LENGTH}: {key[:40]!r}..."
+        )
+    if "\x00" in key or not is_utf8(key):
+        raise errors.ConfigurationError(
+            f"event {event!r}: key {key[:60]!r} contains a NUL character or a lone surrogate"
+        )
+    return key
 
 
 def check_channels(channels: object, *, where: str) -> list[str]:

@@ -9,9 +9,11 @@ Commands::
     tidebase mcp module:tide        an MCP server over stdio (extra tidebase-async[mcp])
     tidebase runs list|show|cancel|retry|wait
     tidebase gates list|resolve
+    tidebase events send|list        events by key for runs in run.wait_for_event
     tidebase enqueue WORKFLOW --input JSON
     tidebase schedules list|pause|resume
     tidebase queues list|pause|resume
+    tidebase replay-check module:tide   replay stored histories against this code (CI)
     tidebase pg                     run the embedded Postgres and print its DSN
 
 Options fall back to environment variables: ``--dsn`` to ``TIDEBASE_DATABASE_URL``
@@ -345,6 +347,79 @@ async def _gates(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- events by key -------------------------------------------------------------------------
+
+
+async def _events(args: argparse.Namespace) -> int:
+    async with _tidebase(args) as tide:
+        if args.action == "send":
+            payload = _json_arg(args.payload, "--payload")
+            if args.retention is None:
+                event = await tide.events.send(args.name, key=args.key, payload=payload)
+            else:
+                event = await tide.events.send(
+                    args.name, key=args.key, payload=payload, retention=args.retention
+                )
+            # Wake the workers of the runs it resumed before this process exits.
+            await tide.notifier.flush()
+            if _wants_json(args):
+                render.print_json(event)
+            elif event.status == "delivered":
+                runs = ", ".join(str(r) for r in event.received_by)
+                print(f"delivered event {event.name!r} to {len(event.received_by)} run(s): {runs}")
+            else:
+                print(
+                    f"stored event {event.name!r} (nobody waits for it yet) until "
+                    f"{render.when(event.expires_at)}"
+                )
+            return EXIT_OK
+        return await _events_list(tide, args)
+
+
+async def _events_list(tide: Tidebase, args: argparse.Namespace) -> int:
+    """Events within their retention (stored ones by default) and the open waits."""
+    status = None if args.status == "all" else args.status
+    events = await tide.events.list(status=status, name=args.name, key=args.key, limit=args.limit)
+    waits = await tide.events.waits(name=args.name, key=args.key, limit=args.limit)
+    if _wants_json(args):
+        render.print_json({"events": events, "waits": waits})
+        return EXIT_OK
+    if events:
+        headers = ["EVENT", "NAME", "KEY", "STATUS", "SENT", "EXPIRES", "PAYLOAD"]
+        rows = [
+            [
+                str(e.id),
+                e.name,
+                e.key,
+                e.status,
+                render.ago(e.sent_at),
+                render.ago(e.expires_at),
+                render.compact(e.payload, 60),
+            ]
+            for e in events
+        ]
+        print(render.table(headers, rows))
+    else:
+        print("no events" if status is None else f"no {status} events")
+    if waits:
+        headers = ["RUN", "WAIT", "NAME", "KEY", "SINCE", "EXPIRES"]
+        rows = [
+            [
+                str(w.run_id),
+                w.wait,
+                w.name,
+                w.key,
+                render.ago(w.created_at),
+                "-" if w.expires_at is None else render.ago(w.expires_at),
+            ]
+            for w in waits
+        ]
+        print(render.table(headers, rows))
+    else:
+        print("no runs wait for events")
+    return EXIT_OK
+
+
 # -- enqueue, schedules, queues ------------------------------------------------------------
 
 
@@ -415,11 +490,75 @@ async def _queues(args: argparse.Namespace) -> int:
                 render.print_json(items)
             else:
                 print(render.queues_table(items) if items else "no queues")
+                versions = render.queue_versions_table(items)
+                if versions:
+                    print("\nqueued runs by workflow version:\n" + versions)
             return EXIT_OK
         info = await tide.queues.configure(args.name, paused=args.action == "pause")
         verb = "paused" if info.paused else "resumed"
         _report_struct(args, info, f"{verb} queue {info.name!r}")
     return EXIT_OK
+
+
+# -- replay-check --------------------------------------------------------------------------
+
+_SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str) -> float | None:
+    """``--since``: ``7d``, ``12h``, ``30m``, ``90s``, ``2w`` or plain seconds; ``none``
+    for no finished runs.
+
+    Raises:
+        UsageError: anything else (names the value).
+    """
+    raw = text.strip().lower()
+    if raw == "none":
+        return None
+    unit = _SINCE_UNITS.get(raw[-1:]) if raw else None
+    number = raw[:-1] if unit is not None else raw
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value > 36_500 * 86_400:
+        raise UsageError(
+            f"--since {text!r}: expected a duration such as 7d, 12h, 30m, 90s, 2w "
+            "(at most 100 years), or none"
+        )
+    return value
+
+
+async def _replay_check(args: argparse.Namespace) -> int:
+    since = parse_since(args.since)
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    tide = load_app(args.app)
+    for name in args.workflow or []:
+        if name not in tide.workflows:
+            raise UsageError(
+                f"--workflow {name!r} is not registered in {args.app} "
+                f"(registered: {', '.join(sorted(tide.workflows)) or 'none'})"
+            )
+    services.use_dsn(tide, _opt(args, "dsn"))
+    async with tide:
+        report = await tide.replay_check(workflows=args.workflow, since=since, limit=args.limit)
+    if _wants_json(args):
+        render.print_json(
+            {
+                "ok": report.ok,
+                "checked": report.checked,
+                "compatible": report.compatible,
+                "incompatible": report.incompatible,
+                "unchecked": report.unchecked,
+                "skipped": report.skipped,
+                "workflows": report.workflows,
+                "seconds": round(report.seconds, 3),
+            }
+        )
+    else:
+        print(render.replay_check_text(report))
+    return EXIT_OK if report.ok else EXIT_ERROR
 
 
 def _report_struct(args: argparse.Namespace, value: Any, text: str) -> None:
@@ -795,6 +934,22 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--payload", metavar="JSON", help="data handed to the workflow")
     p.set_defaults(fn=_gates)
 
+    p = command("events", "send events by key to waiting runs, list stored events and waits")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = action("send", "send an event: to the runs waiting for NAME and --key, else stored")
+    a.add_argument("name", help="the event's name")
+    a.add_argument("--key", required=True, help="the event's key")
+    a.add_argument("--payload", metavar="JSON", help="the payload the runs receive (JSON)")
+    a.add_argument(
+        "--retention", type=float, metavar="SECONDS", help="how long it stays stored (7 days)"
+    )
+    a = action("list", "events not received yet (stored) and the runs waiting for events")
+    a.add_argument("--name", help="only events of this name")
+    a.add_argument("--key", help="only events with this key")
+    a.add_argument("--status", choices=["stored", "delivered", "consumed", "all"], default="stored")
+    a.add_argument("--limit", type=int, default=50)
+    p.set_defaults(fn=_events)
+
     p = command("enqueue", "create a queued run of WORKFLOW", json=True)
     p.add_argument("workflow")
     p.add_argument("--input", metavar="JSON", help="the run's input as JSON")
@@ -823,6 +978,27 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in ("pause", "resume"):
         action(verb, f"{verb} claiming from a queue").add_argument("name")
     p.set_defaults(fn=_queues)
+
+    p = command(
+        "replay-check",
+        "replay stored run histories against the code of module:tide without executing "
+        "anything; exit 1 when any run would fail with NonDeterminismError (for CI)",
+        json=True,
+    )
+    p.add_argument("app", help="module:attribute naming a Tidebase (the code to check)")
+    p.add_argument(
+        "--workflow",
+        action="append",
+        metavar="NAME",
+        help="check only this workflow, repeatable (default: every registered one)",
+    )
+    p.add_argument(
+        "--since",
+        default="7d",
+        help="also check runs that finished within this (7d; 12h, 30m, none)",
+    )
+    p.add_argument("--limit", type=int, help="check at most this many runs")
+    p.set_defaults(fn=_replay_check)
 
     p = command("pg", "run the embedded Postgres and print its DSN", db=False)
     p.add_argument("--data-dir", default=None, metavar="DIR")

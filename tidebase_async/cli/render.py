@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from tidebase_async.engine.replaycheck import ReplayCheckReport
 from tidebase_async.models import GateInfo, QueueInfo, RunInfo, RunSummary, ScheduleInfo
 
 _json_encoder = msgspec.json.Encoder()
@@ -242,3 +243,64 @@ def queues_table(queues: Sequence[QueueInfo]) -> str:
     ]
     headers = ["QUEUE", "STATE", "CONCURRENCY", "RATE", *(s.upper() for s in _COUNTED)]
     return table(headers, rows)
+
+
+def queue_versions_table(queues: Sequence[QueueInfo]) -> str:
+    """Queued runs of versioned workflows per version; '' when there are none. A
+    version no live worker has is flagged: its runs wait for a worker with it."""
+    rows = [
+        [
+            q.name,
+            v.workflow,
+            v.version,
+            str(v.queued),
+            duration(v.oldest_s) if v.oldest_s else "-",
+            str(v.workers) if v.workers else "0  (no live worker has this version)",
+        ]
+        for q in queues
+        for v in q.versions
+    ]
+    if not rows:
+        return ""
+    return table(["QUEUE", "WORKFLOW", "VERSION", "QUEUED", "OLDEST", "WORKERS"], rows)
+
+
+def replay_check_text(report: ReplayCheckReport) -> str:
+    """A table of the runs the code would fail with NonDeterminismError, the runs
+    that could not be checked, and a summary line."""
+    parts: list[str] = []
+    if report.incompatible:
+        rows = [
+            [
+                str(c.run_id),
+                c.workflow,
+                c.version or "-",
+                c.status,
+                "-" if c.mismatch is None else f"#{c.mismatch.position}",
+                "-"
+                if c.mismatch is None
+                else f"{c.mismatch.recorded_kind} {c.mismatch.recorded_name}",
+                "-" if c.mismatch is None else f"{c.mismatch.kind} {c.mismatch.name}",
+            ]
+            for c in report.incompatible
+        ]
+        parts.append("runs this code would fail with NonDeterminismError:")
+        parts.append(
+            table(["RUN", "WORKFLOW", "VERSION", "STATUS", "ENTRY", "RECORDED", "NOW"], rows)
+        )
+    if report.unchecked:
+        parts.append("runs that could not be checked:")
+        rows = [
+            [str(c.run_id), c.workflow, c.version or "-", c.status, c.detail or ""]
+            for c in report.unchecked
+        ]
+        parts.append(table(["RUN", "WORKFLOW", "VERSION", "STATUS", "ERROR"], rows))
+    summary = (
+        f"{report.checked} runs checked ({', '.join(report.workflows) or 'no workflows'}): "
+        f"{report.compatible} compatible, {len(report.incompatible)} incompatible, "
+        f"{len(report.unchecked)} could not be checked"
+    )
+    if report.skipped:
+        summary += f"; {report.skipped} of versions not registered here skipped"
+    parts.append(summary + f" in {duration(report.seconds)}")
+    return "\n".join(parts)

@@ -14,11 +14,17 @@ from typing import TYPE_CHECKING, Final
 
 from tidebase_async import errors
 from tidebase_async._util.checks import check_name
-from tidebase_async.models import QueueInfo
+from tidebase_async.engine.metrics import escape_label
+from tidebase_async.engine.worker import VERSIONS_LIVE_S
+from tidebase_async.models import QueueInfo, QueueVersion
 from tidebase_async.store import QueueControl
 
 if TYPE_CHECKING:
     from tidebase_async.client.tidebase import Tidebase
+
+
+#: Queued runs per version, by queue (``Queues.versions``).
+QueueVersions = dict[str, list[QueueVersion]]
 
 
 class _Unset:
@@ -102,15 +108,61 @@ class Queues:
         return _info(control, counts)
 
     async def list(self) -> list[QueueInfo]:
-        """Every queue that has runs or controls, with its runs counted by status."""
+        """Every queue that has runs or controls, with its runs counted by status, and
+        its queued runs of versioned workflows per version (``versions``; a version
+        with ``workers == 0`` has no live worker that can take its runs)."""
         store = self._tide.store
         controls = {c.name: c for c in await store.queue_controls()}
         counts = await store.queue_counts()
+        versions = await self.versions()
         names = sorted(set(controls) | set(counts))
         return [
-            _info(controls.get(name) or QueueControl(name=name), counts.get(name, {}))
+            _info(
+                controls.get(name) or QueueControl(name=name),
+                counts.get(name, {}),
+                versions.get(name, []),
+            )
             for name in names
         ]
+
+    async def versions(self) -> QueueVersions:
+        """Queued runs of versioned workflows per queue and version, with how many
+        live workers (seen in the last minute) registered each version."""
+        rows = await self._tide.store.version_counts(live_s=VERSIONS_LIVE_S)
+        found: QueueVersions = {}
+        for r in rows:
+            found.setdefault(r.queue, []).append(
+                QueueVersion(
+                    workflow=r.workflow,
+                    version=r.version,
+                    queued=r.queued,
+                    oldest_s=round(r.oldest_s, 3),
+                    workers=r.workers,
+                )
+            )
+        return found
+
+    async def versions_metrics_text(self) -> str:
+        """The per-version gauges of ``/metrics`` (Prometheus text): queued runs and
+        live workers per (queue, workflow, version)."""
+        lines = [
+            "# HELP tidebase_version_queued_runs Queued runs per workflow version.",
+            "# TYPE tidebase_version_queued_runs gauge",
+        ]
+        workers = [
+            "# HELP tidebase_version_live_workers Live workers that have the version "
+            "(0: its queued runs wait for one).",
+            "# TYPE tidebase_version_live_workers gauge",
+        ]
+        for queue, items in sorted((await self.versions()).items()):
+            for v in items:
+                labels = (
+                    f'queue="{escape_label(queue)}",workflow="{escape_label(v.workflow)}",'
+                    f'version="{escape_label(v.version)}"'
+                )
+                lines.append(f"tidebase_version_queued_runs{{{labels}}} {v.queued}")
+                workers.append(f"tidebase_version_live_workers{{{labels}}} {v.workers}")
+        return "\n".join(lines + workers) + "\n"
 
     async def get(self, name: str) -> QueueInfo:
         """One queue (a queue nobody configured has no controls and maybe no runs)."""
@@ -118,14 +170,18 @@ class Queues:
         store = self._tide.store
         found = await store.queue_controls([name])
         counts = (await store.queue_counts()).get(name, {})
-        return _info(found[0] if found else QueueControl(name=name), counts)
+        versions = (await self.versions()).get(name, [])
+        return _info(found[0] if found else QueueControl(name=name), counts, versions)
 
 
-def _info(control: QueueControl, counts: dict[str, int]) -> QueueInfo:
+def _info(
+    control: QueueControl, counts: dict[str, int], versions: list[QueueVersion] | None = None
+) -> QueueInfo:
     return QueueInfo(
         name=control.name,
         concurrency=control.concurrency,
         rate_per_minute=control.rate_per_minute,
         paused=control.paused,
         counts=dict(counts),
+        versions=list(versions or []),
     )

@@ -25,6 +25,7 @@ from tidebase_async._util.checks import as_seconds, check_channels, check_name, 
 from tidebase_async._util.ids import uuid7
 from tidebase_async.client import telemetry as client_telemetry
 from tidebase_async.client.background import Background
+from tidebase_async.client.events import Events
 from tidebase_async.client.gates import Gates
 from tidebase_async.client.queues import Queues
 from tidebase_async.client.runs import Runs, as_uuid
@@ -33,6 +34,7 @@ from tidebase_async.client.usage import Usage
 from tidebase_async.engine.context import EngineContext
 from tidebase_async.engine.inline import run_inline
 from tidebase_async.engine.outbox import Deliverer
+from tidebase_async.engine.replaycheck import ReplayCheckReport, RunCheck, replay_check
 from tidebase_async.engine.telemetry import Telemetry
 from tidebase_async.engine.worker import Worker
 from tidebase_async.engine.workflows import (
@@ -40,6 +42,7 @@ from tidebase_async.engine.workflows import (
     DEFAULT_QUEUE,
     Workflow,
     WorkflowFn,
+    WorkflowVersions,
     make_workflow,
 )
 from tidebase_async.models import MigrationStep, Retry, RunHandle, RunSpec, Schedule
@@ -200,6 +203,8 @@ class Tidebase:
         self.retention_s = as_seconds(retention, what="retention")
         self._embedded: EmbeddedPostgres | None = None
         self._workflows: dict[str, Workflow] = {}
+        # Every registered version of every workflow; _workflows holds the newest.
+        self._versions = WorkflowVersions()
         self._store: Store | None = None
         self._listener: Listener | None = None
         self._notifier: Notifier | None = None
@@ -216,6 +221,7 @@ class Tidebase:
             )
         self.runs = Runs(self)
         self.gates = Gates(self)
+        self.events = Events(self)
         self.schedules = Schedules(self)
         self.queues = Queues(self)
         self.usage = Usage(self)
@@ -399,7 +405,12 @@ class Tidebase:
         executions, and the queue gauges read from the database now (one bounded
         query; left out when it does not answer)."""
         self.telemetry.use_loop()
-        return await client_telemetry.metrics_text(self.telemetry)
+        text = await client_telemetry.metrics_text(self.telemetry)
+        try:
+            text += await self.queues.versions_metrics_text()
+        except errors.TidebaseError as exc:
+            logger.warning("metrics: version gauges left out: %s", exc)
+        return text
 
     async def _queue_depths(self) -> list[tuple[str, int, float]]:
         return await self.store.queue_depths()
@@ -430,8 +441,16 @@ class Tidebase:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         retry: Retry | None = None,
         schedule: str | float | timedelta | Schedule | None = None,
+        version: str | None = None,
     ) -> Callable[[F], F]:
         """Register an async function ``fn(run, input)`` as workflow ``name``.
+
+        ``version`` (a short string, ``"2"``): several versions of one workflow may be
+        registered side by side. Each run records the version it starts with (the one
+        registered last, unless ``enqueue(..., version=)`` picks another), and a worker
+        claims only runs of versions it has registered; runs of a version no live
+        worker has stay queued (``tide.queues.list()`` shows them). ``tide.workflows``
+        maps each name to its newest version, ``workflow_versions(name)`` has them all.
 
         ``max_attempts`` bounds how often a run is attempted (failures and crashed
         workers both count); ``retry`` sets the backoff between attempts. ``schedule``
@@ -447,10 +466,19 @@ class Tidebase:
 
         def register(fn: F) -> F:
             wf = make_workflow(
-                name, fn, queue=queue, max_attempts=max_attempts, retry=retry, schedule=spec
+                name,
+                fn,
+                queue=queue,
+                max_attempts=max_attempts,
+                retry=retry,
+                schedule=spec,
+                version=version,
             )
-            if name in self._workflows and self._workflows[name].fn is not fn:
-                raise errors.ConfigurationError(f"workflow {name!r} is registered twice")
+            same = self._versions.by_name.get(name, {}).get(version)
+            if same is not None and same.fn is not fn:
+                what = f"workflow {name!r}" + ("" if version is None else f" version {version!r}")
+                raise errors.ConfigurationError(f"{what} is registered twice")
+            self._versions.add(wf)
             self._workflows[name] = wf
             return fn
 
@@ -458,13 +486,86 @@ class Tidebase:
 
     @property
     def workflows(self) -> dict[str, Workflow]:
+        """Each registered workflow by name, in its newest version."""
         return dict(self._workflows)
+
+    def workflow_versions(self, name: str) -> dict[str | None, Workflow]:
+        """Every registered version of workflow ``name``, oldest first (None: the
+        unversioned registration); empty when it is not registered here."""
+        return dict(self._versions.by_name.get(name, {}))
+
+    def _run_version(
+        self, workflow: str, version: str | None
+    ) -> tuple[Workflow | None, str | None]:
+        """The registered workflow a new run of ``workflow`` uses here, and the
+        version it records: ``version`` when given (any, when this process does not
+        register the workflow), else the newest registered.
+
+        Raises:
+            ConfigurationError: ``version`` is not a registered version of a workflow
+                registered here (the message lists those).
+        """
+        wf = self._workflows.get(workflow)
+        if version is None:
+            return wf, wf.version if wf is not None else None
+        check_name("version", version)
+        if wf is None:
+            return None, version
+        chosen = self._versions.get(workflow, version)
+        if chosen is None:
+            known = ", ".join(repr(v) for v in self._versions.known(workflow) if v is not None)
+            raise errors.ConfigurationError(
+                f"workflow {workflow!r} has no version {version!r} registered here "
+                f"(registered: {known or 'only an unversioned one'})"
+            )
+        return chosen, version
+
+    async def replay_check(
+        self,
+        *,
+        workflows: Iterable[str] | None = None,
+        since: float | timedelta | None = timedelta(days=7),
+        limit: int | None = None,
+        on_run: Callable[[RunCheck], None] | None = None,
+    ) -> ReplayCheckReport:
+        """Replay the stored histories of runs against the code registered here,
+        executing nothing and writing nothing, and report every run this code would
+        fail with ``NonDeterminismError`` (``report.ok`` is False then): the check to
+        run in CI before a deploy (``tidebase replay-check``).
+
+        Runs checked: of ``workflows`` (default: every one registered here) that are
+        queued with a history, running, or waiting, and those that finished within
+        ``since`` (None: none), at most ``limit``, in pages of 500; runs of a version
+        not registered here are skipped (their own workers execute them).
+
+        Raises:
+            ConfigurationError: an unregistered workflow, a bad ``since`` or ``limit``.
+        """
+        since_s = as_seconds(since, what="since")
+        if since_s is not None and since_s > 36_500 * 86_400:
+            raise errors.ConfigurationError(f"since must be at most 100 years, got {since!r}")
+        if limit is not None:
+            _int_at_least("limit", limit, 1)
+        only = None
+        if workflows is not None:
+            only = [workflows] if isinstance(workflows, str) else list(workflows)
+            for name in only:
+                check_name("workflow", name)
+        return await replay_check(
+            self.store,
+            workflows=self._workflows,
+            versions=self._versions,
+            only=only,
+            since=None if since_s is None else timedelta(seconds=since_s),
+            limit=limit,
+            on_run=on_run,
+        )
 
     # -- enqueue ----------------------------------------------------------------------
 
     def _new_run(self, spec: RunSpec) -> NewRun:
         check_name("workflow", spec.workflow)
-        wf = self._workflows.get(spec.workflow)
+        wf, version = self._run_version(spec.workflow, spec.version)
         queue = spec.queue if spec.queue is not None else (wf.queue if wf else DEFAULT_QUEUE)
         check_name("queue", queue)
         if spec.dedupe_key is not None:
@@ -532,6 +633,7 @@ class Tidebase:
             delay_s=delay_s,
             deadline_at=deadline,
             channels=self._channels(spec.webhooks),
+            version=version,
         )
 
     def _channels(self, webhooks: list[str] | None) -> list[str] | None:
@@ -559,8 +661,13 @@ class Tidebase:
         deadline: datetime | None = None,
         metadata: dict[str, Any] | None = None,
         webhooks: list[str] | None = None,
+        version: str | None = None,
     ) -> RunHandle:
         """Create a queued run and return at once.
+
+        ``version``: the workflow version the run records and is executed with
+        (default: the newest registered here; unversioned when the workflow is not
+        registered here). Only workers that registered that version claim it.
 
         ``webhooks``: URLs that receive a signed ``run.completed``, ``run.failed`` or
         ``run.cancelled`` delivery when the run ends (see the outbox in the README).
@@ -592,6 +699,7 @@ class Tidebase:
             deadline=deadline,
             metadata=metadata,
             webhooks=webhooks,
+            version=version,
         )
         new = self._new_run(spec)
         (row,) = await client_telemetry.insert_runs(self.store, self.telemetry, [new])
@@ -737,6 +845,7 @@ class Tidebase:
             public_url=self.public_url,
             lease_s=as_seconds(lease, what="lease") or 30.0,
             telemetry=self.telemetry,
+            versions=self._versions,
         )
 
     # -- web --------------------------------------------------------------------------
@@ -818,7 +927,10 @@ class Tidebase:
                 )
             return
         if queues is None:
-            names = sorted({wf.queue for wf in self._workflows.values()}) or [DEFAULT_QUEUE]
+            # Every version's queue: older versions' runs wait in theirs.
+            names = sorted(
+                {wf.queue for vs in self._versions.by_name.values() for wf in vs.values()}
+            ) or [DEFAULT_QUEUE]
         elif isinstance(queues, str):
             names = [queues]
         else:

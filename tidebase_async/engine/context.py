@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import msgspec
 
 from tidebase_async.engine.telemetry import Telemetry
-from tidebase_async.engine.workflows import Workflow
+from tidebase_async.engine.workflows import Workflow, WorkflowVersions
 from tidebase_async.store import Store
 from tidebase_async.store.listener import Listener
 from tidebase_async.store.notifier import Notifier
@@ -36,3 +36,6 @@ class EngineContext(msgspec.Struct, frozen=True, kw_only=True):
     lease_s: float
     #: The client's metrics and, when OpenTelemetry is installed, its spans.
     telemetry: Telemetry = msgspec.field(default_factory=Telemetry.disabled)
+    #: Every registered version of every workflow (``workflows`` holds the newest of
+    #: each); the registry itself, like ``workflows``.
+    versions: WorkflowVersions = msgspec.field(default_factory=WorkflowVersions)

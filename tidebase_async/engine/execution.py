@@ -81,6 +81,7 @@ class Execution:
         self.on_queue: Callable[[str], None] = notifier.queues_changed
         self.publish: Callable[[list[str]], bool] = notifier.publish
         self.workflows: Mapping[str, Workflow] = context.workflows
+        self.versions = context.versions
         self.max_payload = context.max_payload
         self.public_url = context.public_url
         self.lease_s = context.lease_s

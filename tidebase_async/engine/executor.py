@@ -102,8 +102,10 @@ async def execute(
 
 async def _execute(ex: Execution, cancel_scope: anyio.CancelScope) -> ExecutionResult:
     claimed = ex.claimed
-    wf = ex.workflows.get(claimed.workflow)
+    wf = workflow_of(ex)
     if wf is None:
+        if claimed.version is not None:
+            return _hand_back_unknown_version(ex)
         return await _fail_unknown_workflow(ex)
     if claimed.deadline_at is not None and claimed.deadline_at <= claimed.db_now:
         return await _cancel_for_deadline(ex)
@@ -174,6 +176,34 @@ async def _execute(ex: Execution, cancel_scope: anyio.CancelScope) -> ExecutionR
     result = _result(ex, "completed")
     result.output = data
     return result
+
+
+def workflow_of(ex: Execution) -> Workflow | None:
+    """The registered workflow that executes the claimed run: its recorded version
+    (an unversioned run: the unversioned registration, else the newest version)."""
+    claimed = ex.claimed
+    wf = ex.versions.get(claimed.workflow, claimed.version)
+    if wf is None and claimed.version is None:
+        # A context built without the version registry (it has only ``workflows``).
+        wf = ex.workflows.get(claimed.workflow)
+    return wf
+
+
+def _hand_back_unknown_version(ex: Execution) -> ExecutionResult:
+    """A versioned run whose version is not registered here (claimed by id: worker
+    claims take only versions they have). Handed back unspent, for a worker that has
+    it: a run of a version no live worker has stays queued, never failed."""
+    claimed = ex.claimed
+    logger.warning(
+        "run %s: workflow %r version %r is not registered here (registered: %s); "
+        "handing it back for a worker that has it",
+        claimed.id,
+        claimed.workflow,
+        claimed.version,
+        ", ".join(repr(v) for v in ex.versions.known(claimed.workflow)) or "none",
+        extra={"run_id": str(claimed.id)},
+    )
+    return _result(ex, "released")
 
 
 async def _fail_unknown_workflow(ex: Execution) -> ExecutionResult:

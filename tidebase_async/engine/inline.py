@@ -99,6 +99,7 @@ async def _create_claimed(
         channels=None if new.channels is None else msgspec.json.encode(new.channels),
         recovery_webhook=recovery_webhook,
         trace_context=None if new.trace_context is None else bytes(new.trace_context),
+        version=new.version,
     )
     if claimed is not None:
         context.notifier.runs_changed(run_id)
@@ -114,7 +115,9 @@ async def _claim_when_queued(context: EngineContext, owner: str, run_id: UUID) -
     due = await store.seconds_until_due(run_id)
     if due > 0:
         await anyio.sleep(due)
-    return await store.claim_by_id(worker_id=owner, run_id=run_id, lease_s=context.lease_s)
+    return await store.claim_by_id(
+        worker_id=owner, run_id=run_id, lease_s=context.lease_s, versions=context.versions.keys
+    )
 
 
 async def _status_after_waiting(context: EngineContext, run_id: UUID) -> str | None:

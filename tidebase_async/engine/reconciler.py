@@ -1,8 +1,9 @@
 """The reconciler: every worker runs one, a leadership (``Store.leadership``: a session
 advisory lock, or a lease row through a pooler) makes one of them active at a time. Its
 ticks requeue runs whose lease expired, wake waiting runs whose timer is due (durable
-sleeps, gate expiries), cancel runs past their deadline, fire due schedule ticks, deliver
-the outbox, and prune finished runs past retention.
+sleeps, gate expiries, timeouts of waits for events), cancel runs past their deadline,
+fire due schedule ticks, deliver the outbox, and prune finished runs and events by key
+past their retention.
 
 Correctness never depends on the election: every tick's statements are safe to run
 twice (each takes its rows with ``FOR UPDATE SKIP LOCKED`` or a unique key).
@@ -149,6 +150,7 @@ class Reconciler:
         await self._cancel_overdue()
         await self._fire_due_schedules()
         await self._prune()
+        await self._prune_events()
         self.stats.maintenance_ticks += 1
         if self._self_vacuum and self._pruned_since_vacuum:
             now = anyio.current_time()
@@ -169,6 +171,14 @@ class Reconciler:
             self.stats.pruned += pruned
             self._pruned_since_vacuum |= pruned > 0
             if pruned < _SWEEP_LIMIT:
+                return
+
+    async def _prune_events(self) -> None:
+        """Events by key past their retention (stored ones nobody took, and the record
+        of delivered ones), a bounded number per tick; whatever ``retention`` says of
+        runs."""
+        for _ in range(_PRUNE_BATCHES):
+            if await self._store.prune_keyed_events(limit=_SWEEP_LIMIT) < _SWEEP_LIMIT:
                 return
 
     async def _fire_due_schedules(self) -> None:

@@ -10,8 +10,8 @@ step name make a good one).
 
 This module owns ``run.step``, the checkpointed built-ins (``run.now``, ``run.uuid``,
 ``run.random``) and ``run.emit``; the handle's other parts are ``history`` (positions
-and checkpoints), ``waits`` (sleep, gate, child, fanout), ``state`` (``run.state``) and
-``usage`` (``run.usage``).
+and checkpoints), ``waits`` (sleep, gate, child, fanout), ``event_waits``
+(``run.wait_for_event``), ``state`` (``run.state``) and ``usage`` (``run.usage``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ from tidebase_async import errors
 from tidebase_async._util import codec
 from tidebase_async._util.checks import as_seconds, check_history_name, check_name
 from tidebase_async.engine.emit import parts_of
+from tidebase_async.engine.event_waits import RunEventWaits
 from tidebase_async.engine.execution import _ENTRY, Execution
+from tidebase_async.engine.patches import RunPatches
 from tidebase_async.engine.state import RunState
 from tidebase_async.engine.usage import RunUsage
 from tidebase_async.engine.waits import RunWaits
@@ -69,7 +71,7 @@ def executing_step() -> str | None:
     return None if entry is None else entry[1]
 
 
-class Run(RunWaits):
+class Run(RunWaits, RunEventWaits, RunPatches):
     """Handle a workflow function receives: checkpointed steps, state, helpers.
 
     Code between steps re-runs on every resume and must be deterministic: use

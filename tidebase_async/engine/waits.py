@@ -453,6 +453,8 @@ class RunWaits(RunHistory):
             deadline_at=ex.claimed.deadline_at,
             # The child's run span is a child of this run's (its trace carried along).
             trace_context=ex.telemetry.child_context(ex.claimed.trace_context),
+            # The child's newest version registered here, as an enqueue would pick.
+            version=wf.version if wf else None,
         )
 
     def _decode_outputs(

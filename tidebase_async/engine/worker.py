@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: How often a worker renews the record of the workflow versions it has (a worker
+#: not seen for ``VERSIONS_LIVE_S`` counts as gone in ``queues list``).
+VERSIONS_RENEW_S = 15.0
+VERSIONS_LIVE_S = 60.0
+
 
 class WorkerStats:
     """Counters a worker keeps; read them for monitoring or tests."""
@@ -185,6 +190,7 @@ class Worker:
             async with asyncio.TaskGroup() as runs_tg, anyio.create_task_group() as services:
                 services.start_soon(self._leases.maintain)
                 services.start_soon(self._reconciler.run)
+                services.start_soon(self._announce_versions)
                 if self._handle_signals:
                     services.start_soon(self._signal_loop)
                 if started is not None:
@@ -255,14 +261,22 @@ class Worker:
             nonlocal retry_in
             if group is None:
                 got = await self._store.claim(
-                    worker_id=self.id, queues=fast, limit=limit, lease_s=self._lease_s
+                    worker_id=self.id,
+                    queues=fast,
+                    limit=limit,
+                    lease_s=self._lease_s,
+                    versions=self._context.versions.keys,
                 )
                 claimed.extend(got)
                 if got:
                     self._fast_turn += 1
                 return len(got) == limit
             result = await self._store.claim_controlled(
-                worker_id=self.id, queue=group, limit=limit, lease_s=self._lease_s
+                worker_id=self.id,
+                queue=group,
+                limit=limit,
+                lease_s=self._lease_s,
+                versions=self._context.versions.keys,
             )
             claimed.extend(result.runs)
             if result.retry_in_s is not None:
@@ -332,7 +346,11 @@ class Worker:
             # due time is no reason to wake (they wake us by NOTIFY or retry_in).
             open_queues = [q for q in self._queues if q not in held]
             try:
-                due_in = await self._store.next_due_in(open_queues) if open_queues else None
+                due_in = (
+                    await self._store.next_due_in(open_queues, self._context.versions.keys)
+                    if open_queues
+                    else None
+                )
             except errors.StoreError:
                 due_in = None
             if due_in is not None:
@@ -476,6 +494,32 @@ class Worker:
             self.stats.suspended += 1
         elif result.outcome == "cancelled":
             self.stats.cancelled += 1
+
+    # -- versions -----------------------------------------------------------------------
+
+    async def _announce_versions(self) -> None:
+        """While working, keep a record of the (workflow, version) keys this worker
+        claims (``queues list`` shows queued runs of versions no live worker has); it
+        is removed when the worker stops. Nothing is written without versioned
+        workflows. Claims never read the record: a failure here only costs that view."""
+        announced = False
+        try:
+            while True:
+                keys = self._context.versions.keys
+                if keys:
+                    try:
+                        await self._store.announce_versions(worker_id=self.id, keys=keys)
+                        announced = True
+                    except errors.StoreError as exc:
+                        logger.warning("worker %s: versions not announced: %s", self.id, exc)
+                await anyio.sleep(VERSIONS_RENEW_S)
+        finally:
+            if announced:
+                with anyio.move_on_after(5, shield=True):
+                    try:
+                        await self._store.withdraw_versions(worker_id=self.id)
+                    except errors.StoreError as exc:
+                        logger.info("worker %s: versions not withdrawn: %s", self.id, exc)
 
     # -- shutdown ---------------------------------------------------------------------
 

@@ -35,6 +35,52 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
     output_type: Any
     takes_input: bool
     schedule: Schedule | None = None
+    #: The version (``@tide.workflow(name, version=...)``); None when unversioned.
+    version: str | None = None
+
+
+def version_key(name: str, version: str) -> str:
+    """How claims match a run's (workflow, version): ``name\\x1fversion`` (names and
+    versions hold no control characters, see ``check_name``)."""
+    return f"{name}\x1f{version}"
+
+
+class WorkflowVersions:
+    """Every registered version of every workflow of a process, side by side.
+
+    The newest of a workflow is the one registered last. ``keys`` are the
+    (workflow, version) keys of the versioned ones, what this process's workers claim
+    besides unversioned runs; kept up to date on ``add`` (claims read it each time).
+    """
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, dict[str | None, Workflow]] = {}
+        self.keys: list[str] = []
+
+    def add(self, wf: Workflow) -> None:
+        versions = self.by_name.setdefault(wf.name, {})
+        # Re-adding moves it last: it is the newest now.
+        versions.pop(wf.version, None)
+        versions[wf.version] = wf
+        self.keys = [
+            version_key(name, v) for name, vs in self.by_name.items() for v in vs if v is not None
+        ]
+
+    def get(self, name: str, version: str | None) -> Workflow | None:
+        """The workflow that executes a run of ``name`` recorded with ``version``:
+        that version; for an unversioned run the unversioned registration, else the
+        newest version (a run enqueued before the workflow had versions)."""
+        versions = self.by_name.get(name)
+        if not versions:
+            return None
+        if version is not None:
+            return versions.get(version)
+        found = versions.get(None)
+        return found if found is not None else next(reversed(versions.values()))
+
+    def known(self, name: str) -> list[str | None]:
+        """The versions of ``name`` registered here, oldest first."""
+        return list(self.by_name.get(name, {}))
 
 
 def backoff_delay(policy: Retry, attempt: int) -> float:
@@ -58,8 +104,11 @@ def make_workflow(
     max_attempts: int,
     retry: Retry | None,
     schedule: Schedule | None = None,
+    version: str | None = None,
 ) -> Workflow:
     check_name("workflow", name)
+    if version is not None:
+        check_name("version", version)
     check_name("queue", queue)
     if not inspect.iscoroutinefunction(inspect.unwrap(fn)):
         raise errors.ConfigurationError(
@@ -94,4 +143,5 @@ def make_workflow(
         output_type=output_type,
         takes_input=len(positional) == 2,
         schedule=schedule,
+        version=version,
     )

@@ -5,7 +5,7 @@ jsonb values cross this boundary as msgspec-encoded JSON bytes (binary jsonb cod
 so nothing is decoded twice.
 
 ``Store`` is assembled here from one mixin per concern (``schema``, ``enqueue``,
-``runs``, ``state``, ``waits``, ``gates``, ``children``, ``control``, ``queues``,
+``runs``, ``state``, ``waits``, ``gates``, ``keyed_events``, ``children``, ``control``, ``queues``,
 ``schedules``, ``outbox``, ``locks``, ``maintenance``, ``reads``), each over
 ``base.StoreBase`` (the pool). ``records`` holds the Structs of the worker's claims and
 writes, ``rows`` the typed read models every other read returns (no asyncpg record
@@ -34,6 +34,12 @@ from tidebase_async.store.connection import (
 from tidebase_async.store.control import ControlMixin
 from tidebase_async.store.enqueue import EnqueueMixin
 from tidebase_async.store.gates import GatesMixin
+from tidebase_async.store.keyed_events import (
+    EventSendResult,
+    EventWaitRow,
+    KeyedEventRow,
+    KeyedEventsMixin,
+)
 from tidebase_async.store.locks import Leadership, LocksMixin, SessionLock
 from tidebase_async.store.maintenance import MaintenanceMixin
 from tidebase_async.store.outbox import OutboxMixin
@@ -75,9 +81,11 @@ from tidebase_async.store.schedules import SchedulesMixin
 from tidebase_async.store.schema import SchemaMixin
 from tidebase_async.store.state import StateMixin
 from tidebase_async.store.translate import _CONNECTION_ERRORS, _translate
+from tidebase_async.store.versions import CheckedRun, VersionCountRow, VersionsMixin
 from tidebase_async.store.waits import WaitsMixin
 
 __all__ = [
+    "CheckedRun",
     "Checkpoint",
     "ChildRow",
     "ChildStatusRow",
@@ -90,9 +98,12 @@ __all__ = [
     "DueSchedule",
     "EnqueueRow",
     "EventRow",
+    "EventSendResult",
+    "EventWaitRow",
     "GateDetail",
     "GateResolution",
     "GateRow",
+    "KeyedEventRow",
     "Leadership",
     "NewRun",
     "QueueControl",
@@ -108,6 +119,7 @@ __all__ = [
     "Store",
     "UsageGroupRow",
     "UsageTotalsRow",
+    "VersionCountRow",
     "_is_closed",
     "connect_kwargs",
     "describe_dsn",
@@ -130,8 +142,10 @@ class Store(
     SchedulesMixin,
     WaitsMixin,
     GatesMixin,
+    KeyedEventsMixin,
     ChildrenMixin,
     ReadsMixin,
+    VersionsMixin,
     StoreBase,
 ):
     """Typed access to the tidebase schema over an asyncpg pool."""

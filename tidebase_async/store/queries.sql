@@ -27,16 +27,17 @@ WITH ins AS (
   INSERT INTO tidebase.runs AS r
     (id, workflow, queue, status, input, priority, dedupe_key, metadata, parent_id,
      max_attempts, run_at, deadline_at, channels, created_at, updated_at, event_seq,
-     trace_context)
+     trace_context, version)
   SELECT u.id, u.workflow, u.queue, 'queued', u.input, u.priority, u.dedupe_key,
          u.metadata, u.parent_id, u.max_attempts,
          COALESCE(u.run_at, tidebase.now()) + make_interval(secs => u.delay_s),
-         u.deadline_at, u.channels, tidebase.now(), tidebase.now(), 1, u.trace_context
+         u.deadline_at, u.channels, tidebase.now(), tidebase.now(), 1, u.trace_context,
+         u.version
   FROM jsonb_to_recordset($1::jsonb)
        AS u(id uuid, workflow text, queue text, input jsonb, priority int4,
             dedupe_key text, metadata jsonb, parent_id uuid, max_attempts int4,
             run_at timestamptz, delay_s float8, deadline_at timestamptz, channels jsonb,
-            trace_context jsonb)
+            trace_context jsonb, version text)
   ON CONFLICT (queue, dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'waiting')
     DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key
@@ -85,7 +86,7 @@ claimed AS (
   FROM picked WHERE r.id = picked.id
   RETURNING r.id, r.workflow, r.queue, r.input, r.state, r.attempt, r.released,
             r.max_attempts, r.deadline_at, r.step_count, r.event_seq, r.created_at,
-            r.wake_seq, r.run_at, r.trace_context
+            r.wake_seq, r.run_at, r.trace_context, r.version
 ), ev AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, event_seq, 'run.claimed', tidebase.now(),
@@ -99,9 +100,12 @@ WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL;
 -- Lease up to $4 due runs of queue $2 to worker $1 for $3 seconds: higher priority
 -- first, FIFO within a priority. Not from a controlled queue (paused, capped or rate
 -- limited: see claim_controlled), as the queues table says in this statement's snapshot.
+-- Versioned runs only when their "workflow\x1fversion" is among the worker's $5 (see
+-- _claimable_version).
 WITH picked AS (
   SELECT id FROM tidebase.runs
   WHERE status = 'queued' AND queue = $2 AND run_at <= tidebase.now()
+    AND /* include _claimable_version */
     AND NOT EXISTS (SELECT 1 FROM tidebase.queues q WHERE q.name = $2 AND /* include _controlled */)
   ORDER BY priority DESC, run_at, id
   LIMIT $4
@@ -113,6 +117,7 @@ WITH picked AS (
 -- are ranked in claim order (priority, then FIFO), and the batch takes them round
 -- robin across the queues, so a queue with a backlog cannot starve the others. A queue
 -- gives at most its share ($5); a worker whose claim came back short claims again.
+-- Versioned runs only when their key is among the worker's $6 (_claimable_version).
 WITH open_queues AS (
   SELECT u.name, u.ord FROM unnest($2::text[]) WITH ORDINALITY AS u(name, ord)
   WHERE NOT EXISTS (SELECT 1 FROM tidebase.queues q
@@ -125,6 +130,7 @@ WITH open_queues AS (
                 row_number() OVER (ORDER BY l.priority DESC, l.run_at, l.id) AS rank
          FROM (SELECT id, priority, run_at FROM tidebase.runs
                WHERE status = 'queued' AND queue = oq.name AND run_at <= tidebase.now()
+                 AND /* include _claimable_version6 */
                ORDER BY priority DESC, run_at, id
                -- A fair share per queue ($5 = ceil($4 / queues)): rows locked here but
                -- not leased would be skipped by other claimers until this commits.
@@ -141,12 +147,25 @@ WITH open_queues AS (
 -- name: _controlled
 (q.paused OR q.concurrency IS NOT NULL OR q.rate_per_minute IS NOT NULL)
 
+-- name: _claimable_version
+-- A run a worker may claim: unversioned (any worker, as before versions existed), or
+-- of a (workflow, version) the worker registers; its keys "workflow\x1fversion" are
+-- the claim's $5. A filter on the heap row the claim reads (and locks) anyway, so it
+-- costs the claim one comparison per row. A run of a version no live worker has stays
+-- queued, and a claim skips it where it stands in the queue.
+(version IS NULL OR (workflow || E'\x1f' || version) = ANY($5::text[]))
+
+-- name: _claimable_version6
+-- _claimable_version where the keys are $6 (claim_runs_many).
+(version IS NULL OR (workflow || E'\x1f' || version) = ANY($6::text[]))
+
 -- name: claim_controlled
 -- The claim of a controlled queue, inside the transaction of Store.claim_controlled
--- that holds the queue's row lock and computed the allowance $4.
+-- that holds the queue's row lock and computed the allowance $4; versions as $5.
 WITH picked AS (
   SELECT id FROM tidebase.runs
   WHERE status = 'queued' AND queue = $2 AND run_at <= tidebase.now()
+    AND /* include _claimable_version */
   ORDER BY priority DESC, run_at, id
   LIMIT $4
   FOR UPDATE SKIP LOCKED
@@ -222,13 +241,14 @@ WITH ins AS (
   INSERT INTO tidebase.runs
     (id, workflow, queue, status, input, priority, metadata, max_attempts, run_at,
      lease_owner, lease_expires_at, attempt, inline, created_at, started_at, updated_at,
-     event_seq, channels, recovery_webhook, trace_context)
+     event_seq, channels, recovery_webhook, trace_context, version)
   VALUES ($1, $3, $4, 'running', $5, 0, $6, $7, tidebase.now(), $2,
           tidebase.now() + make_interval(secs => $8::float8), 1, true,
-          tidebase.now(), tidebase.now(), tidebase.now(), 2, $9, $10, $11::jsonb)
+          tidebase.now(), tidebase.now(), tidebase.now(), 2, $9, $10, $11::jsonb, $12)
   ON CONFLICT (id) DO NOTHING
   RETURNING id, workflow, queue, input, state, attempt, released, max_attempts,
-            deadline_at, step_count, event_seq, created_at, wake_seq, run_at, trace_context
+            deadline_at, step_count, event_seq, created_at, wake_seq, run_at, trace_context,
+            version
 ), ev AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, 2, 'run.claimed', tidebase.now(),
@@ -238,9 +258,12 @@ WITH ins AS (
 SELECT ins.*, tidebase.now() AS db_now FROM ins;
 
 -- name: claim_run_by_id
--- Lease one specific queued run (inline resume of an existing run).
+-- Lease one specific queued run (inline resume of an existing run), unless it is of a
+-- version not among $4 (then a worker that has the version executes it).
 WITH picked AS (
-  SELECT id FROM tidebase.runs WHERE id = $2 AND status = 'queued' FOR UPDATE SKIP LOCKED
+  SELECT id FROM tidebase.runs WHERE id = $2 AND status = 'queued'
+    AND (version IS NULL OR (workflow || E'\x1f' || version) = ANY($4::text[]))
+  FOR UPDATE SKIP LOCKED
 ), /* include _lease_picked */
 
 -- name: load_steps
@@ -797,14 +820,14 @@ LIMIT $6;
 WITH ins AS (
   INSERT INTO tidebase.runs
     (id, workflow, queue, status, input, priority, metadata, parent_id, max_attempts,
-     run_at, deadline_at, created_at, updated_at, event_seq, trace_context)
+     run_at, deadline_at, created_at, updated_at, event_seq, trace_context, version)
   SELECT u.id, u.workflow, u.queue, 'queued', u.input, u.priority, u.metadata,
          u.parent_id, u.max_attempts, tidebase.now(), u.deadline_at, tidebase.now(),
-         tidebase.now(), 1, u.trace_context
+         tidebase.now(), 1, u.trace_context, u.version
   FROM jsonb_to_recordset($1::jsonb)
        AS u(id uuid, workflow text, queue text, input jsonb, priority int4,
             metadata jsonb, parent_id uuid, max_attempts int4, deadline_at timestamptz,
-            trace_context jsonb)
+            trace_context jsonb, version text)
   ON CONFLICT (id) DO NOTHING
   RETURNING id, queue
 )
@@ -894,11 +917,13 @@ UNION ALL
 ORDER BY seq LIMIT $3;
 
 -- name: next_due
--- When the earliest queued run of these queues becomes claimable.
+-- When the earliest queued run of these queues that this worker may claim (versions
+-- $2, see _claimable_version) becomes claimable.
 SELECT min(n.run_at) - tidebase.now()
 FROM unnest($1::text[]) AS q(queue),
      LATERAL (SELECT run_at FROM tidebase.runs
               WHERE status = 'queued' AND queue = q.queue AND run_at > '-infinity'
+                AND (version IS NULL OR (workflow || E'\x1f' || version) = ANY($2::text[]))
               ORDER BY run_at LIMIT 1) AS n;
 
 -- name: run_exists
@@ -1094,12 +1119,12 @@ WITH src AS (
   INSERT INTO tidebase.runs
     (id, workflow, queue, status, input, state, state_version, priority, metadata,
      max_attempts, run_at, deadline_at, step_count, created_at, updated_at, event_seq,
-     forked_from, forked_at)
+     forked_from, forked_at, version)
   SELECT $2, src.workflow, src.queue, 'queued', COALESCE($3, src.input),
          COALESCE((SELECT v.state FROM tidebase.state_versions v, at
                    WHERE v.run_id = $1 AND v.version = at.version), '{}'::jsonb),
          at.version, src.priority, src.metadata, src.max_attempts, tidebase.now(), NULL, $4,
-         tidebase.now(), tidebase.now(), 2, $1, $5
+         tidebase.now(), tidebase.now(), 2, $1, $5, src.version
   FROM src, at
   RETURNING id, queue
 ), versions AS (
@@ -1136,6 +1161,10 @@ WITH r AS (
   RETURNING id, event_seq, queue
 ), d AS (
   DELETE FROM tidebase.steps s USING r WHERE s.run_id = r.id AND s.position >= $2
+), waits AS (
+  -- Its waits for events from there on too: the entries that made them execute again
+  -- and wait anew (a timed-out wait would otherwise time out again at once).
+  DELETE FROM tidebase.event_waits w USING r WHERE w.run_id = r.id AND w.position >= $2
 ), kids AS (
   -- Its failed children too (as retry_run): re-executing the entry that waits for one
   -- would otherwise find it failed and fail the same way.
@@ -1177,3 +1206,248 @@ RETURNING l.holder;
 -- Give lease $1 up if holder $2 still holds it, so the next candidate need not wait
 -- for it to expire.
 DELETE FROM tidebase.leases WHERE name = $1 AND holder = $2;
+
+-- ---- Workflow versions and the replay check (schema 12) -------------------------------
+
+-- name: announce_versions
+-- Worker $1 is alive and registers the (workflow, version) keys $2; rows of workers
+-- unseen for a day (killed ones never withdraw) go in the same statement.
+WITH gone AS (
+  DELETE FROM tidebase.worker_versions
+  WHERE seen_at < tidebase.now() - interval '1 day'
+)
+INSERT INTO tidebase.worker_versions (key, worker_id, seen_at)
+SELECT k, $1, tidebase.now() FROM unnest($2::text[]) AS k
+ON CONFLICT (key, worker_id) DO UPDATE SET seen_at = EXCLUDED.seen_at;
+
+-- name: withdraw_versions
+DELETE FROM tidebase.worker_versions WHERE worker_id = $1;
+
+-- name: version_counts
+-- Queued versioned runs per (queue, workflow, version), with the age of the oldest due
+-- one and how many workers that registered the version were seen in the last $1
+-- seconds (0: no live worker can take them). Reads the partial index
+-- runs_queued_versions: unversioned runs are not counted here.
+SELECT r.queue, r.workflow, r.version, count(*) AS queued,
+       COALESCE(EXTRACT(epoch FROM tidebase.now() - min(r.run_at)
+                FILTER (WHERE r.run_at <= tidebase.now())), 0)::float8 AS oldest_s,
+       (SELECT count(*) FROM tidebase.worker_versions w
+        WHERE w.key = r.workflow || E'\x1f' || r.version
+          AND w.seen_at > tidebase.now() - make_interval(secs => $1::float8)) AS workers
+FROM tidebase.runs r
+WHERE r.status = 'queued' AND r.version IS NOT NULL
+GROUP BY r.queue, r.workflow, r.version
+ORDER BY r.queue, r.workflow, r.version;
+
+-- name: replay_check_runs
+-- A page of the runs the replay check reads: of workflows $1, running, waiting, queued
+-- with a history, or finished since $2 (NULL: none finished); after id $3 (keyset,
+-- NULL: from the start), at most $4. Only the ids of runs with a history (step_count
+-- > 0): a run with none has nothing to compare.
+SELECT id, workflow, queue, input, state, attempt, released, max_attempts, deadline_at,
+       step_count, created_at, wake_seq, run_at, trace_context, version, status,
+       tidebase.now() AS db_now
+FROM tidebase.runs
+WHERE workflow = ANY($1::text[]) AND step_count > 0
+  AND ($3::uuid IS NULL OR id > $3::uuid)
+  AND (status IN ('queued', 'running', 'waiting')
+       OR ($2::timestamptz IS NOT NULL AND status IN ('completed', 'failed', 'cancelled')
+           AND finished_at >= $2::timestamptz))
+ORDER BY id
+LIMIT $4;
+
+-- ---------------------------------------------------------------------------------------
+-- Events by key (run.wait_for_event, tide.events.send); see 0011_events.sql for the
+-- locking that makes waits and sends exactly-once.
+-- ---------------------------------------------------------------------------------------
+
+-- name: lock_event_key
+-- For the rest of the transaction: the advisory lock of event $1 with key $2 (the
+-- two-int4 form, whose key space is apart from the bigint locks of migrations and
+-- leadership). A statement of its own: the next statements' snapshots then see what
+-- the previous holder committed.
+SELECT pg_advisory_xact_lock(1952735845, hashtext($1::text || E'\n' || $2::text));
+
+-- name: get_event_wait
+SELECT run_id, name, position, event_name, event_key, status, event_id, payload,
+       created_at, expires_at, closed_at,
+       COALESCE(expires_at <= tidebase.now(), false) AS due
+FROM tidebase.event_waits WHERE run_id = $1 AND name = $2;
+
+-- name: open_event_wait
+-- Run $1 reaches wait $2 (position $3) for event $4 with key $5, expiring after $6
+-- seconds (NULL: never); under lock_event_key and the run's claim lock, and only when
+-- the wait does not exist yet. The oldest stored event of the key within its retention,
+-- if any, is taken (consumed by this run) and the wait is received at once; else it
+-- waits.
+WITH taken AS (
+  UPDATE tidebase.keyed_events k
+  SET status = 'consumed', received_by = ARRAY[$1::uuid], consumed_at = tidebase.now()
+  WHERE k.id = (SELECT id FROM tidebase.keyed_events
+                WHERE name = $4 AND key = $5 AND status = 'stored'
+                  AND expires_at > tidebase.now()
+                ORDER BY sent_at, id
+                LIMIT 1
+                FOR UPDATE SKIP LOCKED)
+    AND k.status = 'stored'
+  RETURNING k.id, k.payload
+), ins AS (
+  INSERT INTO tidebase.event_waits
+    (run_id, name, position, event_name, event_key, status, event_id, payload,
+     created_at, expires_at, closed_at)
+  SELECT $1, $2, $3, $4, $5, CASE WHEN t.id IS NULL THEN 'waiting' ELSE 'received' END,
+         t.id, t.payload, tidebase.now(),
+         tidebase.now() + make_interval(secs => $6::float8),
+         CASE WHEN t.id IS NULL THEN NULL ELSE tidebase.now() END
+  FROM (SELECT 1) AS one LEFT JOIN taken t ON true
+  RETURNING *
+), r AS (
+  UPDATE tidebase.runs r SET event_seq = r.event_seq + 1, updated_at = tidebase.now()
+  FROM ins WHERE r.id = ins.run_id
+  RETURNING r.id, r.event_seq
+), e AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT r.id, r.event_seq,
+         CASE WHEN ins.status = 'received' THEN 'event.received' ELSE 'event.waiting' END,
+         tidebase.now(),
+         jsonb_build_object('name', $2::text, 'event', $4::text, 'key', $5::text,
+                            'expires_at', ins.expires_at, 'id', ins.event_id,
+                            'stored', ins.status = 'received')
+  FROM r, ins
+)
+SELECT run_id, name, position, event_name, event_key, status, event_id, payload,
+       created_at, expires_at, closed_at, false AS due
+FROM ins;
+
+-- name: time_out_event_wait
+-- The wait's time ran out: close it as timed out (under lock_event_key and the run's
+-- claim lock, so no send delivers to it meanwhile).
+UPDATE tidebase.event_waits
+SET status = 'timed_out', closed_at = tidebase.now()
+WHERE run_id = $1 AND name = $2 AND status = 'waiting' AND expires_at <= tidebase.now()
+RETURNING run_id, name, position, event_name, event_key, status, event_id, payload,
+          created_at, expires_at, closed_at, true AS due;
+
+-- name: get_keyed_event
+SELECT id, name, key, payload, status, received_by, sent_at, consumed_at, expires_at
+FROM tidebase.keyed_events WHERE id = $1;
+
+-- name: event_waiters
+-- The waits a send of event $1 with key $2 reaches now: open, not past their expiry (a
+-- due wait timed out, whether or not its run closed it yet), of active runs; their runs'
+-- rows locked in id order, as every multi-row writer locks them. Under lock_event_key.
+SELECT w.run_id, w.name
+FROM tidebase.event_waits w JOIN tidebase.runs r ON r.id = w.run_id
+WHERE w.event_name = $1 AND w.event_key = $2 AND w.status = 'waiting'
+  AND (w.expires_at IS NULL OR w.expires_at > tidebase.now())
+  AND r.status IN ('queued', 'running', 'waiting')
+ORDER BY w.run_id, w.name
+FOR NO KEY UPDATE OF r;
+
+-- name: receive_stored_event
+-- Open wait $2 of run $1 (event $3, key $4, expiring at $5), met again as its run
+-- replays, takes the oldest stored event of the key sent before the wait's expiry, if
+-- there is one. Only a send made while the run was not active (failed, before a retry)
+-- stores an event that an open wait could have received; under lock_event_key and the
+-- run's claim lock. The bound on sent_at holds whatever the transactions' start times:
+-- a send that found the wait past its expiry stored its event, and this wait must not
+-- take it.
+WITH taken AS (
+  UPDATE tidebase.keyed_events k
+  SET status = 'consumed', received_by = ARRAY[$1::uuid], consumed_at = tidebase.now()
+  WHERE k.id = (SELECT id FROM tidebase.keyed_events
+                WHERE name = $3 AND key = $4 AND status = 'stored'
+                  AND expires_at > tidebase.now()
+                  AND ($5::timestamptz IS NULL OR sent_at < $5::timestamptz)
+                ORDER BY sent_at, id
+                LIMIT 1
+                FOR UPDATE SKIP LOCKED)
+    AND k.status = 'stored'
+  RETURNING k.id, k.payload
+)
+UPDATE tidebase.event_waits w
+SET status = 'received', event_id = taken.id, payload = taken.payload,
+    closed_at = tidebase.now()
+FROM taken
+WHERE w.run_id = $1 AND w.name = $2 AND w.status = 'waiting'
+RETURNING w.run_id, w.name, w.position, w.event_name, w.event_key, w.status, w.event_id,
+          w.payload, w.created_at, w.expires_at, w.closed_at, false AS due;
+
+-- name: deliver_event
+-- Event $3 (event $5, key $6, payload $4) reaches the waits ($1 run ids, $2 names) that
+-- event_waiters found and locked: each receives it once (the condition on status), and
+-- each of their runs is woken as wake_run does (wake_seq bumped; a waiting run back to
+-- its queue). Returns each run with its queue and whether it was waiting.
+WITH got AS (
+  UPDATE tidebase.event_waits w
+  SET status = 'received', event_id = $3, payload = $4, closed_at = tidebase.now()
+  FROM unnest($1::uuid[], $2::text[]) AS t(run_id, name)
+  WHERE w.run_id = t.run_id AND w.name = t.name AND w.status = 'waiting'
+  RETURNING w.run_id, w.name
+), per_run AS (
+  SELECT run_id, jsonb_agg(name ORDER BY name) AS names FROM got GROUP BY run_id
+), before AS (
+  SELECT r.id, r.status FROM tidebase.runs r JOIN per_run p ON p.run_id = r.id
+), r AS (
+  UPDATE tidebase.runs r
+  SET wake_seq = r.wake_seq + 1,
+      status = CASE WHEN r.status = 'waiting' THEN 'queued' ELSE r.status END,
+      run_at = CASE WHEN r.status = 'waiting' THEN tidebase.now() ELSE r.run_at END,
+      wake_at = CASE WHEN r.status = 'waiting' THEN NULL ELSE r.wake_at END,
+      updated_at = tidebase.now(), event_seq = r.event_seq + 1
+  FROM per_run p, before b
+  WHERE r.id = p.run_id AND b.id = p.run_id AND r.status IN ('queued', 'running', 'waiting')
+  RETURNING r.id, r.queue, r.event_seq, p.names, b.status AS before_status
+), e AS (
+  INSERT INTO tidebase.events (run_id, seq, type, at, data)
+  SELECT id, event_seq, 'event.received', tidebase.now(),
+         jsonb_build_object('event', $5::text, 'key', $6::text, 'id', $3::uuid,
+                            'waits', names, 'resumed', before_status = 'waiting')
+  FROM r
+)
+SELECT id, queue, before_status FROM r ORDER BY id;
+
+-- name: insert_keyed_event
+-- Record sent event $1 (event $2, key $3, payload $4), kept for $5 seconds: 'delivered'
+-- to the runs $6 when any received it, else 'stored' for the next waiter.
+INSERT INTO tidebase.keyed_events
+  (id, name, key, payload, status, received_by, sent_at, expires_at)
+VALUES ($1, $2, $3, $4,
+        CASE WHEN cardinality($6::uuid[]) > 0 THEN 'delivered' ELSE 'stored' END,
+        $6, tidebase.now(), tidebase.now() + make_interval(secs => $5::float8))
+RETURNING id, name, key, payload, status, received_by, sent_at, consumed_at, expires_at;
+
+-- name: list_keyed_events
+-- Events in the order sent, newest last; NULL filters match everything. Events past
+-- their retention are left out (the reconciler deletes them).
+SELECT id, name, key, payload, status, received_by, sent_at, consumed_at, expires_at
+FROM tidebase.keyed_events
+WHERE ($1::text IS NULL OR status = $1)
+  AND ($2::text IS NULL OR name = $2)
+  AND ($3::text IS NULL OR key = $3)
+  AND expires_at > tidebase.now()
+ORDER BY sent_at, id
+LIMIT $4;
+
+-- name: list_event_waits
+-- Open waits of active runs, oldest first; NULL filters match everything.
+SELECT w.run_id, w.name, w.position, w.event_name, w.event_key, w.status, w.event_id,
+       w.payload, w.created_at, w.expires_at, w.closed_at,
+       COALESCE(w.expires_at <= tidebase.now(), false) AS due
+FROM tidebase.event_waits w JOIN tidebase.runs r ON r.id = w.run_id
+WHERE w.status = 'waiting' AND r.status IN ('queued', 'running', 'waiting')
+  AND ($1::text IS NULL OR w.event_name = $1)
+  AND ($2::text IS NULL OR w.event_key = $2)
+ORDER BY w.created_at, w.run_id, w.name
+LIMIT $3;
+
+-- name: prune_keyed_events
+-- Retention: delete up to $1 events past their expiry, oldest first.
+WITH doomed AS (
+  SELECT id FROM tidebase.keyed_events
+  WHERE expires_at <= tidebase.now()
+  ORDER BY expires_at
+  LIMIT $1
+  FOR UPDATE SKIP LOCKED
+)
+DELETE FROM tidebase.keyed_events k USING doomed WHERE k.id = doomed.id;

@@ -16,16 +16,26 @@ class QueuesMixin(StoreBase):
     """Controlled claims and queue controls."""
 
     async def claim_controlled(
-        self, *, worker_id: str, queue: str, limit: int, lease_s: float
+        self,
+        *,
+        worker_id: str,
+        queue: str,
+        limit: int,
+        lease_s: float,
+        versions: Sequence[str] = (),
     ) -> ControlledClaim:
         """Claim from a paused, capped or rate-limited queue, exactly within its
         controls: the queue's row stays locked while this counts its running runs (a
-        fresh snapshot, after the lock), refills its token bucket and claims."""
+        fresh snapshot, after the lock), refills its token bucket and claims.
+        ``versions``: as for ``claim``."""
+        keys = list(versions)
         with _translate("claim (controlled queue)"):
             async with self._pool.acquire() as conn, conn.transaction():
                 ctl = await conn.fetchrow(Q["lock_queue"], queue)
                 if ctl is None:  # the controls were deleted meanwhile: nothing limits it
-                    rows = await conn.fetch(Q["claim_controlled"], worker_id, queue, lease_s, limit)
+                    rows = await conn.fetch(
+                        Q["claim_controlled"], worker_id, queue, lease_s, limit, keys
+                    )
                     return ControlledClaim(runs=[_claimed(r) for r in rows])
                 if ctl["paused"]:
                     return ControlledClaim(runs=[], held=True)
@@ -52,7 +62,7 @@ class QueuesMixin(StoreBase):
                 rows = []
                 if allowed > 0:
                     rows = await conn.fetch(
-                        Q["claim_controlled"], worker_id, queue, lease_s, allowed
+                        Q["claim_controlled"], worker_id, queue, lease_s, allowed, keys
                     )
                 retry_in = None
                 if rate is not None:

@@ -28,6 +28,8 @@ class ClaimedRun(msgspec.Struct, frozen=True, kw_only=True):
     due_at: datetime | None = None
     # The W3C trace context (JSON) stored at enqueue; the run's spans join that trace.
     trace_context: bytes | None = None
+    # The workflow version the run started with; None for an unversioned workflow.
+    version: str | None = None
 
 
 class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,6 +130,8 @@ class NewRun(msgspec.Struct, frozen=True, kw_only=True):
     channels: list[str] | None = None
     #: The W3C trace context current at enqueue (a JSON object), or None.
     trace_context: msgspec.Raw | None = None
+    #: The workflow version the run starts with (None: unversioned, any worker).
+    version: str | None = None
 
 
 class ScheduledRun(NewRun, frozen=True, kw_only=True):
@@ -157,4 +161,5 @@ def _claimed(row: asyncpg.Record) -> ClaimedRun:
         wake_seq=row["wake_seq"],
         due_at=row["run_at"],
         trace_context=row["trace_context"],
+        version=row["version"],
     )

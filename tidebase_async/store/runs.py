@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from uuid import UUID
 
 from tidebase_async import errors
@@ -16,25 +17,38 @@ class RunsMixin(StoreBase):
     """Claims and their lifecycle, fenced by (worker, attempt)."""
 
     async def claim(
-        self, *, worker_id: str, queues: Sequence[str], limit: int, lease_s: float
+        self,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_s: float,
+        versions: Sequence[str] = (),
     ) -> list[ClaimedRun]:
+        """Lease up to ``limit`` due runs of ``queues``: unversioned ones, and versioned
+        ones whose key (``version_key``) is among ``versions``."""
+        keys = versions if isinstance(versions, list) else list(versions)
         with _translate("claim"):
             if len(queues) == 1:
                 rows = await self._pool.fetch(
-                    Q["claim_runs_one"], worker_id, queues[0], lease_s, limit
+                    Q["claim_runs_one"], worker_id, queues[0], lease_s, limit, keys
                 )
             else:
                 share = -(-limit // len(queues))
                 rows = await self._pool.fetch(
-                    Q["claim_runs_many"], worker_id, list(queues), lease_s, limit, share
+                    Q["claim_runs_many"], worker_id, list(queues), lease_s, limit, share, keys
                 )
         return [_claimed(row) for row in rows]
 
     async def claim_by_id(
-        self, *, worker_id: str, run_id: UUID, lease_s: float
+        self, *, worker_id: str, run_id: UUID, lease_s: float, versions: Sequence[str] = ()
     ) -> ClaimedRun | None:
+        """Lease queued run ``run_id``; None when it is not queued, or is of a version
+        not among ``versions``."""
         with _translate("claim run"):
-            row = await self._pool.fetchrow(Q["claim_run_by_id"], worker_id, run_id, lease_s)
+            row = await self._pool.fetchrow(
+                Q["claim_run_by_id"], worker_id, run_id, lease_s, list(versions)
+            )
         return None if row is None else _claimed(row)
 
     async def start_inline(
@@ -51,6 +65,7 @@ class RunsMixin(StoreBase):
         channels: bytes | None = None,
         recovery_webhook: str | None = None,
         trace_context: bytes | None = None,
+        version: str | None = None,
     ) -> ClaimedRun | None:
         """Insert a run leased to ``worker_id``; None when ``run_id`` exists already.
         ``trace_context``: the W3C context (JSON) the run's spans continue."""
@@ -68,6 +83,7 @@ class RunsMixin(StoreBase):
                 channels,
                 recovery_webhook,
                 trace_context,
+                version,
             )
         return None if row is None else _claimed(row)
 
@@ -76,22 +92,7 @@ class RunsMixin(StoreBase):
             return {}
         with _translate("load checkpoints"):
             rows = await self._pool.fetch(Q["load_steps"], list(run_ids))
-        history: dict[UUID, list[StepRecord]] = {}
-        for row in rows:
-            history.setdefault(row[0], []).append(
-                StepRecord(
-                    position=row[1],
-                    name=row[2],
-                    status=row[3],
-                    run_attempt=row[4],
-                    output=row[5],
-                    error=row[6],
-                    replay_failure=row[7],
-                    kind=row[8],
-                    state_after=row[9],
-                )
-            )
-        return history
+        return histories(rows)
 
     async def heartbeat(
         self, *, worker_id: str, run_ids: Sequence[UUID], lease_s: float
@@ -192,11 +193,34 @@ class RunsMixin(StoreBase):
         )
         return [(row["id"], row["queue"], row["status"]) for row in rows]
 
-    async def next_due_in(self, queues: Sequence[str]) -> float | None:
-        """Seconds until the earliest queued run of ``queues`` is due (<= 0: now)."""
+    async def next_due_in(
+        self, queues: Sequence[str], versions: Sequence[str] = ()
+    ) -> float | None:
+        """Seconds until the earliest queued run of ``queues`` that a worker with
+        ``versions`` may claim is due (<= 0: now)."""
         with _translate("next due"):
-            delta = await self._pool.fetchval(Q["next_due"], list(queues))
+            delta = await self._pool.fetchval(Q["next_due"], list(queues), list(versions))
         return None if delta is None else float(delta.total_seconds())
+
+
+def histories(rows: Sequence[Any]) -> dict[UUID, list[StepRecord]]:
+    """The histories of runs by run id, from rows of ``load_steps``."""
+    history: dict[UUID, list[StepRecord]] = {}
+    for row in rows:
+        history.setdefault(row[0], []).append(
+            StepRecord(
+                position=row[1],
+                name=row[2],
+                status=row[3],
+                run_attempt=row[4],
+                output=row[5],
+                error=row[6],
+                replay_failure=row[7],
+                kind=row[8],
+                state_after=row[9],
+            )
+        )
+    return history
 
 
 def _default_event_type(c: Checkpoint) -> str:

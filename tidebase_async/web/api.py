@@ -19,6 +19,8 @@ Routes (relative to where the app is mounted; JSON in and out):
     GET  /usage?workflow=&since=&until=&group_by=workflow,model
     GET  /gates?status=&run_id=&limit=&cursor=
     POST /runs/{id}/gates/{name}/resolve      {"approved", "actor", "payload", "token"}
+    POST /events                              {"name", "key", "payload", "retention"}: send an
+                                              event by key (tide.events.send)
     GET  /queues                              controls and counts by status
     POST /queues/{name}                       {"concurrency", "rate_per_minute", "paused"}
     GET  /schedules
@@ -103,6 +105,13 @@ class ResetBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     to_step: str | int
 
 
+class SendEventBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    key: str | int
+    payload: Any = None
+    retention: float | None = None
+
+
 class ResolveBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     approved: bool
     actor: str | None = None
@@ -127,6 +136,7 @@ class Api:
             ("GET", re.compile(r"/"), self._dashboard, False),
             ("GET", re.compile(r"/assets/([A-Za-z0-9_.-]+)"), self._asset, False),
             ("GET", re.compile(r"/events"), self._all_events, True),
+            ("POST", re.compile(r"/events"), self._send_event, True),
             ("GET", re.compile(r"/openapi\.json"), self._openapi, True),
             ("GET", re.compile(r"/runs"), self._list_runs, True),
             ("POST", re.compile(r"/runs"), self._enqueue, True),
@@ -166,7 +176,8 @@ class Api:
         if method == "GET":
             return 0
         require_json(request)
-        return self._tide.max_payload_bytes + SMALL_BODY if path == "/runs" else SMALL_BODY
+        large = path in ("/runs", "/events")  # an input or an event's payload
+        return self._tide.max_payload_bytes + SMALL_BODY if large else SMALL_BODY
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         try:
@@ -317,6 +328,18 @@ class Api:
         )
         status = 200 if handle.deduplicated else 201
         return json_response(status, {"id": handle.id, "deduplicated": handle.deduplicated})
+
+    async def _send_event(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        """Send an event by key (``tide.events.send``): 200 with the event as recorded,
+        ``delivered`` to the runs waiting for it or ``stored`` for the next one."""
+        body = _decode(request, SendEventBody)
+        if body.retention is None:
+            event = await self._tide.events.send(body.name, key=body.key, payload=body.payload)
+        else:
+            event = await self._tide.events.send(
+                body.name, key=body.key, payload=body.payload, retention=body.retention
+            )
+        return json_response(200, event)
 
     async def _get_run(self, request: HttpRequest, params: list[str]) -> HttpResponse:
         return json_response(200, await self._tide.runs.get(_run_id(params[0])))

@@ -9,7 +9,7 @@ Two transports serve the same tools (``web.mcp_tools``):
 
 Tools, each with a JSON schema for its arguments and one for its structured result:
 ``list_runs``, ``get_run``, ``enqueue``, ``cancel_run``, ``retry_run``, ``list_gates``,
-``resolve_gate``, ``run_events``. A run also reads as the resource
+``resolve_gate``, ``run_events``, ``send_event``. A run also reads as the resource
 ``tidebase://runs/{id}`` (JSON).
 
 Bad input (wrong types, a missing argument, a malformed run id, an unknown run,

@@ -19,7 +19,15 @@ from uuid import UUID
 import msgspec
 
 from tidebase_async import errors
-from tidebase_async.models import Event, GateInfo, GateStatus, Page, RunInfo, RunStatus
+from tidebase_async.models import (
+    Event,
+    GateInfo,
+    GateStatus,
+    KeyedEvent,
+    Page,
+    RunInfo,
+    RunStatus,
+)
 
 if TYPE_CHECKING:
     from tidebase_async.client.tidebase import Tidebase
@@ -100,6 +108,14 @@ class ResolveGateArgs(_Args):
     payload: Any = None
 
 
+class SendEventArgs(_Args):
+    """An event by key for the runs that wait for it (``run.wait_for_event``)."""
+
+    name: Annotated[str, msgspec.Meta(description="The event's name.")]
+    key: Annotated[str, msgspec.Meta(min_length=1, max_length=200, description="The event's key.")]
+    payload: Any = None
+
+
 class RunEventsArgs(_Args):
     """Events with ``seq > after``, in order."""
 
@@ -151,6 +167,7 @@ TOOLS: dict[str, tuple[type[_Args], type[msgspec.Struct], bool]] = {
     "list_gates": (ListGatesArgs, GatePage, True),
     "resolve_gate": (ResolveGateArgs, GateInfo, False),
     "run_events": (RunEventsArgs, EventPage, True),
+    "send_event": (SendEventArgs, KeyedEvent, False),
 }
 
 
@@ -307,6 +324,12 @@ class Tools:
         status = await self._tide.runs.status(a.run_id)
         after = events[-1].seq if len(events) == a.limit else None
         return EventPage(run_id=a.run_id, status=status, items=events, next_after=after)
+
+    async def send_event(self, a: SendEventArgs) -> KeyedEvent:
+        """Send an event by key: every run waiting for this name and key now receives
+        it (each once) and resumes (status delivered); when none waits it is stored and
+        the next run to wait for it receives it (status stored)."""
+        return await self._tide.events.send(a.name, key=a.key, payload=a.payload)
 
 
 def describe_error(exc: Exception) -> str:

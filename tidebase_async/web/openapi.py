@@ -12,6 +12,7 @@ import msgspec
 
 from tidebase_async.models import (
     GateInfo,
+    KeyedEvent,
     Page,
     QueueInfo,
     RunInfo,
@@ -485,6 +486,25 @@ def openapi_document() -> dict[str, Any]:
             "responses": {"200": {"description": "The file"}, **_errors(404)},
         }
     }
+    (keyed_event,), event_components = msgspec.json.schema_components(
+        [KeyedEvent], ref_template="#/components/schemas/{name}"
+    )
+    components.update(event_components)
+    components["SendEventRequest"] = {
+        "type": "object",
+        "required": ["name", "key"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string"},
+            "key": {"type": ["string", "integer"], "description": "At most 200 characters"},
+            "payload": {},
+            "retention": {
+                "type": ["number", "null"],
+                "exclusiveMinimum": 0,
+                "description": "Seconds a stored event is kept (default 7 days)",
+            },
+        },
+    }
     paths["/events"] = {
         "get": {
             "summary": "Server-sent 'runs' events: ids of runs that changed (live only)",
@@ -495,7 +515,19 @@ def openapi_document() -> dict[str, Any]:
                 },
                 **_errors(401),
             },
-        }
+        },
+        "post": {
+            "summary": "Send an event by key: delivered to every run waiting for it "
+            "(run.wait_for_event), else stored for the next one",
+            "requestBody": {
+                "required": True,
+                **_json({"$ref": "#/components/schemas/SendEventRequest"}),
+            },
+            "responses": {
+                "200": {"description": "The event as recorded", **_json(keyed_event)},
+                **_errors(400, 401, 413),
+            },
+        },
     }
     for action in ("pause", "resume"):
         paths[f"/schedules/{{name}}/{action}"] = {
