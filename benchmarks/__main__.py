@@ -18,6 +18,7 @@ from benchmarks import (
     common,
     compare,
     environment,
+    keys,
     memory,
     replay,
     report,
@@ -43,6 +44,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     memory.NAME: memory.measure,
     compare.NAME: compare.measure,
     agent.NAME: agent.measure,
+    keys.NAME: keys.measure,
 }
 
 

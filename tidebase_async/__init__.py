@@ -41,6 +41,7 @@ from tidebase_async.errors import (
     WorkflowNotFound,
 )
 from tidebase_async.models import (
+    Debounce,
     Event,
     EventWaitInfo,
     GateDecision,
@@ -55,6 +56,7 @@ from tidebase_async.models import (
     RunSummary,
     Schedule,
     ScheduleInfo,
+    Singleton,
     StateVersion,
     StepInfo,
     UsageSummary,
@@ -68,6 +70,7 @@ __all__ = [
     "ConflictError",
     "ConnectionLost",
     "DatabaseUnreachable",
+    "Debounce",
     "EmbeddedPostgresError",
     "Event",
     "EventWaitInfo",
@@ -104,6 +107,7 @@ __all__ = [
     "SchemaVersionError",
     "SerializationError",
     "SignatureError",
+    "Singleton",
     "StateVersion",
     "StepFailed",
     "StepInfo",

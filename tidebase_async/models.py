@@ -6,7 +6,7 @@ field's type never changes.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
@@ -14,7 +14,7 @@ import msgspec
 
 RunStatus = Literal["queued", "running", "waiting", "completed", "failed", "cancelled"]
 StepStatus = Literal["completed", "failed"]
-StepKind = Literal["step", "sleep", "gate", "child", "fanout", "event"]
+StepKind = Literal["step", "sleep", "gate", "child", "fanout", "event", "patch"]
 GateStatus = Literal["pending", "approved", "rejected", "expired", "cancelled"]
 
 RUN_STATUSES: tuple[str, ...] = ("queued", "running", "waiting", "completed", "failed", "cancelled")
@@ -54,6 +54,28 @@ class RunHandle(msgspec.Struct, frozen=True, kw_only=True):
     deduplicated: bool = False
 
 
+class Debounce(msgspec.Struct, frozen=True, kw_only=True):
+    """``enqueue(..., debounce=Debounce(key=..., window=..., max_wait=...))``: the
+    enqueues of one key (per workflow) collapse into one run, which starts with the
+    latest input once ``window`` passed without another enqueue, or ``max_wait`` after
+    the first one (None: no cap). Durations are seconds or a ``timedelta``; checked at
+    enqueue (``max_wait`` at least ``window``; a key of at most 200 characters)."""
+
+    key: str
+    window: float | timedelta
+    max_wait: float | timedelta | None = None
+
+
+class Singleton(msgspec.Struct, frozen=True, kw_only=True):
+    """``enqueue(..., singleton=Singleton(key=..., mode="skip"))``: at most one active
+    (queued, running, waiting) run per workflow and key. ``skip`` returns the active
+    run (``deduplicated=True``); ``replace`` cancels it (as ``runs.cancel`` does) and
+    enqueues the new one. Checked at enqueue (a key of at most 200 characters)."""
+
+    key: str
+    mode: Literal["skip", "replace"] = "skip"
+
+
 class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
     """One run for ``enqueue_many``; the fields mean what ``enqueue``'s options mean."""
 
@@ -70,6 +92,11 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
     webhooks: list[str] | None = None
     #: The workflow version to run (default: the newest registered in this process).
     version: str | None = None
+    #: The key (a tenant, an account) its queue's per-key caps count the run under.
+    concurrency_key: str | None = None
+    #: Flow control by key (``enqueue`` only: ``enqueue_many`` refuses them).
+    debounce: Debounce | None = None
+    singleton: Singleton | None = None
 
 
 class DeliveryInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -121,7 +148,8 @@ class StepInfo(msgspec.Struct, frozen=True, kw_only=True):
     """One entry of a run's history, in the order the workflow reached it. ``kind`` is
     ``step``, or ``sleep`` (output: when it ends), ``gate`` (output: the decision),
     ``child`` or ``fanout`` (output: the children's outputs), ``event`` (output: the
-    payload ``run.wait_for_event`` received)."""
+    payload ``run.wait_for_event`` received), ``patch`` (a patch point the run took with
+    the new code, ``run.patched``; output: true)."""
 
     name: str
     status: StepStatus
@@ -182,6 +210,8 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    #: The workflow version the run started with (None: unversioned).
+    version: str | None = None
 
 
 class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -214,6 +244,10 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     usage: UsageTotals = msgspec.field(default_factory=UsageTotals)
     forked_from: UUID | None = None
     forked_at: str | None = None
+    #: The workflow version the run started with (None: unversioned).
+    version: str | None = None
+    #: The run's waits for events by key (``run.wait_for_event``), in the order reached.
+    event_waits: list[EventWaitInfo] = msgspec.field(default_factory=list)
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
@@ -288,6 +322,10 @@ class QueueInfo(msgspec.Struct, frozen=True, kw_only=True):
     rate_per_minute: float | None = None
     paused: bool = False
     counts: dict[str, int] = msgspec.field(default_factory=dict)
+    #: Per concurrency key: at most this many running runs (None: no cap) ...
+    per_key_concurrency: int | None = None
+    #: ... and at most this many claims per minute (None: no limit).
+    per_key_rate_per_minute: float | None = None
     #: Queued runs of versioned workflows, per version (unversioned runs not listed).
     versions: list[QueueVersion] = msgspec.field(default_factory=list)
 

@@ -57,3 +57,14 @@ async def test_agent_runs_drain(server_dsn: str) -> None:
     for workflow in ("agent-live", "agent-quiet"):
         params = agent.Params(runs=8, concurrency=4)
         assert await agent._drain(_ctx(server_dsn), workflow, params) > 0
+
+
+async def test_keyed_claims_and_drain(server_dsn: str) -> None:
+    from benchmarks import keys
+
+    params = keys.Params(keys=200, runs=800, claims=10, drain_runs=100, batch=400)
+    latency = await keys.measure_latency(_ctx(server_dsn), params, rate=True)
+    assert set(latency.keyed_sizes) == {keys.CLAIM_LIMIT}
+    assert len(latency.plain_ms) == len(latency.keyed_ms) == 10
+    drained = await keys.measure_drain(_ctx(server_dsn), params, keyed=True)
+    assert drained.stats["completed"] == 100

@@ -298,7 +298,7 @@ async def test_queues_and_schedules(tide: Tidebase, dsn: str, capsys: Capture) -
     assert await cli("queues", "list", "--dsn", dsn) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:4] == ["QUEUE", "STATE", "CONCURRENCY", "RATE"]
-    assert lines[1].split()[:5] == ["reports", "active", "2", "60/min", "1"]
+    assert lines[1].split()[:6] == ["reports", "active", "2", "60/min", "-", "1"]
     assert await cli("queues", "pause", "reports", "--dsn", dsn, "--json") == 0
     assert json.loads(capsys.readouterr().out)["paused"] is True
     assert await cli("queues", "list", "--dsn", dsn, "--json") == 0

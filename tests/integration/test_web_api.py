@@ -61,6 +61,8 @@ ROUTES = {
     "/": {"get"},
     "/assets/{name}": {"get"},
     "/events": {"get", "post"},
+    "/keyed-events": {"get"},
+    "/event-waits": {"get"},
     "/runs/{run_id}/stream": {"get"},
     "/runs/{run_id}/state": {"get"},
     "/runs/{run_id}/fork": {"post"},

@@ -237,12 +237,30 @@ def queues_table(queues: Sequence[QueueInfo]) -> str:
             "paused" if q.paused else "active",
             "-" if q.concurrency is None else str(q.concurrency),
             "-" if q.rate_per_minute is None else f"{q.rate_per_minute:g}/min",
+            _per_key(q),
             *(str(q.counts.get(status, 0)) for status in _COUNTED),
         ]
         for q in queues
     ]
-    headers = ["QUEUE", "STATE", "CONCURRENCY", "RATE", *(s.upper() for s in _COUNTED)]
+    headers = [
+        "QUEUE",
+        "STATE",
+        "CONCURRENCY",
+        "RATE",
+        "PER KEY",
+        *(s.upper() for s in _COUNTED),
+    ]
     return table(headers, rows)
+
+
+def _per_key(q: QueueInfo) -> str:
+    """The per-concurrency-key caps: "2 running, 60/min", or "-"."""
+    parts = []
+    if q.per_key_concurrency is not None:
+        parts.append(f"{q.per_key_concurrency} running")
+    if q.per_key_rate_per_minute is not None:
+        parts.append(f"{q.per_key_rate_per_minute:g}/min")
+    return ", ".join(parts) or "-"
 
 
 def queue_versions_table(queues: Sequence[QueueInfo]) -> str:

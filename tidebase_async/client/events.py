@@ -16,14 +16,16 @@ that pair's advisory lock first, so one of them always sees what the other commi
 
 from __future__ import annotations
 
-from datetime import timedelta
+import base64
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from tidebase_async import errors
 from tidebase_async._util import codec
 from tidebase_async._util.checks import as_seconds, check_event_key, check_history_name
 from tidebase_async._util.ids import uuid7
-from tidebase_async.client.runs import stored_json
+from tidebase_async.client.runs import cursor_time, stored_json
 from tidebase_async.models import EventWaitInfo, KeyedEvent
 
 if TYPE_CHECKING:
@@ -109,12 +111,14 @@ class Events:
         name: str | None = None,
         key: Any = None,
         limit: int = 50,
+        cursor: str | None = None,
     ) -> list[KeyedEvent]:
         """Events within their retention, in the order sent: ``stored`` ones (sent
         while nobody waited, not received yet) by default; ``status=None``: all.
+        Pass the ``cursor_of`` the last item as ``cursor`` for the next page.
 
         Raises:
-            ConfigurationError: unknown status, bad name, key or limit.
+            ConfigurationError: unknown status, bad name, key, limit or cursor.
         """
         if status is not None and status not in KEYED_EVENT_STATUSES:
             raise errors.ConfigurationError(
@@ -122,9 +126,20 @@ class Events:
             )
         event_name, event_key = _filters(name, key)
         rows = await self._tide.store.list_keyed_events(
-            status=status, name=event_name, key=event_key, limit=_limit(limit)
+            status=status,
+            name=event_name,
+            key=event_key,
+            limit=_limit(limit),
+            after=None if cursor is None else _parse_cursor(cursor),
         )
         return [event_info(row) for row in rows]
+
+    @staticmethod
+    def cursor_of(event: KeyedEvent) -> str:
+        """The cursor that continues a listing after ``event``."""
+        assert event.sent_at is not None
+        raw = f"{event.sent_at.isoformat()}|{event.id}"
+        return base64.urlsafe_b64encode(raw.encode()).decode("ascii")
 
 
 def event_info(row: KeyedEventRow) -> KeyedEvent:
@@ -162,6 +177,15 @@ def _filters(name: str | None, key: Any) -> tuple[str | None, str | None]:
     if key is None:
         return name, None
     return name, check_event_key(key, event=name or "?")
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("utf-8")
+        at, event_id = raw.split("|", 1)
+        return cursor_time(at), UUID(event_id)
+    except (ValueError, UnicodeError, AttributeError, OverflowError) as exc:
+        raise errors.ConfigurationError(f"invalid event cursor {cursor!r:.60}") from exc
 
 
 def _limit(limit: int) -> int:

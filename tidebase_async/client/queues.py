@@ -49,6 +49,8 @@ class Queues:
         concurrency: int | _Unset | None = UNSET,
         rate_per_minute: float | _Unset | None = UNSET,
         paused: bool | _Unset = UNSET,
+        per_key_concurrency: int | _Unset | None = UNSET,
+        per_key_rate_per_minute: float | _Unset | None = UNSET,
     ) -> QueueInfo:
         """Set the controls given (``None`` clears one; omitted ones stay as they are).
 
@@ -57,6 +59,14 @@ class Queues:
         - ``rate_per_minute``: claims from the queue are limited to this rate on average,
           in bursts of at most one second's worth (at least one run).
         - ``paused``: no run of the queue is claimed; runs already running go on.
+        - ``per_key_concurrency``: at most this many running runs per concurrency key
+          (``enqueue(..., concurrency_key=)``), across all workers.
+        - ``per_key_rate_per_minute``: at most this many claims per key per minute on
+          average, in bursts of at most one second's worth (at least one run).
+
+        With either per-key control, keys take turns (round robin, each key's runs in
+        priority then FIFO order), so one busy key cannot starve the others; runs
+        without a key are not limited per key and take turns as one more group.
 
         Workers hear of a change through NOTIFY (and poll as the floor).
 
@@ -64,31 +74,10 @@ class Queues:
             ConfigurationError: a bad name or value; nothing is stored.
         """
         check_name("queue", name)
-        if (
-            not isinstance(concurrency, _Unset)
-            and concurrency is not None
-            and (
-                isinstance(concurrency, bool)
-                or not isinstance(concurrency, int)
-                or not 1 <= concurrency <= 1_000_000
-            )
-        ):
-            raise errors.ConfigurationError(
-                f"concurrency must be an int in 1..1000000 or None, got {concurrency!r}"
-            )
-        if (
-            not isinstance(rate_per_minute, _Unset)
-            and rate_per_minute is not None
-            and (
-                isinstance(rate_per_minute, bool)
-                or not isinstance(rate_per_minute, int | float)
-                or not math.isfinite(rate_per_minute)
-                or not 0 < rate_per_minute <= 1e9
-            )
-        ):
-            raise errors.ConfigurationError(
-                f"rate_per_minute must be a number > 0 or None, got {rate_per_minute!r}"
-            )
+        _check_count("concurrency", concurrency)
+        _check_rate("rate_per_minute", rate_per_minute)
+        _check_count("per_key_concurrency", per_key_concurrency)
+        _check_rate("per_key_rate_per_minute", per_key_rate_per_minute)
         if not isinstance(paused, _Unset) and not isinstance(paused, bool):
             raise errors.ConfigurationError(f"paused must be True or False, got {paused!r}")
         control = await self._tide.store.configure_queue(
@@ -103,6 +92,16 @@ class Queues:
             set_concurrency=not isinstance(concurrency, _Unset),
             set_rate=not isinstance(rate_per_minute, _Unset),
             set_paused=not isinstance(paused, _Unset),
+            per_key_concurrency=(
+                None if isinstance(per_key_concurrency, _Unset) else per_key_concurrency
+            ),
+            per_key_rate_per_minute=(
+                None
+                if isinstance(per_key_rate_per_minute, _Unset) or per_key_rate_per_minute is None
+                else float(per_key_rate_per_minute)
+            ),
+            set_per_key_concurrency=not isinstance(per_key_concurrency, _Unset),
+            set_per_key_rate=not isinstance(per_key_rate_per_minute, _Unset),
         )
         counts = (await self._tide.store.queue_counts()).get(name, {})
         return _info(control, counts)
@@ -182,6 +181,29 @@ def _info(
         concurrency=control.concurrency,
         rate_per_minute=control.rate_per_minute,
         paused=control.paused,
+        per_key_concurrency=control.per_key_concurrency,
+        per_key_rate_per_minute=control.per_key_rate_per_minute,
         counts=dict(counts),
         versions=list(versions or []),
     )
+
+
+def _check_count(what: str, value: object) -> None:
+    if isinstance(value, _Unset) or value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+        raise errors.ConfigurationError(
+            f"{what} must be an int in 1..1000000 or None, got {value!r}"
+        )
+
+
+def _check_rate(what: str, value: object) -> None:
+    if isinstance(value, _Unset) or value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value <= 1e9
+    ):
+        raise errors.ConfigurationError(f"{what} must be a number > 0 or None, got {value!r}")

@@ -83,6 +83,10 @@ class Runs:
         gates = await store.get_run_gates(rid)
         deliveries = await store.get_deliveries(rid)
         usage = await store.run_usage(rid)
+        event_waits = await store.get_run_event_waits(rid)
+        # client.events imports this module: import it here, not at the top.
+        from tidebase_async.client import events as keyed_events
+
         return RunInfo(
             id=row.id,
             workflow=row.workflow,
@@ -121,6 +125,8 @@ class Runs:
             deliveries=[_delivery_info(d) for d in deliveries],
             forked_from=row.forked_from,
             forked_at=row.forked_at,
+            version=row.version,
+            event_waits=[keyed_events.wait_info(w) for w in event_waits],
             usage=UsageTotals(
                 records=usage.records,
                 input_tokens=usage.input_tokens,
@@ -190,6 +196,7 @@ class Runs:
                 created_at=r.created_at,
                 started_at=r.started_at,
                 finished_at=r.finished_at,
+                version=r.version,
             )
             for r in rows[:limit]
         ]

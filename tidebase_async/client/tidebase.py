@@ -23,6 +23,7 @@ from tidebase_async import errors
 from tidebase_async._util import codec
 from tidebase_async._util.checks import as_seconds, check_channels, check_name, is_utf8
 from tidebase_async._util.ids import uuid7
+from tidebase_async.client import flow as client_flow
 from tidebase_async.client import telemetry as client_telemetry
 from tidebase_async.client.background import Background
 from tidebase_async.client.events import Events
@@ -45,7 +46,15 @@ from tidebase_async.engine.workflows import (
     WorkflowVersions,
     make_workflow,
 )
-from tidebase_async.models import MigrationStep, Retry, RunHandle, RunSpec, Schedule
+from tidebase_async.models import (
+    Debounce,
+    MigrationStep,
+    Retry,
+    RunHandle,
+    RunSpec,
+    Schedule,
+    Singleton,
+)
 from tidebase_async.store import NewRun, Store, describe_dsn
 from tidebase_async.store.channels import (
     CANCEL_CHANNEL,
@@ -565,6 +574,7 @@ class Tidebase:
 
     def _new_run(self, spec: RunSpec) -> NewRun:
         check_name("workflow", spec.workflow)
+        client_flow.check_flow(spec)
         wf, version = self._run_version(spec.workflow, spec.version)
         queue = spec.queue if spec.queue is not None else (wf.queue if wf else DEFAULT_QUEUE)
         check_name("queue", queue)
@@ -581,6 +591,7 @@ class Tidebase:
                     f"or lone surrogates, got {spec.dedupe_key[:40]!r}"
                     + ("..." if len(spec.dedupe_key) > 40 else "")
                 )
+        _check_concurrency_key(spec.concurrency_key)
         if isinstance(spec.priority, bool) or not isinstance(spec.priority, int):
             raise errors.ConfigurationError(f"priority must be an int, got {spec.priority!r}")
         if not -_INT32 <= spec.priority <= _INT32:
@@ -634,6 +645,7 @@ class Tidebase:
             deadline_at=deadline,
             channels=self._channels(spec.webhooks),
             version=version,
+            concurrency_key=spec.concurrency_key,
         )
 
     def _channels(self, webhooks: list[str] | None) -> list[str] | None:
@@ -662,8 +674,20 @@ class Tidebase:
         metadata: dict[str, Any] | None = None,
         webhooks: list[str] | None = None,
         version: str | None = None,
+        concurrency_key: str | None = None,
+        debounce: Debounce | None = None,
+        singleton: Singleton | None = None,
     ) -> RunHandle:
         """Create a queued run and return at once.
+
+        ``debounce``/``singleton``: flow control by key (``Debounce``, ``Singleton``):
+        the enqueue returns the key's pending (debounce) or active (singleton
+        ``skip``) run with ``deduplicated=True``, or replaces it (``replace``).
+
+        ``concurrency_key`` (a tenant, an account; at most 200 characters): when the
+        queue has per-key caps (``queues.configure(per_key_concurrency=...,
+        per_key_rate_per_minute=...)``), the run counts against its key's; keys are
+        served round robin. Ignored by queues without per-key caps.
 
         ``version``: the workflow version the run records and is executed with
         (default: the newest registered here; unversioned when the workflow is not
@@ -700,8 +724,13 @@ class Tidebase:
             metadata=metadata,
             webhooks=webhooks,
             version=version,
+            concurrency_key=concurrency_key,
+            debounce=debounce,
+            singleton=singleton,
         )
         new = self._new_run(spec)
+        if debounce is not None or singleton is not None:
+            return await client_flow.enqueue_keyed(self, spec, new)
         (row,) = await client_telemetry.insert_runs(self.store, self.telemetry, [new])
         # The workers' wake-up went out with the insert's commit (see enqueue_runs).
         return RunHandle(id=row.id, deduplicated=not row.inserted)
@@ -728,6 +757,12 @@ class Tidebase:
             items.append(spec)
         if not items:
             return []
+        for i, spec in enumerate(items):
+            if spec.debounce is not None or spec.singleton is not None:
+                raise errors.ConfigurationError(
+                    f"enqueue_many item {i}: debounce and singleton are for enqueue only "
+                    "(one key's runs must be upserted one at a time)"
+                )
         runs = [self._new_run(s) for s in items]
         unique: list[NewRun] = []
         first_of: dict[tuple[str, str], int] = {}
@@ -958,3 +993,27 @@ class Tidebase:
             await worker.run(started=started)
         finally:
             self._workers.discard(worker)
+
+
+#: The longest concurrency key (characters).
+MAX_CONCURRENCY_KEY = 200
+
+
+def _check_concurrency_key(key: object) -> None:
+    """A concurrency key is a str of 1..200 characters without control characters (a
+    key is shown in listings and logs) or lone surrogates."""
+    if key is None:
+        return
+    if not isinstance(key, str):
+        raise errors.ConfigurationError(
+            f"concurrency_key must be a str or None, got {type(key).__name__}"
+        )
+    shown = repr(key[:40]) + ("..." if len(key) > 40 else "")
+    if not 1 <= len(key) <= MAX_CONCURRENCY_KEY:
+        raise errors.ConfigurationError(
+            f"concurrency_key must be 1..{MAX_CONCURRENCY_KEY} characters, got {len(key)}: {shown}"
+        )
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in key) or not is_utf8(key):
+        raise errors.ConfigurationError(
+            f"concurrency_key must not hold control characters or lone surrogates: {shown}"
+        )

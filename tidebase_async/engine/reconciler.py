@@ -151,6 +151,8 @@ class Reconciler:
         await self._fire_due_schedules()
         await self._prune()
         await self._prune_events()
+        # Per-key rate buckets that have refilled (a missing row is a full bucket).
+        await self._store.prune_key_buckets(limit=_SWEEP_LIMIT)
         self.stats.maintenance_ticks += 1
         if self._self_vacuum and self._pruned_since_vacuum:
             now = anyio.current_time()

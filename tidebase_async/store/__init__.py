@@ -33,6 +33,7 @@ from tidebase_async.store.connection import (
 )
 from tidebase_async.store.control import ControlMixin
 from tidebase_async.store.enqueue import EnqueueMixin
+from tidebase_async.store.flow import FlowMixin
 from tidebase_async.store.gates import GatesMixin
 from tidebase_async.store.keyed_events import (
     EventSendResult,
@@ -132,6 +133,7 @@ __all__ = [
 class Store(
     SchemaMixin,
     EnqueueMixin,
+    FlowMixin,
     RunsMixin,
     StateMixin,
     MaintenanceMixin,

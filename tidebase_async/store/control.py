@@ -84,6 +84,11 @@ class ControlMixin(StoreBase):
                 rows = await self._pool.fetch(Q["retry_run"], run_id, budget)
         except errors.StoreError as exc:
             if isinstance(exc.__cause__, asyncpg.exceptions.UniqueViolationError):
+                if exc.__cause__.constraint_name == "runs_singleton":
+                    raise errors.ConflictError(
+                        f"run {run_id} cannot be retried: its workflow has another active "
+                        "run of its singleton key; wait for or cancel that run first"
+                    ) from exc
                 raise errors.ConflictError(
                     f"run {run_id} cannot be retried: another active run has its dedupe key "
                     "in its queue; wait for or cancel that run first"

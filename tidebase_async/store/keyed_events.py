@@ -238,11 +238,33 @@ class KeyedEventsMixin(StoreBase):
 
     @read_retrying
     async def list_keyed_events(
-        self, *, status: str | None, name: str | None, key: str | None, limit: int
+        self,
+        *,
+        status: str | None,
+        name: str | None,
+        key: str | None,
+        limit: int,
+        after: tuple[datetime, UUID] | None = None,
     ) -> list[KeyedEventRow]:
+        """Events sent after ``after`` (sent_at, id) when given, in the order sent."""
         with _translate("list events"):
-            rows = await self._pool.fetch(Q["list_keyed_events"], status, name, key, limit)
+            rows = await self._pool.fetch(
+                Q["list_keyed_events"],
+                status,
+                name,
+                key,
+                limit,
+                after[0] if after else None,
+                after[1] if after else None,
+            )
         return [_event(r) for r in rows]
+
+    @read_retrying
+    async def get_run_event_waits(self, run_id: UUID) -> list[EventWaitRow]:
+        """Every wait of ``run_id`` for an event by key, in the order reached."""
+        with _translate("get event waits"):
+            rows = await self._pool.fetch(Q["get_run_event_waits"], run_id)
+        return [_wait(r) for r in rows]
 
     @read_retrying
     async def list_event_waits(

@@ -27,17 +27,17 @@ WITH ins AS (
   INSERT INTO tidebase.runs AS r
     (id, workflow, queue, status, input, priority, dedupe_key, metadata, parent_id,
      max_attempts, run_at, deadline_at, channels, created_at, updated_at, event_seq,
-     trace_context, version)
+     trace_context, version, concurrency_key)
   SELECT u.id, u.workflow, u.queue, 'queued', u.input, u.priority, u.dedupe_key,
          u.metadata, u.parent_id, u.max_attempts,
          COALESCE(u.run_at, tidebase.now()) + make_interval(secs => u.delay_s),
          u.deadline_at, u.channels, tidebase.now(), tidebase.now(), 1, u.trace_context,
-         u.version
+         u.version, u.concurrency_key
   FROM jsonb_to_recordset($1::jsonb)
        AS u(id uuid, workflow text, queue text, input jsonb, priority int4,
             dedupe_key text, metadata jsonb, parent_id uuid, max_attempts int4,
             run_at timestamptz, delay_s float8, deadline_at timestamptz, channels jsonb,
-            trace_context jsonb, version text)
+            trace_context jsonb, version text, concurrency_key text)
   ON CONFLICT (queue, dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'waiting')
     DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key
@@ -54,6 +54,84 @@ SELECT id, inserted, queue, dedupe_key, due FROM ins, wake;
 -- unknown, these are the ones it inserted (run ids are made by the client).
 SELECT id, queue, dedupe_key, run_at <= tidebase.now() AS due
 FROM tidebase.runs WHERE id = ANY($1::uuid[]);
+
+-- name: _flow_insert
+-- The INSERT of enqueue_debounced and enqueue_singleton: the run $1 (a JSON array of
+-- one NewRun), its run_at the end of its debounce window (capped at max_wait) when it
+-- has one, else as enqueue_runs computes it.
+INSERT INTO tidebase.runs AS r
+  (id, workflow, queue, status, input, priority, metadata, parent_id, max_attempts,
+   run_at, deadline_at, channels, created_at, updated_at, event_seq, trace_context,
+   version, debounce_key, debounce_deadline, singleton_key, concurrency_key)
+SELECT u.id, u.workflow, u.queue, 'queued', u.input, u.priority, u.metadata, u.parent_id,
+       u.max_attempts,
+       CASE WHEN u.debounce_key IS NULL
+            THEN COALESCE(u.run_at, tidebase.now()) + make_interval(secs => u.delay_s)
+            ELSE LEAST(tidebase.now() + make_interval(secs => u.debounce_window_s),
+                       tidebase.now() + make_interval(secs => u.debounce_max_wait_s)) END,
+       u.deadline_at, u.channels, tidebase.now(), tidebase.now(), 1, u.trace_context,
+       u.version, u.debounce_key,
+       tidebase.now() + make_interval(secs => u.debounce_max_wait_s), u.singleton_key,
+       u.concurrency_key
+FROM jsonb_to_recordset($1::jsonb)
+     AS u(id uuid, workflow text, queue text, input jsonb, priority int4, metadata jsonb,
+          parent_id uuid, max_attempts int4, run_at timestamptz, delay_s float8,
+          deadline_at timestamptz, channels jsonb, trace_context jsonb, version text,
+          debounce_key text, debounce_window_s float8, debounce_max_wait_s float8,
+          singleton_key text, concurrency_key text)
+
+-- name: _flow_tail
+-- Shared tail of enqueue_debounced and enqueue_singleton: wake the queue's workers in
+-- the same transaction for a new run, or an upserted one that is due (capped at its
+-- max_wait). An upsert that pushes run_at later needs no wake-up: an idle worker
+-- sleeping until the old run_at finds nothing due then and sleeps until the new one
+-- (a shorter window than before moves it earlier: found at the next poll at worst).
+RETURNING r.id, (r.xmax = 0) AS inserted, r.queue, r.dedupe_key,
+          r.run_at <= tidebase.now() AS due
+), wake AS (
+  SELECT count(pg_notify('tidebase_wake', q.queue)) AS sent
+  FROM (SELECT DISTINCT queue FROM ins WHERE inserted OR due) AS q
+)
+SELECT id, inserted, queue, dedupe_key, due FROM ins, wake;
+
+-- name: enqueue_debounced
+-- The pending run of a debounce key ($1: one NewRun with debounce_key): inserted, or,
+-- when the key's workflow has one (queued, never claimed: runs_debounce), that run
+-- upserted in the same statement: its input replaced and its run_at pushed to the end
+-- of the new window, never past its debounce_deadline (first enqueue + max_wait). A
+-- claim that races the upsert either committed first (the run left the index: this
+-- inserts a new pending run) or finds run_at moved past now and leaves the run queued
+-- (its FOR UPDATE re-checks the updated row). (xmax = 0) tells an insert from an upsert.
+WITH ins AS (
+  /* include _flow_insert */
+  ON CONFLICT (workflow, debounce_key)
+    WHERE debounce_key IS NOT NULL AND status = 'queued' AND attempt = 0
+    DO UPDATE SET input = EXCLUDED.input,
+                  run_at = LEAST(EXCLUDED.run_at, r.debounce_deadline),
+                  updated_at = tidebase.now()
+  /* include _flow_tail */
+
+-- name: enqueue_singleton
+-- A run with a singleton key ($1: one NewRun with singleton_key), unless its workflow
+-- has an active run of that key (runs_singleton): then that run is returned, locked
+-- by the same statement as with dedupe keys (see enqueue_runs).
+WITH ins AS (
+  /* include _flow_insert */
+  ON CONFLICT (workflow, singleton_key)
+    WHERE singleton_key IS NOT NULL AND status IN ('queued', 'running', 'waiting')
+    DO UPDATE SET singleton_key = EXCLUDED.singleton_key
+  /* include _flow_tail */
+
+-- name: lock_singleton
+-- Serialises singleton replacements of one (workflow $1, key $2) for the rest of the
+-- transaction (the two-int4 form, a class of its own: 1936289396 is "sing"). A
+-- statement of its own, so the next statements' snapshots see what the previous
+-- holder committed.
+SELECT pg_advisory_xact_lock(1936289396, hashtext($1::text || E'\n' || $2::text));
+
+-- name: active_singleton
+SELECT id FROM tidebase.runs
+WHERE workflow = $1 AND singleton_key = $2 AND status IN ('queued', 'running', 'waiting');
 
 -- name: notify
 -- Hints from the workers' writes are sent after those transactions committed, in a
@@ -86,7 +164,7 @@ claimed AS (
   FROM picked WHERE r.id = picked.id
   RETURNING r.id, r.workflow, r.queue, r.input, r.state, r.attempt, r.released,
             r.max_attempts, r.deadline_at, r.step_count, r.event_seq, r.created_at,
-            r.wake_seq, r.run_at, r.trace_context, r.version
+            r.wake_seq, r.run_at, r.trace_context, r.version, r.concurrency_key
 ), ev AS (
   INSERT INTO tidebase.events (run_id, seq, type, at, data)
   SELECT id, event_seq, 'run.claimed', tidebase.now(),
@@ -145,7 +223,8 @@ WITH open_queues AS (
 ), /* include _lease_picked */
 
 -- name: _controlled
-(q.paused OR q.concurrency IS NOT NULL OR q.rate_per_minute IS NOT NULL)
+(q.paused OR q.concurrency IS NOT NULL OR q.rate_per_minute IS NOT NULL
+ OR q.per_key_concurrency IS NOT NULL OR q.per_key_rate_per_minute IS NOT NULL)
 
 -- name: _claimable_version
 -- A run a worker may claim: unversioned (any worker, as before versions existed), or
@@ -175,7 +254,8 @@ WITH picked AS (
 -- The queue's controls, its row locked for the rest of the transaction: claimers of a
 -- controlled queue take turns, and each counts the running runs afresh (a statement
 -- of its own, so it sees every claim committed before the lock was granted).
-SELECT concurrency, rate_per_minute, paused, tokens, refilled_at, tidebase.now() AS now
+SELECT concurrency, rate_per_minute, paused, tokens, refilled_at, tidebase.now() AS now,
+       per_key_concurrency, per_key_rate_per_minute, key_cursor
 FROM tidebase.queues WHERE name = $1 FOR UPDATE;
 
 -- name: count_running
@@ -184,27 +264,157 @@ SELECT count(*) FROM tidebase.runs WHERE status = 'running' AND queue = $1;
 -- name: spend_tokens
 UPDATE tidebase.queues SET tokens = $2, refilled_at = $3 WHERE name = $1;
 
+-- name: queued_keys
+-- Up to $5 distinct keys of queue $1's queued runs after key $2, up to key $3 (NULL:
+-- to the end), in key order, with each key's running runs (runs_running_keys) and its
+-- rate bucket (NULL: none, a full bucket), leaving out keys with $4 (the per-key cap;
+-- NULL: none) or more running. Keys come from a loose index scan of runs_queued_keys,
+-- one probe per key however many runs each has; the recursion stops as soon as the
+-- outer LIMIT is met. Run under the queue's row lock, in a statement of its own: the
+-- counts see every claim committed before the lock was granted, so the caps are exact.
+WITH RECURSIVE keys AS (
+  (SELECT concurrency_key AS k FROM tidebase.runs
+   WHERE status = 'queued' AND queue = $1 AND concurrency_key IS NOT NULL
+     AND concurrency_key > $2
+   ORDER BY concurrency_key LIMIT 1)
+  UNION ALL
+  SELECT (SELECT r.concurrency_key FROM tidebase.runs r
+          WHERE r.status = 'queued' AND r.queue = $1 AND r.concurrency_key IS NOT NULL
+            AND r.concurrency_key > keys.k
+          ORDER BY r.concurrency_key LIMIT 1)
+  FROM keys WHERE keys.k IS NOT NULL AND ($3::text IS NULL OR keys.k < $3)
+)
+-- Scalar subqueries, not joins: a join could be planned as a hash join that reads
+-- every key before the LIMIT.
+SELECT c.key, c.running,
+       (SELECT b.tokens FROM tidebase.key_buckets b
+        WHERE b.queue = $1 AND b.concurrency_key = c.key) AS tokens,
+       (SELECT b.refilled_at FROM tidebase.key_buckets b
+        WHERE b.queue = $1 AND b.concurrency_key = c.key) AS refilled_at
+FROM (SELECT keys.k AS key,
+             (SELECT count(*) FROM tidebase.runs r
+              WHERE r.status = 'running' AND r.queue = $1 AND r.concurrency_key = keys.k)
+               AS running
+      FROM keys WHERE keys.k IS NOT NULL AND ($3::text IS NULL OR keys.k <= $3)) AS c
+WHERE $4::int4 IS NULL OR c.running < $4
+LIMIT $5;
+
+-- name: keys_held
+-- Whether a key of queue $1 at its cap ($2 running runs) has a due queued run: a
+-- keyed claim that came back short was then held back by the caps, not by a lack of
+-- runs. O(running keyed runs), asked only after a short claim. next_s: seconds until
+-- the queue's next delayed run is due (the worker then skips the queue's due times, so
+-- this is when it tries again).
+SELECT (SELECT EXTRACT(epoch FROM min(run_at) - tidebase.now())::float8
+        FROM tidebase.runs
+        WHERE status = 'queued' AND queue = $1 AND run_at > tidebase.now()
+          AND run_at > '-infinity') AS next_s,
+       EXISTS (
+  SELECT 1
+  FROM (SELECT concurrency_key AS k FROM tidebase.runs
+        WHERE status = 'running' AND queue = $1 AND concurrency_key IS NOT NULL
+        GROUP BY concurrency_key HAVING count(*) >= $2) AS f
+  WHERE EXISTS (SELECT 1 FROM tidebase.runs r
+                WHERE r.status = 'queued' AND r.queue = $1 AND r.concurrency_key = f.k
+                  AND r.run_at <= tidebase.now())
+) AS held;
+
+-- name: spend_key_tokens
+INSERT INTO tidebase.key_buckets AS b (queue, concurrency_key, tokens, refilled_at)
+SELECT $1, u.key, u.tokens, u.at
+FROM unnest($2::text[], $3::float8[], $4::timestamptz[]) AS u(key, tokens, at)
+ON CONFLICT (queue, concurrency_key)
+  DO UPDATE SET tokens = EXCLUDED.tokens, refilled_at = EXCLUDED.refilled_at;
+
+-- name: claim_keyed
+-- The claim of a queue with per-key caps, inside Store.claim_controlled's transaction
+-- (queue row locked; running runs per key counted after the lock). $6/$7: the keys
+-- this claim visits, in round-robin order, and how many runs each may start (its cap
+-- minus its running runs, its tokens); $8: how many runs without a key it may take,
+-- found among the queue's next $9 runs in claim order (runs without a key form one
+-- more group, not capped per key). Each key's runs are ranked in claim order
+-- (priority, then FIFO); the claim takes every key's first, then every key's second,
+-- ... (keys in the order given), up to $4 in all: one hot key cannot starve the rest.
+-- Versions as $5 (_claimable_version); $10: the last key visited (NULL: none).
+WITH candidates AS (
+  SELECT c.id, c.rank, k.ord
+  FROM unnest($6::text[], $7::int4[]) WITH ORDINALITY AS k(key, allow, ord),
+       LATERAL (
+         SELECT l.id, row_number() OVER (ORDER BY l.priority DESC, l.run_at, l.id) AS rank
+         FROM (SELECT id, priority, run_at FROM tidebase.runs
+               WHERE status = 'queued' AND queue = $2 AND concurrency_key = k.key
+                 AND run_at <= tidebase.now() AND /* include _claimable_version */
+               ORDER BY priority DESC, run_at, id
+               LIMIT k.allow
+               FOR UPDATE SKIP LOCKED) AS l
+       ) AS c
+  UNION ALL
+  SELECT l.id, row_number() OVER (ORDER BY l.priority DESC, l.run_at, l.id), 0
+  FROM (SELECT h.id, h.priority, h.run_at
+        FROM (SELECT id, priority, run_at, concurrency_key FROM tidebase.runs
+              WHERE status = 'queued' AND queue = $2 AND run_at <= tidebase.now()
+              ORDER BY priority DESC, run_at, id
+              LIMIT $9) AS h
+        WHERE h.concurrency_key IS NULL
+        ORDER BY h.priority DESC, h.run_at, h.id
+        LIMIT $8) AS l0,
+       LATERAL (SELECT id, priority, run_at FROM tidebase.runs r
+                WHERE r.id = l0.id AND r.status = 'queued' AND /* include _claimable_version */
+                FOR UPDATE SKIP LOCKED) AS l
+), picked AS (
+  SELECT id, ord FROM candidates ORDER BY rank, ord LIMIT $4
+), cursor AS (
+  -- The round robin's place: after the last key served when the claim filled up
+  -- before every visited key had a run, else after the last key visited ($10).
+  UPDATE tidebase.queues
+  SET key_cursor = (SELECT CASE WHEN count(*) >= $4 AND max(ord) > 0
+                                THEN ($6::text[])[max(ord)] ELSE $10::text END
+                    FROM picked)
+  WHERE name = $2 AND $10::text IS NOT NULL
+), /* include _lease_picked */
+
+-- name: prune_key_buckets
+-- Per-key buckets that have refilled (a missing row is a full bucket), or whose queue
+-- has no per-key rate any more: up to $1 of them.
+DELETE FROM tidebase.key_buckets b
+WHERE (b.queue, b.concurrency_key) IN (
+  SELECT kb.queue, kb.concurrency_key FROM tidebase.key_buckets kb
+  LEFT JOIN tidebase.queues q ON q.name = kb.queue
+  WHERE q.per_key_rate_per_minute IS NULL
+     OR kb.refilled_at + make_interval(secs => (greatest(1.0, q.per_key_rate_per_minute / 60.0)
+          - kb.tokens) * 60.0 / q.per_key_rate_per_minute) <= tidebase.now()
+  LIMIT $1
+);
+
 -- name: configure_queue
--- Set the controls flagged in $2..$4 (a NULL value clears one); tell the workers.
+-- Set the controls flagged in $2..$4, $8, $9 (a NULL value clears one); tell the workers.
 WITH q AS (
   INSERT INTO tidebase.queues AS q (name, concurrency, rate_per_minute, paused, tokens,
-                                    refilled_at, updated_at)
-  VALUES ($1, $5, $6, COALESCE($7, false), 0, NULL, tidebase.now())
+                                    refilled_at, updated_at, per_key_concurrency,
+                                    per_key_rate_per_minute)
+  VALUES ($1, $5, $6, COALESCE($7, false), 0, NULL, tidebase.now(), $10, $11)
   ON CONFLICT (name) DO UPDATE SET
     concurrency = CASE WHEN $2 THEN EXCLUDED.concurrency ELSE q.concurrency END,
     rate_per_minute = CASE WHEN $3 THEN EXCLUDED.rate_per_minute ELSE q.rate_per_minute END,
     paused = CASE WHEN $4 THEN EXCLUDED.paused ELSE q.paused END,
+    per_key_concurrency = CASE WHEN $8 THEN $10::int4 ELSE q.per_key_concurrency END,
+    per_key_rate_per_minute = CASE WHEN $9 THEN $11::float8
+                                   ELSE q.per_key_rate_per_minute END,
     updated_at = tidebase.now()
-  RETURNING name, concurrency, rate_per_minute, paused
+  RETURNING name, concurrency, rate_per_minute, paused, per_key_concurrency,
+            per_key_rate_per_minute
 )
 SELECT q.*, pg_notify('tidebase_queues', q.name) IS NULL AS sent FROM q;
 
 -- name: queue_controls
-SELECT name, concurrency, rate_per_minute, paused FROM tidebase.queues
-WHERE name = ANY($1::text[]);
+SELECT name, concurrency, rate_per_minute, paused, per_key_concurrency,
+       per_key_rate_per_minute
+FROM tidebase.queues WHERE name = ANY($1::text[]);
 
 -- name: all_queue_controls
-SELECT name, concurrency, rate_per_minute, paused FROM tidebase.queues ORDER BY name;
+SELECT name, concurrency, rate_per_minute, paused, per_key_concurrency,
+       per_key_rate_per_minute
+FROM tidebase.queues ORDER BY name;
 
 -- name: queue_counts
 SELECT queue, status, count(*) AS n FROM tidebase.runs GROUP BY queue, status;
@@ -869,7 +1079,7 @@ SELECT queue, false FROM kids;
 SELECT id, workflow, queue, status, input, output, error, state, attempt, max_attempts,
        priority, dedupe_key, metadata, parent_id, created_at, started_at, finished_at,
        deadline_at, run_at, cancel_reason, lease_owner, lease_expires_at, inline, wake_at,
-       cancel_actor, forked_from, forked_at
+       cancel_actor, forked_from, forked_at, version
 FROM tidebase.runs WHERE id = $1;
 
 -- name: get_run_status
@@ -893,7 +1103,8 @@ FROM tidebase.runs WHERE parent_id = $1 ORDER BY created_at, id;
 
 -- name: list_runs
 -- Keyset pagination, newest first. NULL filters match everything.
-SELECT id, workflow, queue, status, attempt, priority, created_at, started_at, finished_at
+SELECT id, workflow, queue, status, attempt, priority, created_at, started_at, finished_at,
+       version
 FROM tidebase.runs
 WHERE ($1::text IS NULL OR status = $1)
   AND ($2::text IS NULL OR workflow = $2)
@@ -1419,12 +1630,14 @@ RETURNING id, name, key, payload, status, received_by, sent_at, consumed_at, exp
 
 -- name: list_keyed_events
 -- Events in the order sent, newest last; NULL filters match everything. Events past
--- their retention are left out (the reconciler deletes them).
+-- their retention are left out (the reconciler deletes them). Keyset pages: those
+-- sent after ($5, $6) when $5 is given.
 SELECT id, name, key, payload, status, received_by, sent_at, consumed_at, expires_at
 FROM tidebase.keyed_events
 WHERE ($1::text IS NULL OR status = $1)
   AND ($2::text IS NULL OR name = $2)
   AND ($3::text IS NULL OR key = $3)
+  AND ($5::timestamptz IS NULL OR (sent_at, id) > ($5, $6::uuid))
   AND expires_at > tidebase.now()
 ORDER BY sent_at, id
 LIMIT $4;
@@ -1440,6 +1653,14 @@ WHERE w.status = 'waiting' AND r.status IN ('queued', 'running', 'waiting')
   AND ($2::text IS NULL OR w.event_key = $2)
 ORDER BY w.created_at, w.run_id, w.name
 LIMIT $3;
+
+-- name: get_run_event_waits
+-- Every wait of run $1 for an event by key (open, received or timed out), in the
+-- order the run reached them.
+SELECT run_id, name, position, event_name, event_key, status, event_id, payload,
+       created_at, expires_at, closed_at,
+       COALESCE(expires_at <= tidebase.now(), false) AS due
+FROM tidebase.event_waits WHERE run_id = $1 ORDER BY position, name;
 
 -- name: prune_keyed_events
 -- Retention: delete up to $1 events past their expiry, oldest first.

@@ -68,10 +68,22 @@ class QueueControl(msgspec.Struct, frozen=True, kw_only=True):
     concurrency: int | None = None
     rate_per_minute: float | None = None
     paused: bool = False
+    per_key_concurrency: int | None = None
+    per_key_rate_per_minute: float | None = None
 
     @property
     def controlled(self) -> bool:
-        return self.paused or self.concurrency is not None or self.rate_per_minute is not None
+        return (
+            self.paused
+            or self.concurrency is not None
+            or self.rate_per_minute is not None
+            or self.keyed
+        )
+
+    @property
+    def keyed(self) -> bool:
+        """Per-key caps apply: claims go round robin over concurrency keys."""
+        return self.per_key_concurrency is not None or self.per_key_rate_per_minute is not None
 
 
 class ControlledClaim(msgspec.Struct, frozen=True, kw_only=True):
@@ -132,6 +144,14 @@ class NewRun(msgspec.Struct, frozen=True, kw_only=True):
     trace_context: msgspec.Raw | None = None
     #: The workflow version the run starts with (None: unversioned, any worker).
     version: str | None = None
+    #: Debounce (``enqueue_debounced``): the key, the quiet window and the cap, seconds.
+    debounce_key: str | None = None
+    debounce_window_s: float | None = None
+    debounce_max_wait_s: float | None = None
+    #: Singleton (``enqueue_singleton``): at most one active run per workflow and key.
+    singleton_key: str | None = None
+    #: The key its queue's per-key caps count it under (None: not limited by them).
+    concurrency_key: str | None = None
 
 
 class ScheduledRun(NewRun, frozen=True, kw_only=True):

@@ -49,6 +49,8 @@ class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     cancel_actor: str | None
     forked_from: UUID | None
     forked_at: str | None
+    #: The workflow version the run started with (None: unversioned).
+    version: str | None = None
 
 
 class RunStatusRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,6 +75,7 @@ class RunListRow(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    version: str | None = None
 
 
 class ChildRow(msgspec.Struct, frozen=True, kw_only=True):

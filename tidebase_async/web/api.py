@@ -21,6 +21,10 @@ Routes (relative to where the app is mounted; JSON in and out):
     POST /runs/{id}/gates/{name}/resolve      {"approved", "actor", "payload", "token"}
     POST /events                              {"name", "key", "payload", "retention"}: send an
                                               event by key (tide.events.send)
+    GET  /keyed-events?status=&name=&key=&limit=&cursor=
+                                              events sent by key, in the order sent
+                                              (status stored by default; all: every one)
+    GET  /event-waits?name=&key=&limit=       open waits of active runs for events by key
     GET  /queues                              controls and counts by status
     POST /queues/{name}                       {"concurrency", "rate_per_minute", "paused"}
     GET  /schedules
@@ -50,6 +54,7 @@ from tidebase_async._util.checks import check_name
 from tidebase_async.client.queues import UNSET
 from tidebase_async.client.runs import as_uuid
 from tidebase_async.client.streams import changed_runs
+from tidebase_async.models import Debounce, Singleton
 from tidebase_async.web.access import authorize, check_origin
 from tidebase_async.web.core import (
     SMALL_BODY,
@@ -89,6 +94,23 @@ class EnqueueBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_attempts: int | None = None
     deadline: datetime | None = None
     metadata: dict[str, Any] | None = None
+    debounce: DebounceBody | None = None
+    singleton: SingletonBody | None = None
+
+
+class DebounceBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``debounce`` of ``POST /runs``: ``Debounce`` with durations in seconds."""
+
+    key: str
+    window_s: float
+    max_wait_s: float | None = None
+
+
+class SingletonBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``singleton`` of ``POST /runs``: ``Singleton`` (mode ``skip`` or ``replace``)."""
+
+    key: str
+    mode: str = "skip"
 
 
 class CancelBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -137,6 +159,8 @@ class Api:
             ("GET", re.compile(r"/assets/([A-Za-z0-9_.-]+)"), self._asset, False),
             ("GET", re.compile(r"/events"), self._all_events, True),
             ("POST", re.compile(r"/events"), self._send_event, True),
+            ("GET", re.compile(r"/keyed-events"), self._list_keyed_events, True),
+            ("GET", re.compile(r"/event-waits"), self._list_event_waits, True),
             ("GET", re.compile(r"/openapi\.json"), self._openapi, True),
             ("GET", re.compile(r"/runs"), self._list_runs, True),
             ("POST", re.compile(r"/runs"), self._enqueue, True),
@@ -325,6 +349,16 @@ class Api:
             max_attempts=body.max_attempts,
             deadline=body.deadline,
             metadata=body.metadata,
+            debounce=None
+            if body.debounce is None
+            else Debounce(
+                key=body.debounce.key,
+                window=body.debounce.window_s,
+                max_wait=body.debounce.max_wait_s,
+            ),
+            singleton=None
+            if body.singleton is None
+            else Singleton(key=body.singleton.key, mode=body.singleton.mode),
         )
         status = 200 if handle.deduplicated else 201
         return json_response(status, {"id": handle.id, "deduplicated": handle.deduplicated})
@@ -340,6 +374,40 @@ class Api:
                 body.name, key=body.key, payload=body.payload, retention=body.retention
             )
         return json_response(200, event)
+
+    async def _list_keyed_events(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        """Events sent by key within their retention, in the order sent (``GET /events``
+        is the live stream of changed runs): ``stored`` ones by default, ``status=all``
+        for every one; paged with ``next_cursor``."""
+        q = request.query
+        status: str | None = q.get("status", "stored")
+        if status in ("", "all"):
+            status = None
+        limit = _int_param(q, "limit", 50)
+        # One more than asked tells whether a next page exists (at the 1000 cap, a full
+        # page says there may be one).
+        fetch = limit + 1 if 1 <= limit < 1000 else limit
+        events = await self._tide.events.list(
+            status=status,
+            name=q.get("name") or None,
+            key=q.get("key") or None,
+            limit=fetch,
+            cursor=q.get("cursor") or None,
+        )
+        more = len(events) > limit or len(events) == fetch == limit
+        items = events[:limit]
+        next_cursor = self._tide.events.cursor_of(items[-1]) if more and items else None
+        return json_response(200, {"items": items, "next_cursor": next_cursor})
+
+    async def _list_event_waits(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        """The open waits of active runs for events by key, oldest first."""
+        q = request.query
+        waits = await self._tide.events.waits(
+            name=q.get("name") or None,
+            key=q.get("key") or None,
+            limit=_int_param(q, "limit", 50),
+        )
+        return json_response(200, {"items": waits})
 
     async def _get_run(self, request: HttpRequest, params: list[str]) -> HttpResponse:
         return json_response(200, await self._tide.runs.get(_run_id(params[0])))

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from tidebase_async.models import (
+    EventWaitInfo,
     GateInfo,
     KeyedEvent,
     Page,
@@ -87,6 +88,25 @@ def openapi_document() -> dict[str, Any]:
             "max_attempts": {"type": ["integer", "null"], "minimum": 1},
             "deadline": {"type": ["string", "null"], "format": "date-time"},
             "metadata": {"type": ["object", "null"]},
+            "debounce": {
+                "type": ["object", "null"],
+                "required": ["key", "window_s"],
+                "additionalProperties": False,
+                "properties": {
+                    "key": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "window_s": {"type": "number", "minimum": 0},
+                    "max_wait_s": {"type": ["number", "null"], "minimum": 0},
+                },
+            },
+            "singleton": {
+                "type": ["object", "null"],
+                "required": ["key"],
+                "additionalProperties": False,
+                "properties": {
+                    "key": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "mode": {"type": "string", "enum": ["skip", "replace"]},
+                },
+            },
         },
     }
     components["ResolveRequest"] = {
@@ -486,8 +506,8 @@ def openapi_document() -> dict[str, Any]:
             "responses": {"200": {"description": "The file"}, **_errors(404)},
         }
     }
-    (keyed_event,), event_components = msgspec.json.schema_components(
-        [KeyedEvent], ref_template="#/components/schemas/{name}"
+    (keyed_event, event_wait), event_components = msgspec.json.schema_components(
+        [KeyedEvent, EventWaitInfo], ref_template="#/components/schemas/{name}"
     )
     components.update(event_components)
     components["SendEventRequest"] = {
@@ -528,6 +548,60 @@ def openapi_document() -> dict[str, Any]:
                 **_errors(400, 401, 413),
             },
         },
+    }
+    paths["/keyed-events"] = {
+        "get": {
+            "summary": "Events sent by key, in the order sent (stored ones by default; "
+            "status=all for every one within its retention)",
+            "parameters": [
+                query(
+                    "status",
+                    {"type": "string", "enum": ["stored", "delivered", "consumed", "all"]},
+                ),
+                query("name", string),
+                query("key", string),
+                query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                query("cursor", string),
+            ],
+            "responses": {
+                "200": {
+                    "description": "A page of events",
+                    **_json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "items": {"type": "array", "items": keyed_event},
+                                "next_cursor": {"type": ["string", "null"]},
+                            },
+                        }
+                    ),
+                },
+                **_errors(400, 401),
+            },
+        }
+    }
+    paths["/event-waits"] = {
+        "get": {
+            "summary": "Open waits of active runs for events by key (run.wait_for_event), "
+            "oldest first",
+            "parameters": [
+                query("name", string),
+                query("key", string),
+                query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+            ],
+            "responses": {
+                "200": {
+                    "description": "Waits",
+                    **_json(
+                        {
+                            "type": "object",
+                            "properties": {"items": {"type": "array", "items": event_wait}},
+                        }
+                    ),
+                },
+                **_errors(400, 401),
+            },
+        }
     }
     for action in ("pause", "resume"):
         paths[f"/schedules/{{name}}/{action}"] = {

@@ -1,8 +1,10 @@
 // #/queues : every queue with its controls and its runs counted by status; pause/resume.
+// Below, the queued runs of versioned workflows per version with the live workers that
+// have that version (none: those runs stay queued until such a worker starts).
 // Refreshed live from GET /events, with a slow poll as the floor.
 
 import { get, post, stream } from "./api.js";
-import { alert, h, replace, STATUSES, throttle } from "./ui.js";
+import { alert, h, replace, seconds, STATUSES, throttle } from "./ui.js";
 
 const POLL_MS = 5000;
 
@@ -48,7 +50,7 @@ export async function render(ctx) {
           class: q.paused ? "" : "secondary",
           "aria-label": `${q.paused ? "Resume" : "Pause"} queue ${q.name}`,
           onclick: (e) => toggle(e.target, q),
-        }, q.paused ? "Resume" : "Pause")))))));
+        }, q.paused ? "Resume" : "Pause")))))), versionsTable(items));
     const again = focused && document.getElementById(focused);
     if (again) again.focus();
   }
@@ -72,4 +74,33 @@ export async function render(ctx) {
   stream("events", { signal, onEvent: refresh, onState: ctx.setLive });
   const timer = setInterval(refresh, POLL_MS);
   signal.addEventListener("abort", () => clearInterval(timer), { once: true });
+}
+
+/** Queued runs of versioned workflows, per queue, workflow and version. */
+function versionsTable(items) {
+  const rows = items.flatMap((q) => (q.versions || []).map((v) => ({ queue: q.name, ...v })));
+  const title = h("h2", { id: "versions-title" }, "Queued runs by version");
+  if (!rows.length) {
+    return h("section", { id: "queue-versions", "aria-labelledby": "versions-title" }, title,
+      h("p", { class: "empty" }, "No queued runs of a versioned workflow."));
+  }
+  return h("section", { id: "queue-versions", "aria-labelledby": "versions-title" }, title,
+    h("table", { class: "versions" },
+      h("caption", { class: "sr-only" },
+        "Queued runs per workflow version, with the live workers that have that version"),
+      h("thead", {}, h("tr", {}, ["Queue", "Workflow", "Version", "Queued", "Oldest waits",
+        "Live workers"].map((t) => h("th", { scope: "col",
+        class: ["Queued", "Oldest waits", "Live workers"].includes(t) ? "num" : null }, t)))),
+      h("tbody", {}, rows.map((v) => h("tr", {
+        "data-queue": v.queue, "data-workflow": v.workflow, "data-version": v.version,
+        class: v.workers ? null : "version-stuck",
+      },
+      h("td", { class: "mono" }, v.queue),
+      h("td", {}, h("a", { href: `#/runs?workflow=${encodeURIComponent(v.workflow)}&status=queued` },
+        v.workflow)),
+      h("th", { scope: "row", class: "mono" }, v.version),
+      h("td", { class: "num" }, v.queued),
+      h("td", { class: "num" }, seconds(v.oldest_s)),
+      h("td", { class: "num" }, v.workers ? String(v.workers)
+        : h("span", { class: "no-worker" }, "0 · no worker has this version")))))));
 }

@@ -8,7 +8,8 @@ import { ApiError, get, post, stream } from "./api.js";
 import { historyPanel } from "./history.js";
 import { outputPane } from "./output.js";
 import {
-  ACTIVE, alert, badge, count, duration, errorBlock, h, json, money, replace, throttle, time,
+  ACTIVE, alert, badge, compact, count, duration, errorBlock, h, json, money, replace, throttle,
+  time,
 } from "./ui.js";
 
 const ACTOR_KEY = "tidebase.actor";
@@ -38,6 +39,7 @@ export async function render(ctx) {
   const actions = h("div", { class: "actions" });
   const errorBox = h("section", { id: "run-error", "aria-label": "Error" });
   const gates = h("section", { id: "run-gates", "aria-labelledby": "gates-title" });
+  const eventWaits = h("section", { id: "run-event-waits", "aria-labelledby": "event-waits-title" });
   const steps = h("section", { id: "run-steps", "aria-labelledby": "steps-title" });
   const children = h("section", { id: "run-children", "aria-labelledby": "children-title" });
   const data = h("section", { id: "run-data", "aria-labelledby": "data-title" });
@@ -49,7 +51,8 @@ export async function render(ctx) {
     h("h2", { id: "events-title" }, "Events"), eventsState, eventList);
 
   replace(main, h("p", { class: "crumbs" }, h("a", { href: "#/runs" }, "← Runs")),
-    heading, flash, actions, summary, usage, errorBox, gates, output.node, steps, children,
+    heading, flash, actions, summary, usage, errorBox, gates, eventWaits, output.node, steps,
+    children,
     data, history.node, events);
 
   const say = (text, kind = "ok") => replace(flash, h("p", { class: `flash ${kind}` }, text));
@@ -57,11 +60,24 @@ export async function render(ctx) {
   // -- drawing ------------------------------------------------------------------------
 
   function draw() {
-    // Live redraws must not take the keyboard focus away: put it back by id.
-    const focused = document.activeElement?.id;
+    // Live redraws must not take the keyboard focus away: put it back by id, with the
+    // text selection of a field (typing over a selected name must replace it).
+    const before = document.activeElement;
+    const focused = before?.id;
+    const selection = typeof before?.selectionStart === "number"
+      ? [before.selectionStart, before.selectionEnd] : null;
     drawAll();
     const again = focused && document.getElementById(focused);
-    if (again && again !== document.activeElement) again.focus();
+    if (again && again !== document.activeElement) {
+      again.focus();
+      if (selection && typeof again.setSelectionRange === "function") {
+        try {
+          again.setSelectionRange(...selection);
+        } catch {
+          // a field type without a selection
+        }
+      }
+    }
   }
 
   function drawAll() {
@@ -72,6 +88,7 @@ export async function render(ctx) {
     drawActions();
     replace(errorBox, errorBlock(run.error, run.status === "failed" ? "Failed" : "Last error"));
     drawGates();
+    drawEventWaits();
     drawSteps();
     drawChildren();
     replace(data, h("h2", { id: "data-title" }, "Input, output and state"),
@@ -87,6 +104,8 @@ export async function render(ctx) {
       ["Run id", h("span", { class: "mono" }, run.id)],
       ["Status", badge(run.status)],
       ["Queue", run.queue],
+      run.version != null ? ["Version", h("span", { class: "mono", id: "run-version" },
+        run.version)] : null,
       ["Attempt", `${run.attempt} of ${run.max_attempts}`],
       ["Priority", run.priority],
       run.dedupe_key ? ["Dedupe key", h("span", { class: "mono" }, run.dedupe_key)] : null,
@@ -223,6 +242,52 @@ export async function render(ctx) {
       note);
   }
 
+  // Waits for events by key (run.wait_for_event): the open one is said in words (a
+  // waiting run has no step for it yet), the closed ones listed.
+  function drawEventWaits() {
+    const all = run.event_waits || [];
+    if (!all.length) {
+      replace(eventWaits);
+      return;
+    }
+    const open = all.filter((w) => w.status === "waiting");
+    const closed = all.filter((w) => w.status !== "waiting");
+    replace(eventWaits, h("h2", { id: "event-waits-title" }, "Events by key"),
+      open.map((w) => h("div", { class: "event-wait", "data-wait": w.wait },
+      h("p", {}, h("strong", {}, `Waiting for event ${w.name} (key ${w.key})`)),
+      h("p", { class: "muted" }, "Since ", time(w.created_at),
+        w.expires_at ? [", times out ", time(w.expires_at)] : ", no timeout",
+        ". ", h("a", { href: `#/events?name=${encodeURIComponent(w.name)}&key=${encodeURIComponent(w.key)}` },
+          "Events with this name and key")))),
+      closed.length ? h("table", { class: "event-waits" },
+        h("caption", {}, "Events waited for"),
+        h("thead", {}, h("tr", {}, ["Wait", "Event", "Key", "Status", "Closed", "Payload"]
+          .map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, closed.map((w) => h("tr", { "data-wait": w.wait },
+          h("td", { class: "mono" }, w.wait),
+          h("td", { class: "mono" }, w.name),
+          h("td", { class: "mono" }, w.key),
+          h("td", {}, badge(w.status)),
+          h("td", {}, time(w.closed_at)),
+          h("td", {}, w.payload === null || w.payload === undefined
+            ? h("span", { class: "muted" }, "none")
+            : h("code", { class: "payload" }, compact(w.payload))))))) : null);
+  }
+
+  /** The Kind cell of a history entry: an event wait says its key, a patch what it is. */
+  function kindCell(s) {
+    if (s.kind === "event") {
+      const wait = (run.event_waits || []).find((w) => w.wait === s.name);
+      return h("td", {}, "event", wait ? h("span", { class: "step-note" },
+        ` (${wait.name}, key ${wait.key})`) : null);
+    }
+    if (s.kind === "patch") {
+      return h("td", { title: "A patch point this run took with the new code (run.patched)" },
+        "patch", h("span", { class: "step-note" }, " (new code)"));
+    }
+    return h("td", {}, s.kind);
+  }
+
   function drawSteps() {
     const list = run.steps;
     const t0 = Date.parse(run.started_at || run.created_at);
@@ -250,7 +315,7 @@ export async function render(ctx) {
           h("tr", { class: `step step-${s.status}`, "data-step": s.name },
             h("td", { class: "num" }, i + 1),
             h("td", { class: "mono" }, s.name),
-            h("td", {}, s.kind),
+            kindCell(s),
             h("td", {}, badge(s.status)),
             h("td", { class: "num" }, s.attempt),
             h("td", {}, time(s.started_at)),

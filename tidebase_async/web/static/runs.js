@@ -118,7 +118,9 @@ function row(run) {
   return h("tr", { "data-run-id": run.id, class: `run-${run.status}` },
     h("td", {}, h("a", { href: `#/runs/${run.id}`, class: "run-id", id: `run-${run.id}` },
       run.id)),
-    h("td", {}, run.workflow),
+    h("td", {}, run.workflow, run.version != null
+      ? [" ", h("span", { class: "version", title: "workflow version" }, `v${run.version}`)]
+      : null),
     h("td", {}, run.queue),
     h("td", {}, badge(run.status)),
     h("td", { class: "num" }, run.attempt),
