@@ -10,7 +10,6 @@ live output (read as server-sent events, as the page does) come out as they shou
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -25,7 +24,6 @@ from uuid import UUID
 import anyio
 import asyncpg
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 
 from examples.agent.app import create_app
@@ -33,6 +31,7 @@ from examples.agent.research import GATE
 from examples.agent.scripted import MODEL_NAME, REPORT_TO, scripted_model
 from examples.agent.sources import deliver_report
 from tests.integration.procs import REPO_ROOT, WorkerProcess, eventually
+from tests.integration.web_support import uvicorn_url
 
 QUESTION = "How do durable agents survive crashes?"
 MODEL_STEP = "research__model.request_stream"
@@ -45,25 +44,11 @@ LEASE_S = 2.0
 @contextlib.asynccontextmanager
 async def serve(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
     """``app`` on uvicorn on a free loopback port (its lifespan opens the Tidebase)."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, lifespan="on", ws="none", log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                await task
-                raise AssertionError("uvicorn stopped before it started")
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=20
-        ) as http:
-            yield http
-    finally:
-        server.should_exit = True
-        await task
+    async with (
+        uvicorn_url(app, lifespan="on") as base,
+        httpx.AsyncClient(base_url=base, trust_env=False, timeout=20) as http,
+    ):
+        yield http
 
 
 class AgentWorkers:

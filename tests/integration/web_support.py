@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import httpx
@@ -111,35 +111,36 @@ async def serve(
         ) as client:
             yield client
     elif kind == "uvicorn":
-        config = uvicorn.Config(
-            starlette_app(tide, execute=execute),
-            host="127.0.0.1",
-            port=0,
-            lifespan="off",
-            ws="none",
-            log_level="warning",
-        )
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve())
-        try:
-            while not server.started:
-                if task.done():
-                    await task
-                    raise AssertionError("uvicorn stopped before it started")
-                await asyncio.sleep(0.01)
-            port = server.servers[0].sockets[0].getsockname()[1]
-            async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}",
-                trust_env=False,
-                timeout=20,
-                headers=JSON_HEADERS,
-            ) as client:
-                yield client
-        finally:
-            server.should_exit = True
-            await task
+        async with (
+            uvicorn_url(starlette_app(tide, execute=execute)) as base,
+            httpx.AsyncClient(
+                base_url=base, trust_env=False, timeout=20, headers=JSON_HEADERS
+            ) as client,
+        ):
+            yield client
     else:  # pragma: no cover - a typo in a parametrization
         raise ValueError(kind)
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_url(app: Any, *, lifespan: Literal["on", "off"] = "off") -> AsyncIterator[str]:
+    """``app`` served by uvicorn on a free loopback port while inside; yields its base
+    URL. Leaving stops the server and waits for it."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, lifespan=lifespan, ws="none", log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                await task
+                raise AssertionError("uvicorn stopped before it started")
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
 
 
 def bearer(key: str = API_KEY) -> dict[str, str]:
