@@ -865,6 +865,15 @@ SELECT id, queue FROM r;
 SELECT EXTRACT(EPOCH FROM min(wake_at) - tidebase.now())::float8
 FROM tidebase.runs WHERE status = 'waiting' AND wake_at IS NOT NULL;
 
+-- name: _wake_set
+-- The SET list that wakes run r (alias r): bump wake_seq and, if it is waiting, move it
+-- back to its queue, due now (wake_run, and delivering an event to its waiters).
+wake_seq = r.wake_seq + 1,
+      status = CASE WHEN r.status = 'waiting' THEN 'queued' ELSE r.status END,
+      run_at = CASE WHEN r.status = 'waiting' THEN tidebase.now() ELSE r.run_at END,
+      wake_at = CASE WHEN r.status = 'waiting' THEN NULL ELSE r.wake_at END,
+      updated_at = tidebase.now(), event_seq = r.event_seq + 1
+
 -- name: wake_run
 -- Something run $1 may wait for happened ($2 event type, $3 its data): bump wake_seq
 -- and, if the run is waiting, move it back to its queue. Returns the queue and the
@@ -873,11 +882,7 @@ WITH before AS (
   SELECT id, status FROM tidebase.runs WHERE id = $1 FOR NO KEY UPDATE
 ), r AS (
   UPDATE tidebase.runs r
-  SET wake_seq = r.wake_seq + 1,
-      status = CASE WHEN r.status = 'waiting' THEN 'queued' ELSE r.status END,
-      run_at = CASE WHEN r.status = 'waiting' THEN tidebase.now() ELSE r.run_at END,
-      wake_at = CASE WHEN r.status = 'waiting' THEN NULL ELSE r.wake_at END,
-      updated_at = tidebase.now(), event_seq = r.event_seq + 1
+  SET /* include _wake_set */
   FROM before
   WHERE r.id = before.id AND r.status IN ('queued', 'running', 'waiting')
   RETURNING r.id, r.queue, r.event_seq, before.status AS before_status
@@ -1601,11 +1606,7 @@ WITH got AS (
   SELECT r.id, r.status FROM tidebase.runs r JOIN per_run p ON p.run_id = r.id
 ), r AS (
   UPDATE tidebase.runs r
-  SET wake_seq = r.wake_seq + 1,
-      status = CASE WHEN r.status = 'waiting' THEN 'queued' ELSE r.status END,
-      run_at = CASE WHEN r.status = 'waiting' THEN tidebase.now() ELSE r.run_at END,
-      wake_at = CASE WHEN r.status = 'waiting' THEN NULL ELSE r.wake_at END,
-      updated_at = tidebase.now(), event_seq = r.event_seq + 1
+  SET /* include _wake_set */
   FROM per_run p, before b
   WHERE r.id = p.run_id AND b.id = p.run_id AND r.status IN ('queued', 'running', 'waiting')
   RETURNING r.id, r.queue, r.event_seq, p.names, b.status AS before_status
