@@ -212,6 +212,8 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
     finished_at: datetime | None = None
     #: The workflow version the run started with (None: unversioned).
     version: str | None = None
+    #: The key its queue's per-key caps count the run under (``concurrency_key``).
+    concurrency_key: str | None = None
 
 
 class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -248,6 +250,12 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     version: str | None = None
     #: The run's waits for events by key (``run.wait_for_event``), in the order reached.
     event_waits: list[EventWaitInfo] = msgspec.field(default_factory=list)
+    #: The key its queue's per-key caps count the run under (``enqueue(concurrency_key=)``).
+    concurrency_key: str | None = None
+    #: The debounce key it was enqueued with (``enqueue(debounce=Debounce(key=...))``).
+    debounce_key: str | None = None
+    #: The singleton key it was enqueued with (``enqueue(singleton=Singleton(key=...))``).
+    singleton_key: str | None = None
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
@@ -328,6 +336,54 @@ class QueueInfo(msgspec.Struct, frozen=True, kw_only=True):
     per_key_rate_per_minute: float | None = None
     #: Queued runs of versioned workflows, per version (unversioned runs not listed).
     versions: list[QueueVersion] = msgspec.field(default_factory=list)
+
+
+class QueueKey(msgspec.Struct, frozen=True, kw_only=True):
+    """One concurrency key of a queue right now: its running runs and its queued ones
+    (counted up to ``QUEUE_KEY_COUNT_MAX``)."""
+
+    key: str
+    running: int = 0
+    queued: int = 0
+
+
+class PendingDebounce(msgspec.Struct, frozen=True, kw_only=True):
+    """The pending run of a debounce key (``Debounce``): it starts at ``run_at`` unless
+    another enqueue of the key pushes it, never after ``deadline`` (None: no cap)."""
+
+    run_id: UUID
+    workflow: str
+    key: str
+    run_at: datetime | None = None
+    deadline: datetime | None = None
+
+
+class ActiveSingleton(msgspec.Struct, frozen=True, kw_only=True):
+    """The active run of a singleton key (``Singleton``)."""
+
+    run_id: UUID
+    workflow: str
+    key: str
+    status: RunStatus
+
+
+#: Queued runs per key are counted up to this many (``QueueKeys``).
+QUEUE_KEY_COUNT_MAX = 1_000
+
+
+class QueueKeys(msgspec.Struct, frozen=True, kw_only=True):
+    """A queue's flow control by key (``tide.queues.keys``): its per-key controls, its
+    busiest concurrency keys (running plus queued runs, most first), and the pending
+    debounce runs and active singleton runs of its workflows. ``complete`` is False
+    when the queue had too many keys to visit them all: the busiest may be missing."""
+
+    name: str
+    per_key_concurrency: int | None = None
+    per_key_rate_per_minute: float | None = None
+    keys: list[QueueKey] = msgspec.field(default_factory=list)
+    complete: bool = True
+    debounces: list[PendingDebounce] = msgspec.field(default_factory=list)
+    singletons: list[ActiveSingleton] = msgspec.field(default_factory=list)
 
 
 # -- events by key (run.wait_for_event, tide.events) -------------------------------------

@@ -25,13 +25,13 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import _with_database
 from tests.integration.core_support import working
 from tests.integration.procs import eventually
 from tidebase_async import Tidebase
 from tidebase_async.cli import demo_app
 from tidebase_async.cli.main import main
 from tidebase_async.store.sql import migrations
+from tidebase_async.testing.databases import with_database
 
 Capture = pytest.CaptureFixture[str]
 FAST = json.dumps({"topic": "cli", "step_delay": 0})
@@ -56,7 +56,7 @@ async def empty_dsn(server_dsn: str) -> AsyncIterator[str]:
     admin = await asyncpg.connect(server_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        yield _with_database(server_dsn, name)
+        yield with_database(server_dsn, name)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()

@@ -5,7 +5,9 @@ replace), all in the database; with an in-process worker and with worker process
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,14 @@ import asyncpg
 import pytest
 
 from tests.integration import procs
-from tests.integration.core_support import count_rows, eventually, run_row, status_of, working
+from tests.integration.core_support import (
+    count_rows,
+    event_types,
+    eventually,
+    run_row,
+    status_of,
+    working,
+)
 from tidebase_async import (
     ConfigurationError,
     ConflictError,
@@ -270,6 +279,111 @@ async def test_concurrent_singleton_replaces_leave_exactly_one_active_run(
     assert counts["queued"] == 1
     assert counts["cancelled"] == sum(not h.deduplicated for h in handles)
     assert active[0]["id"] in {h.id for h in handles}
+
+
+# -- lost connections -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def lose_next_commit(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    landed: bool,
+    then: Callable[[], Awaitable[None]] | None = None,
+) -> Iterator[list[bool]]:
+    """Cut the connection of the next COMMIT that this task sends: after the server
+    committed (``landed``: the outcome never reaches the client), or instead of sending
+    it (the server rolls the transaction back). ``then`` runs after the cut, before the
+    caller can retry. Yields a list that holds True once the cut happened."""
+    transaction_cls: Any = asyncpg.transaction.Transaction
+    real = transaction_cls._Transaction__commit
+    task = asyncio.current_task()
+    cut: list[bool] = []
+
+    async def commit(self: Any) -> None:
+        if cut or asyncio.current_task() is not task:
+            await real(self)
+            return
+        cut.append(True)
+        if landed:
+            await real(self)
+        self._connection.terminate()
+        if then is not None:
+            await then()
+        raise asyncpg.exceptions.ConnectionDoesNotExistError("injected: connection lost at COMMIT")
+
+    monkeypatch.setattr(transaction_cls, "_Transaction__commit", commit)
+    try:
+        yield cut
+    finally:
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("landed", [True, False])
+async def test_a_debounced_enqueue_whose_connection_is_lost_at_commit_makes_one_run(
+    tide: Tidebase, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch, landed: bool
+) -> None:
+    with lose_next_commit(monkeypatch, landed=landed) as cut:
+        first = await tide.enqueue("w", input=1, debounce=Debounce(key="k", window=60))
+    assert cut == [True]
+    with lose_next_commit(monkeypatch, landed=landed) as cut:
+        second = await tide.enqueue("w", input=2, debounce=Debounce(key="k", window=60))
+    assert cut == [True]
+    assert (first.deduplicated, second.deduplicated) == (False, True)
+    assert second.id == first.id
+    runs = await _runs(db, "w")
+    assert [(r["id"], r["status"], r["input"]) for r in runs] == [(first.id, "queued", 2)]
+
+
+async def test_a_debounced_enqueue_lost_at_commit_returns_its_run_though_it_was_claimed_since(
+    tide: Tidebase, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the retry after a connection lost at COMMIT upserted again, and when
+    the pending run its commit had upserted was claimed meanwhile, it made a second
+    run with the same input (the id lookup only found runs the enqueue inserted)."""
+    first = await tide.enqueue("w", input=1, debounce=Debounce(key="k", window=60))
+
+    async def claimed() -> None:  # what a worker's claim does to the pending run
+        await db.execute(
+            "UPDATE tidebase.runs SET status = 'running', attempt = 1, lease_owner = 'w-1',"
+            " lease_expires_at = tidebase.now() + interval '30 seconds' WHERE id = $1",
+            first.id,
+        )
+
+    with lose_next_commit(monkeypatch, landed=True, then=claimed) as cut:
+        second = await tide.enqueue("w", input=2, debounce=Debounce(key="k", window=60))
+    assert cut == [True]
+    assert second.id == first.id and second.deduplicated
+    runs = await _runs(db, "w")
+    assert [(r["id"], r["status"], r["input"]) for r in runs] == [(first.id, "running", 2)]
+
+
+@pytest.mark.parametrize("landed", [True, False])
+async def test_a_singleton_replace_whose_connection_is_lost_at_commit_cancels_once(
+    tide: Tidebase, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch, landed: bool
+) -> None:
+    """Regression: a replace met by a lost connection raised ConnectionLost (whether or
+    not its commit had landed) instead of riding it out as other writes do."""
+    old = await tide.enqueue("r", input=1, singleton=Singleton(key="k"))
+    with lose_next_commit(monkeypatch, landed=landed) as cut:
+        new = await tide.enqueue("r", input=2, singleton=Singleton(key="k", mode="replace"))
+    assert cut == [True]
+    assert new.id != old.id and not new.deduplicated
+    runs = await _runs(db, "r")
+    assert [(r["id"], r["status"]) for r in runs] == [(old.id, "cancelled"), (new.id, "queued")]
+    assert runs[0]["cancel_reason"] == f"replaced by run {new.id} (singleton)"
+    assert (await event_types(db, old.id)).count("run.cancelled") == 1
+
+
+async def test_a_singleton_skip_whose_connection_is_lost_at_commit_makes_one_run(
+    tide: Tidebase, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with lose_next_commit(monkeypatch, landed=True) as cut:
+        first = await tide.enqueue("s", input=1, singleton=Singleton(key="k"))
+    assert cut == [True]
+    again = await tide.enqueue("s", input=2, singleton=Singleton(key="k"))
+    assert (again.id, again.deduplicated, first.deduplicated) == (first.id, True, False)
+    assert len(await _runs(db, "s")) == 1
 
 
 # -- bad input ------------------------------------------------------------------------

@@ -55,6 +55,7 @@ ROUTES = {
     "/runs/{run_id}/gates/{name}/resolve": {"post"},
     "/queues": {"get"},
     "/queues/{name}": {"post"},
+    "/queues/{name}/keys": {"get"},
     "/schedules": {"get"},
     "/schedules/{name}/pause": {"post"},
     "/schedules/{name}/resume": {"post"},

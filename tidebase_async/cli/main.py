@@ -34,7 +34,7 @@ Exit codes:
     1    error reported by tidebase-async or the database (including a failed or
          cancelled run for ``runs wait``), or an app that fails to import
     2    usage error: bad arguments, bad JSON, a module:tide that does not exist or is
-         not a Tidebase
+         not a Tidebase, an ``enqueue --version`` the workflow does not register
     3    not found: no such run, gate or workflow
     4    conflict: the run or gate is not in a state that allows it (e.g. a gate
          already resolved, retrying a run that did not fail)
@@ -436,6 +436,15 @@ async def _enqueue(args: argparse.Namespace) -> int:
         demo_app.register(tide)  # so that `tidebase enqueue demo.report` finds its queue
     wf = tide.workflows.get(args.workflow)
     queue = args.queue or (wf.queue if wf is not None else "default")
+    if args.version is not None:
+        # Checked before connecting, as the client does at enqueue: a version the app
+        # does not register is a usage error (exit 2) naming the ones it does.
+        known = [v for v in tide.workflow_versions(args.workflow) if v is not None]
+        if wf is not None and args.version not in known:
+            raise UsageError(
+                f"workflow {args.workflow!r} has no version {args.version!r} registered "
+                f"(registered: {', '.join(repr(v) for v in known) or 'only an unversioned one'})"
+            )
     async with tide:
         handle = await tide.enqueue(
             args.workflow,
@@ -445,6 +454,7 @@ async def _enqueue(args: argparse.Namespace) -> int:
             priority=args.priority,
             delay=args.delay,
             max_attempts=args.max_attempts,
+            version=args.version,
         )
     if _wants_json(args):
         render.print_json(handle)
@@ -963,6 +973,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", type=int, default=0)
     p.add_argument("--delay", type=float, metavar="SECONDS")
     p.add_argument("--max-attempts", type=int)
+    p.add_argument(
+        "--version",
+        help="the workflow version the run records (default: the newest the app registers; "
+        "any when the workflow is not registered here)",
+    )
     p.set_defaults(fn=_enqueue)
 
     p = command("schedules", "list, pause or resume schedules")

@@ -16,7 +16,7 @@ from tidebase_async import errors
 from tidebase_async._util.checks import check_name
 from tidebase_async.engine.metrics import escape_label
 from tidebase_async.engine.worker import VERSIONS_LIVE_S
-from tidebase_async.models import QueueInfo, QueueVersion
+from tidebase_async.models import QUEUE_KEY_COUNT_MAX, QueueInfo, QueueKeys, QueueVersion
 from tidebase_async.store import QueueControl
 
 if TYPE_CHECKING:
@@ -171,6 +171,40 @@ class Queues:
         counts = (await store.queue_counts()).get(name, {})
         versions = (await self.versions()).get(name, [])
         return _info(found[0] if found else QueueControl(name=name), counts, versions)
+
+    async def keys(self, name: str, *, limit: int = 20) -> QueueKeys:
+        """The queue's flow control by key right now: its per-key controls, its
+        ``limit`` busiest concurrency keys (running plus queued runs, most first; the
+        queued ones counted up to ``QUEUE_KEY_COUNT_MAX``), and up to ``limit`` pending
+        debounce runs and active singleton runs. Bounded reads: at most
+        ``_MAX_KEYS`` queued and as many running keys are visited (``complete`` says
+        whether that was all of them).
+
+        Raises:
+            ConfigurationError: a bad name or limit.
+        """
+        check_name("queue", name)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
+            raise errors.ConfigurationError(f"limit must be 1..100, got {limit!r}")
+        store = self._tide.store
+        found = await store.queue_controls([name])
+        control = found[0] if found else QueueControl(name=name)
+        keys, complete, debounces, singletons = await store.queue_keys(
+            name, limit=limit, max_keys=_MAX_KEYS, max_count=QUEUE_KEY_COUNT_MAX
+        )
+        return QueueKeys(
+            name=name,
+            per_key_concurrency=control.per_key_concurrency,
+            per_key_rate_per_minute=control.per_key_rate_per_minute,
+            keys=keys,
+            complete=complete,
+            debounces=debounces,
+            singletons=singletons,
+        )
+
+
+#: Keys ``Queues.keys`` visits at most (of queued runs, and as many of running ones).
+_MAX_KEYS = 500
 
 
 def _info(

@@ -127,6 +127,9 @@ class Runs:
             forked_at=row.forked_at,
             version=row.version,
             event_waits=[keyed_events.wait_info(w) for w in event_waits],
+            concurrency_key=row.concurrency_key,
+            debounce_key=row.debounce_key,
+            singleton_key=row.singleton_key,
             usage=UsageTotals(
                 records=usage.records,
                 input_tokens=usage.input_tokens,
@@ -197,6 +200,7 @@ class Runs:
                 started_at=r.started_at,
                 finished_at=r.finished_at,
                 version=r.version,
+                concurrency_key=r.concurrency_key,
             )
             for r in rows[:limit]
         ]

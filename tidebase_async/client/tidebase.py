@@ -9,7 +9,7 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -287,6 +287,35 @@ class Tidebase:
                 raise
             self._stack = stack
         return self
+
+    @contextlib.asynccontextmanager
+    async def opened_on(
+        self, dsn: str, *, listen_dsn: str | None = None
+    ) -> AsyncIterator[Tidebase]:
+        """Open this Tidebase on ``dsn`` instead of its own database; on exit close it
+        and give it back its own database. For test harnesses (the testing kit opens an
+        application's module-level Tidebase on each test's fresh database, so the
+        application's code that uses that object talks to the test's database).
+
+        The exit may run in another task than the entry.
+
+        Raises:
+            ConfigurationError: this Tidebase is open already; and as ``open()``.
+        """
+        if self._stack is not None:
+            raise errors.ConfigurationError(
+                "this Tidebase is already open; opened_on() needs a closed one"
+            )
+        own = self._dsn, self._listen_dsn
+        self._dsn, self._listen_dsn = dsn, listen_dsn
+        try:
+            await self.open()
+            try:
+                yield self
+            finally:
+                await self.close()
+        finally:
+            self._dsn, self._listen_dsn = own
 
     async def _open_store(self, stack: contextlib.AsyncExitStack) -> None:
         if self._dsn is None:

@@ -106,6 +106,9 @@ def _run_of(workflows: Mapping[str, Workflow], row: ScheduleRow, tick: datetime)
         deadline_at=None,
         schedule=row.name,
         fire_time=tick,
+        # The newest version registered in the firing process, as enqueue records it
+        # (None when this process does not register the workflow: any worker).
+        version=wf.version if wf else None,
     )
 
 

@@ -5,12 +5,12 @@ jsonb values cross this boundary as msgspec-encoded JSON bytes (binary jsonb cod
 so nothing is decoded twice.
 
 ``Store`` is assembled here from one mixin per concern (``schema``, ``enqueue``,
-``runs``, ``state``, ``waits``, ``gates``, ``keyed_events``, ``children``, ``control``, ``queues``,
-``schedules``, ``outbox``, ``locks``, ``maintenance``, ``reads``), each over
-``base.StoreBase`` (the pool). ``records`` holds the Structs of the worker's claims and
-writes, ``rows`` the typed read models every other read returns (no asyncpg record
-leaves this package), ``translate`` the error translation, ``connection`` the
-connection and session helpers.
+``runs``, ``state``, ``waits``, ``gates``, ``keyed_events``, ``children``, ``control``,
+``queues``, ``schedules``, ``outbox``, ``locks``, ``maintenance``, ``reads``,
+``versions``, ``clock``), each over ``base.StoreBase`` (the pool). ``records`` holds
+the Structs of the worker's claims and writes, ``rows`` the typed read models every
+other read returns (no asyncpg record leaves this package), ``translate`` the error
+translation, ``connection`` the connection and session helpers.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from tidebase_async import errors
 from tidebase_async._util.dsn import describe_dsn
 from tidebase_async.store.base import StoreBase, logger
 from tidebase_async.store.children import ChildrenMixin
+from tidebase_async.store.clock import ClockMixin, UnsettledRow
 from tidebase_async.store.connection import (
     _is_closed,
     connect_kwargs,
@@ -118,6 +119,7 @@ __all__ = [
     "StepRecord",
     "StepRow",
     "Store",
+    "UnsettledRow",
     "UsageGroupRow",
     "UsageTotalsRow",
     "VersionCountRow",
@@ -148,6 +150,7 @@ class Store(
     ChildrenMixin,
     ReadsMixin,
     VersionsMixin,
+    ClockMixin,
     StoreBase,
 ):
     """Typed access to the tidebase schema over an asyncpg pool."""

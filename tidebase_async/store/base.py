@@ -1,17 +1,18 @@
-"""What every part of ``Store`` shares: the pool, and the retry of multi-row writes."""
+"""What every part of ``Store`` shares: the pool, and the retry of writes."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import anyio
 import asyncpg
 
 from tidebase_async import errors
+from tidebase_async.store.sql import Q
 from tidebase_async.store.translate import _TRANSIENT_ERRORS, _translate
 
 # Named for the package, not this module: `tidebase migrate` listens on it by name.
@@ -24,6 +25,8 @@ S = TypeVar("S", bound="StoreBase")
 
 #: The default of ``StoreBase.reconnect_s``.
 RECONNECT_S = 30.0
+#: No result of a transaction yet (None may be one).
+_UNSET: Any = object()
 
 
 def read_retrying(
@@ -94,3 +97,88 @@ class StoreBase:
                 await anyio.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
+
+    async def _transaction_retrying(
+        self, what: str, body: Callable[[asyncpg.Connection], Awaitable[T]]
+    ) -> T:
+        """Run ``body`` in a transaction and return what it returned, committed.
+
+        Tried again when Postgres picked it as a deadlock (or serialization) victim
+        (up to 5 tries), and through a lost connection for ``reconnect_s``, never
+        applying it twice: the transaction reads its id first, so when the connection
+        is lost at COMMIT (the outcome unknown), ``txid_status`` on a new connection
+        tells whether it committed (then ``body``'s result is returned) or not (then
+        it runs again). A connection lost before COMMIT was sent rolled it back.
+
+        Raises:
+            ConnectionLost: still lost after ``reconnect_s``, or a commit's outcome
+                still unknown then.
+            StoreError: another database failure (after the retries of a transient one).
+        """
+        deadline = anyio.current_time() + self.reconnect_s
+        delay = 0.05
+        transient = 0
+        while True:
+            xid: int | None = None
+            result: Any = _UNSET
+            try:
+                with _translate(what):
+                    async with self._pool.acquire() as conn:
+                        async with conn.transaction():
+                            xid = int(await conn.fetchval(Q["current_xact"]))
+                            result = await body(conn)
+                        return cast(T, result)
+            except errors.ConnectionLost as exc:
+                # Lost at COMMIT (the body had returned): did it land?
+                lost_at_commit = result is not _UNSET and xid is not None
+                if lost_at_commit and await self._committed(what, xid or 0, deadline):
+                    logger.info("%s: %s; its commit had landed", what, exc)
+                    return cast(T, result)
+                if anyio.current_time() + delay > deadline:
+                    raise
+                logger.info("%s: %s; retrying in %.2fs", what, exc, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except errors.StoreError as exc:
+                transient += 1
+                if not isinstance(exc.__cause__, _TRANSIENT_ERRORS) or transient == 5:
+                    raise
+                logger.info("%s: %s; retrying", what, exc.__cause__)
+                await anyio.sleep(0.005 * 2**transient)
+
+    async def _committed(self, what: str, xid: int, deadline: float) -> bool:
+        """Whether transaction ``xid``, whose COMMIT was sent on a connection that was
+        then lost, committed. Asked on another connection until its backend has
+        finished it (it may still be committing), until ``deadline``.
+
+        Raises:
+            ConnectionLost: not known by ``deadline``.
+        """
+        delay = 0.02
+        while True:
+            status: str | None
+            try:
+                with _translate(f"{what}: commit status"):
+                    status = await self._pool.fetchval(Q["xact_status"], xid)
+            except errors.ConnectionLost:
+                status = "unknown"
+            except errors.StoreError as exc:
+                # A promoted standby that never received the transaction: its id is
+                # "in the future" there, so it did not commit on this primary.
+                if isinstance(exc.__cause__, asyncpg.InvalidParameterValueError):
+                    return False
+                raise
+            if status in ("committed", "aborted"):
+                return status == "committed"
+            if status is None:
+                raise errors.ConnectionLost(
+                    f"{what}: the connection was lost at commit and transaction {xid} "
+                    "is too old to tell whether it committed"
+                )
+            if anyio.current_time() + delay > deadline:
+                raise errors.ConnectionLost(
+                    f"{what}: the connection was lost at commit and whether transaction "
+                    f"{xid} committed is still unknown ({status})"
+                )
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.5)

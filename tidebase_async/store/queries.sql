@@ -122,6 +122,15 @@ WITH ins AS (
     DO UPDATE SET singleton_key = EXCLUDED.singleton_key
   /* include _flow_tail */
 
+-- name: current_xact
+-- The id of the current transaction (assigning one; txid_current's 64-bit form): what
+-- xact_status asks about when the connection is lost at COMMIT (_transaction_retrying).
+SELECT txid_current();
+-- name: xact_status
+-- 'committed', 'aborted' or 'in progress' for transaction $1 (an id from current_xact);
+-- NULL when it is too old to tell. An id this server has not reached yet (a promoted
+-- standby that never received it) raises invalid_parameter_value.
+SELECT txid_status($1);
 -- name: lock_singleton
 -- Serialises singleton replacements of one (workflow $1, key $2) for the rest of the
 -- transaction (the two-int4 form, a class of its own: 1936289396 is "sing"). A
@@ -183,7 +192,7 @@ WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL;
 WITH picked AS (
   SELECT id FROM tidebase.runs
   WHERE status = 'queued' AND queue = $2 AND run_at <= tidebase.now()
-    AND /* include _claimable_version */
+    AND /* include _claimable_version $5 */
     AND NOT EXISTS (SELECT 1 FROM tidebase.queues q WHERE q.name = $2 AND /* include _controlled */)
   ORDER BY priority DESC, run_at, id
   LIMIT $4
@@ -208,7 +217,7 @@ WITH open_queues AS (
                 row_number() OVER (ORDER BY l.priority DESC, l.run_at, l.id) AS rank
          FROM (SELECT id, priority, run_at FROM tidebase.runs
                WHERE status = 'queued' AND queue = oq.name AND run_at <= tidebase.now()
-                 AND /* include _claimable_version6 */
+                 AND /* include _claimable_version $6 */
                ORDER BY priority DESC, run_at, id
                -- A fair share per queue ($5 = ceil($4 / queues)): rows locked here but
                -- not leased would be skipped by other claimers until this commits.
@@ -229,14 +238,10 @@ WITH open_queues AS (
 -- name: _claimable_version
 -- A run a worker may claim: unversioned (any worker, as before versions existed), or
 -- of a (workflow, version) the worker registers; its keys "workflow\x1fversion" are
--- the claim's $5. A filter on the heap row the claim reads (and locks) anyway, so it
--- costs the claim one comparison per row. A run of a version no live worker has stays
+-- the parameter named where it is included ($ARG). A filter on the heap row the claim
+-- reads (and locks) anyway, so it costs the claim one comparison per row. A run of a version no live worker has stays
 -- queued, and a claim skips it where it stands in the queue.
-(version IS NULL OR (workflow || E'\x1f' || version) = ANY($5::text[]))
-
--- name: _claimable_version6
--- _claimable_version where the keys are $6 (claim_runs_many).
-(version IS NULL OR (workflow || E'\x1f' || version) = ANY($6::text[]))
+(version IS NULL OR (workflow || E'\x1f' || version) = ANY($ARG::text[]))
 
 -- name: claim_controlled
 -- The claim of a controlled queue, inside the transaction of Store.claim_controlled
@@ -244,7 +249,7 @@ WITH open_queues AS (
 WITH picked AS (
   SELECT id FROM tidebase.runs
   WHERE status = 'queued' AND queue = $2 AND run_at <= tidebase.now()
-    AND /* include _claimable_version */
+    AND /* include _claimable_version $5 */
   ORDER BY priority DESC, run_at, id
   LIMIT $4
   FOR UPDATE SKIP LOCKED
@@ -299,6 +304,68 @@ FROM (SELECT keys.k AS key,
 WHERE $4::int4 IS NULL OR c.running < $4
 LIMIT $5;
 
+-- name: queue_key_loads
+-- The busiest concurrency keys of queue $1 (the dashboard's queue page): up to $4 keys
+-- by running plus queued runs, most first. Bounded: the keys come from loose index
+-- scans (one probe per key) of runs_queued_keys and runs_running_keys, at most $2 of
+-- each; a key's running runs are read from runs_running_keys, its queued ones counted
+-- up to $3 index entries. seen: the keys visited ($2 or more: maybe not all of them).
+WITH RECURSIVE queued AS (
+  (SELECT concurrency_key AS k FROM tidebase.runs
+   WHERE status = 'queued' AND queue = $1 AND concurrency_key IS NOT NULL
+   ORDER BY concurrency_key LIMIT 1)
+  UNION ALL
+  SELECT (SELECT r.concurrency_key FROM tidebase.runs r
+          WHERE r.status = 'queued' AND r.queue = $1 AND r.concurrency_key IS NOT NULL
+            AND r.concurrency_key > q.k
+          ORDER BY r.concurrency_key LIMIT 1)
+  FROM queued q WHERE q.k IS NOT NULL
+), running AS (
+  (SELECT concurrency_key AS k FROM tidebase.runs
+   WHERE status = 'running' AND queue = $1 AND concurrency_key IS NOT NULL
+   ORDER BY concurrency_key LIMIT 1)
+  UNION ALL
+  SELECT (SELECT r.concurrency_key FROM tidebase.runs r
+          WHERE r.status = 'running' AND r.queue = $1 AND r.concurrency_key IS NOT NULL
+            AND r.concurrency_key > q.k
+          ORDER BY r.concurrency_key LIMIT 1)
+  FROM running q WHERE q.k IS NOT NULL
+), keys AS (
+  (SELECT k FROM queued WHERE k IS NOT NULL LIMIT $2)
+  UNION
+  (SELECT k FROM running WHERE k IS NOT NULL LIMIT $2)
+), loads AS MATERIALIZED (  -- each key counted once, not again for the rows returned
+  SELECT keys.k AS key,
+         (SELECT count(*) FROM tidebase.runs r
+          WHERE r.status = 'running' AND r.queue = $1 AND r.concurrency_key = keys.k)
+           AS running,
+         (SELECT count(*) FROM (SELECT 1 FROM tidebase.runs r
+                                WHERE r.status = 'queued' AND r.queue = $1
+                                  AND r.concurrency_key = keys.k LIMIT $3) AS d)
+           AS queued
+  FROM keys
+)
+SELECT key, running, queued, count(*) OVER () AS seen
+FROM loads
+ORDER BY running + queued DESC, key
+LIMIT $4;
+
+-- name: queue_debounces
+-- Up to $2 pending debounce runs of queue $1 (queued, never claimed: runs_debounce's
+-- predicate, so that partial index holds every candidate), the soonest to start first.
+SELECT id, workflow, debounce_key, run_at, debounce_deadline FROM tidebase.runs
+WHERE debounce_key IS NOT NULL AND status = 'queued' AND attempt = 0 AND queue = $1
+ORDER BY run_at, id
+LIMIT $2;
+
+-- name: queue_singletons
+-- Up to $2 active singleton runs of queue $1 (runs_singleton's predicate: that partial
+-- index holds every candidate), by workflow and key.
+SELECT id, workflow, singleton_key, status FROM tidebase.runs
+WHERE singleton_key IS NOT NULL AND status IN ('queued', 'running', 'waiting') AND queue = $1
+ORDER BY workflow, singleton_key
+LIMIT $2;
+
 -- name: keys_held
 -- Whether a key of queue $1 at its cap ($2 running runs) has a due queued run: a
 -- keyed claim that came back short was then held back by the caps, not by a lack of
@@ -343,7 +410,7 @@ WITH candidates AS (
          SELECT l.id, row_number() OVER (ORDER BY l.priority DESC, l.run_at, l.id) AS rank
          FROM (SELECT id, priority, run_at FROM tidebase.runs
                WHERE status = 'queued' AND queue = $2 AND concurrency_key = k.key
-                 AND run_at <= tidebase.now() AND /* include _claimable_version */
+                 AND run_at <= tidebase.now() AND /* include _claimable_version $5 */
                ORDER BY priority DESC, run_at, id
                LIMIT k.allow
                FOR UPDATE SKIP LOCKED) AS l
@@ -359,7 +426,7 @@ WITH candidates AS (
         ORDER BY h.priority DESC, h.run_at, h.id
         LIMIT $8) AS l0,
        LATERAL (SELECT id, priority, run_at FROM tidebase.runs r
-                WHERE r.id = l0.id AND r.status = 'queued' AND /* include _claimable_version */
+                WHERE r.id = l0.id AND r.status = 'queued' AND /* include _claimable_version $5 */
                 FOR UPDATE SKIP LOCKED) AS l
 ), picked AS (
   SELECT id, ord FROM candidates ORDER BY rank, ord LIMIT $4
@@ -472,7 +539,7 @@ SELECT ins.*, tidebase.now() AS db_now FROM ins;
 -- version not among $4 (then a worker that has the version executes it).
 WITH picked AS (
   SELECT id FROM tidebase.runs WHERE id = $2 AND status = 'queued'
-    AND (version IS NULL OR (workflow || E'\x1f' || version) = ANY($4::text[]))
+    AND /* include _claimable_version $4 */
   FOR UPDATE SKIP LOCKED
 ), /* include _lease_picked */
 
@@ -1084,7 +1151,8 @@ SELECT queue, false FROM kids;
 SELECT id, workflow, queue, status, input, output, error, state, attempt, max_attempts,
        priority, dedupe_key, metadata, parent_id, created_at, started_at, finished_at,
        deadline_at, run_at, cancel_reason, lease_owner, lease_expires_at, inline, wake_at,
-       cancel_actor, forked_from, forked_at, version
+       cancel_actor, forked_from, forked_at, version, concurrency_key, debounce_key,
+       singleton_key
 FROM tidebase.runs WHERE id = $1;
 
 -- name: get_run_status
@@ -1109,7 +1177,7 @@ FROM tidebase.runs WHERE parent_id = $1 ORDER BY created_at, id;
 -- name: list_runs
 -- Keyset pagination, newest first. NULL filters match everything.
 SELECT id, workflow, queue, status, attempt, priority, created_at, started_at, finished_at,
-       version
+       version, concurrency_key
 FROM tidebase.runs
 WHERE ($1::text IS NULL OR status = $1)
   AND ($2::text IS NULL OR workflow = $2)
@@ -1139,7 +1207,7 @@ SELECT min(n.run_at) - tidebase.now()
 FROM unnest($1::text[]) AS q(queue),
      LATERAL (SELECT run_at FROM tidebase.runs
               WHERE status = 'queued' AND queue = q.queue AND run_at > '-infinity'
-                AND (version IS NULL OR (workflow || E'\x1f' || version) = ANY($2::text[]))
+                AND /* include _claimable_version $2 */
               ORDER BY run_at LIMIT 1) AS n;
 
 -- name: run_exists
@@ -1235,18 +1303,20 @@ SELECT EXISTS (SELECT 1 FROM tidebase.runs
                WHERE schedule = $1 AND status IN ('queued', 'running', 'waiting'));
 
 -- name: insert_scheduled_runs
--- The runs of due ticks ($1: JSON array). The (schedule, fire_time) key makes a tick
--- that was enqueued already (by another ticker) a no-op.
+-- The runs of due ticks ($1: JSON array), each with the workflow version it records.
+-- The (schedule, fire_time) key makes a tick that was enqueued already (by another
+-- ticker) a no-op.
 WITH ins AS (
   INSERT INTO tidebase.runs
     (id, workflow, queue, status, input, priority, metadata, max_attempts, run_at,
-     schedule, fire_time, created_at, updated_at, event_seq)
+     schedule, fire_time, created_at, updated_at, event_seq, version)
   SELECT u.id, u.workflow, u.queue, 'queued', u.input, u.priority, u.metadata,
          u.max_attempts, tidebase.now(), u.schedule, u.fire_time, tidebase.now(),
-         tidebase.now(), 1
+         tidebase.now(), 1, u.version
   FROM jsonb_to_recordset($1::jsonb)
        AS u(id uuid, workflow text, queue text, input jsonb, priority int4,
-            metadata jsonb, max_attempts int4, schedule text, fire_time timestamptz)
+            metadata jsonb, max_attempts int4, schedule text, fire_time timestamptz,
+            version text)
   ON CONFLICT (schedule, fire_time) WHERE schedule IS NOT NULL DO NOTHING
   RETURNING id, queue, fire_time
 )
@@ -1673,3 +1743,78 @@ WITH doomed AS (
   FOR UPDATE SKIP LOCKED
 )
 DELETE FROM tidebase.keyed_events k USING doomed WHERE k.id = doomed.id;
+
+-- name: install_virtual_clock
+-- Testing kit only (tidebase_async.testing), in a test's own database: tidebase.now()
+-- becomes the server's clock plus an offset kept in one row, so every statement, on
+-- every connection, sees the time the test advanced to. The production definition
+-- (0001_init.sql) stays inlinable; this one reads a table, which a test can afford.
+CREATE TABLE IF NOT EXISTS tidebase.virtual_clock (
+  only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+  offset_s float8 NOT NULL DEFAULT 0 CHECK (offset_s >= 0)
+);
+INSERT INTO tidebase.virtual_clock DEFAULT VALUES ON CONFLICT DO NOTHING;
+CREATE OR REPLACE FUNCTION tidebase.now() RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+  SELECT COALESCE(NULLIF(current_setting('tidebase.fake_now', true), '')::timestamptz,
+                  pg_catalog.now()
+                  + make_interval(secs => (SELECT offset_s FROM tidebase.virtual_clock)))
+$$;
+
+-- name: virtual_clock_installed
+SELECT to_regclass('tidebase.virtual_clock') IS NOT NULL;
+
+-- name: advance_virtual_clock_to
+-- Moves the virtual clock forward to $1 (never back); returns the time it now reads.
+UPDATE tidebase.virtual_clock
+SET offset_s = GREATEST(offset_s, extract(epoch FROM $1::timestamptz - pg_catalog.now()))
+RETURNING pg_catalog.now() + make_interval(secs => offset_s);
+
+-- name: next_timer
+-- The earliest moment after now at which something becomes due by the clock alone:
+-- a waiting run's timer (sleep, gate or event-wait timeout), a delayed or backed-off
+-- queued run (retries, debounce), an active run's deadline, a schedule tick, an
+-- outbound delivery's next attempt. NULL: nothing is timed.
+SELECT min(t) FROM (
+  SELECT min(wake_at) AS t FROM tidebase.runs
+  WHERE status = 'waiting' AND wake_at > tidebase.now()
+  UNION ALL
+  SELECT min(run_at) FROM tidebase.runs WHERE status = 'queued' AND run_at > tidebase.now()
+  UNION ALL
+  SELECT min(deadline_at) FROM tidebase.runs
+  WHERE status IN ('queued', 'running', 'waiting') AND deadline_at > tidebase.now()
+  UNION ALL
+  SELECT min(next_fire_at) FROM tidebase.schedules
+  WHERE enabled AND next_fire_at > tidebase.now()
+  UNION ALL
+  SELECT min(next_attempt_at) FROM tidebase.outbox
+  WHERE status = 'pending' AND next_attempt_at > tidebase.now()
+) timers;
+
+-- name: unsettled_work
+-- What a worker can still move without anyone deciding and without the clock moving:
+-- running runs, due queued runs of queues not paused, waiting runs whose timer is due,
+-- active runs past their deadline, due schedule ticks that may fire (not held back by
+-- an active run under overlap 'queue'), due outbound deliveries. Oldest first, $1 rows.
+SELECT kind, id, workflow, status FROM (
+  SELECT 'run' AS kind, r.id::text AS id, r.workflow, r.status, r.created_at AS since
+  FROM tidebase.runs r
+  WHERE r.status = 'running'
+     OR (r.status = 'queued' AND r.run_at <= tidebase.now()
+         AND NOT EXISTS (SELECT 1 FROM tidebase.queues q WHERE q.name = r.queue AND q.paused))
+     OR (r.status = 'waiting' AND r.wake_at <= tidebase.now())
+     OR (r.status IN ('queued', 'running', 'waiting') AND r.deadline_at <= tidebase.now())
+  UNION ALL
+  SELECT 'schedule', s.name, s.workflow, 'due', s.next_fire_at
+  FROM tidebase.schedules s
+  WHERE s.enabled AND s.next_fire_at <= tidebase.now()
+    AND NOT (s.overlap = 'queue' AND EXISTS (
+      SELECT 1 FROM tidebase.runs a
+      WHERE a.schedule = s.name AND a.status IN ('queued', 'running', 'waiting')))
+  UNION ALL
+  SELECT 'delivery', o.id::text, o.event, o.status, o.next_attempt_at
+  FROM tidebase.outbox o
+  WHERE o.status = 'pending' AND o.next_attempt_at <= tidebase.now()
+) work
+ORDER BY since
+LIMIT $1;

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import asyncpg
 
+from tidebase_async.models import ActiveSingleton, PendingDebounce, QueueKey
 from tidebase_async.store.base import StoreBase, read_retrying
 from tidebase_async.store.records import ControlledClaim, QueueControl, _claimed
 from tidebase_async.store.sql import Q
@@ -143,6 +144,44 @@ class QueuesMixin(StoreBase):
         for row in rows:
             counts.setdefault(row["queue"], {})[row["status"]] = row["n"]
         return counts
+
+    @read_retrying
+    async def queue_keys(
+        self, queue: str, *, limit: int, max_keys: int, max_count: int
+    ) -> tuple[list[QueueKey], bool, list[PendingDebounce], list[ActiveSingleton]]:
+        """Queue ``queue``'s busiest ``limit`` concurrency keys (visiting at most
+        ``max_keys`` queued and running keys, counting at most ``max_count`` queued runs
+        of each), whether every key was visited, and up to ``limit`` pending debounce
+        runs and active singleton runs of the queue."""
+        with _translate("read a queue's keys"):
+            rows = await self._pool.fetch(Q["queue_key_loads"], queue, max_keys, max_count, limit)
+            debounces = await self._pool.fetch(Q["queue_debounces"], queue, limit)
+            singletons = await self._pool.fetch(Q["queue_singletons"], queue, limit)
+        keys = [QueueKey(key=r["key"], running=r["running"], queued=r["queued"]) for r in rows]
+        complete = not rows or rows[0]["seen"] < max_keys
+        return (
+            keys,
+            complete,
+            [
+                PendingDebounce(
+                    run_id=r["id"],
+                    workflow=r["workflow"],
+                    key=r["debounce_key"],
+                    run_at=r["run_at"],
+                    deadline=r["debounce_deadline"],
+                )
+                for r in debounces
+            ],
+            [
+                ActiveSingleton(
+                    run_id=r["id"],
+                    workflow=r["workflow"],
+                    key=r["singleton_key"],
+                    status=r["status"],
+                )
+                for r in singletons
+            ],
+        )
 
     async def queue_depths(
         self, *, max_queues: int = 1000, max_count: int = 1_000_000

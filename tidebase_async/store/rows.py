@@ -51,6 +51,9 @@ class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     forked_at: str | None
     #: The workflow version the run started with (None: unversioned).
     version: str | None = None
+    concurrency_key: str | None = None
+    debounce_key: str | None = None
+    singleton_key: str | None = None
 
 
 class RunStatusRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,6 +79,7 @@ class RunListRow(msgspec.Struct, frozen=True, kw_only=True):
     started_at: datetime | None
     finished_at: datetime | None
     version: str | None = None
+    concurrency_key: str | None = None
 
 
 class ChildRow(msgspec.Struct, frozen=True, kw_only=True):

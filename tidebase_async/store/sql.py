@@ -6,7 +6,7 @@ import re
 from importlib import resources
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
-_INCLUDE = re.compile(r"/\* include (\w+) \*/")
+_INCLUDE = re.compile(r"/\* include (\w+)(?: \$(\d+))? \*/")
 
 
 def _load() -> dict[str, str]:
@@ -17,13 +17,15 @@ def _load() -> dict[str, str]:
         lines = [ln for ln in body.strip().splitlines() if not ln.lstrip().startswith("--")]
         queries[name] = "\n".join(lines).strip()
     # Fragments (names starting with "_") are spliced in where a statement says
-    # /* include _name */; they are not statements themselves.
+    # /* include _name */, or /* include _name $N */ for a fragment that reads a
+    # parameter it calls $ARG; they are not statements themselves.
     fragments = {k: v for k, v in queries.items() if k.startswith("_")}
-    return {
-        k: _INCLUDE.sub(lambda m: fragments[m.group(1)], v)
-        for k, v in queries.items()
-        if not k.startswith("_")
-    }
+
+    def splice(m: re.Match[str]) -> str:
+        text = fragments[m.group(1)]
+        return text if m.group(2) is None else text.replace("$ARG", "$" + m.group(2))
+
+    return {k: _INCLUDE.sub(splice, v) for k, v in queries.items() if not k.startswith("_")}
 
 
 Q: dict[str, str] = _load()

@@ -26,7 +26,10 @@ Routes (relative to where the app is mounted; JSON in and out):
                                               (status stored by default; all: every one)
     GET  /event-waits?name=&key=&limit=       open waits of active runs for events by key
     GET  /queues                              controls and counts by status
-    POST /queues/{name}                       {"concurrency", "rate_per_minute", "paused"}
+    POST /queues/{name}                       {"concurrency", "rate_per_minute", "paused",
+                                              "per_key_concurrency", "per_key_rate_per_minute"}
+    GET  /queues/{name}/keys?limit=           per-key controls, busiest concurrency keys,
+                                              pending debounce and active singleton runs
     GET  /schedules
     POST /schedules/{name}/pause | /resume
 
@@ -81,6 +84,14 @@ _REFRESH_WITHOUT_LISTEN_S = 5.0
 HEALTH_TIMEOUT_S = 5.0
 _INT4_MAX = 2**31 - 1
 _INTEGER = re.compile(r"-?[0-9]{1,9}")
+#: What ``POST /queues/{name}`` sets (``tide.queues.configure``'s options).
+_QUEUE_CONTROLS = (
+    "concurrency",
+    "rate_per_minute",
+    "paused",
+    "per_key_concurrency",
+    "per_key_rate_per_minute",
+)
 
 
 class EnqueueBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -96,6 +107,8 @@ class EnqueueBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     metadata: dict[str, Any] | None = None
     debounce: DebounceBody | None = None
     singleton: SingletonBody | None = None
+    #: The workflow version the run records (default: the newest registered here).
+    version: str | None = None
 
 
 class DebounceBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -176,6 +189,7 @@ class Api:
             ("GET", re.compile(r"/gates"), self._list_gates, True),
             ("GET", re.compile(r"/queues"), self._list_queues, True),
             ("POST", re.compile(r"/queues/([^/]+)"), self._configure_queue, True),
+            ("GET", re.compile(r"/queues/([^/]+)/keys"), self._queue_keys, True),
             ("GET", re.compile(r"/schedules"), self._list_schedules, True),
             ("POST", re.compile(r"/schedules/([^/]+)/pause"), self._pause_schedule, True),
             ("POST", re.compile(r"/schedules/([^/]+)/resume"), self._resume_schedule, True),
@@ -359,6 +373,7 @@ class Api:
             singleton=None
             if body.singleton is None
             else Singleton(key=body.singleton.key, mode=body.singleton.mode),
+            version=body.version,
         )
         status = 200 if handle.deduplicated else 201
         return json_response(status, {"id": handle.id, "deduplicated": handle.deduplicated})
@@ -443,20 +458,27 @@ class Api:
 
     async def _configure_queue(self, request: HttpRequest, params: list[str]) -> HttpResponse:
         body = decode_json_body(request)
-        if not isinstance(body, dict) or set(body) - {"concurrency", "rate_per_minute", "paused"}:
+        if not isinstance(body, dict) or set(body) - set(_QUEUE_CONTROLS):
             raise HttpError(
                 400,
                 "bad_request",
-                "the body is an object with any of concurrency, rate_per_minute, paused "
+                f"the body is an object with any of {', '.join(_QUEUE_CONTROLS)} "
                 "(null clears one; an omitted one stays as it is)",
             )
+        # configure checks every value before it writes anything (400 when one is bad).
         info = await self._tide.queues.configure(
             params[0],
             concurrency=body.get("concurrency", UNSET),
             rate_per_minute=body.get("rate_per_minute", UNSET),
             paused=body.get("paused", UNSET),
+            per_key_concurrency=body.get("per_key_concurrency", UNSET),
+            per_key_rate_per_minute=body.get("per_key_rate_per_minute", UNSET),
         )
         return json_response(200, info)
+
+    async def _queue_keys(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        limit = _int_param(request.query, "limit", 20)
+        return json_response(200, await self._tide.queues.keys(params[0], limit=limit))
 
     async def _list_schedules(self, request: HttpRequest, params: list[str]) -> HttpResponse:
         return json_response(200, {"items": await self._tide.schedules.list()})

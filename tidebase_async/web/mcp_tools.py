@@ -78,6 +78,13 @@ class EnqueueArgs(_Args):
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
     deadline: datetime | None = None
     metadata: dict[str, Any] | None = None
+    version: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="The workflow version the run records and runs with (default: "
+            "the newest registered in this app)."
+        ),
+    ] = None
 
 
 class CancelRunArgs(_Args):
@@ -263,7 +270,8 @@ class Tools:
     async def enqueue(self, a: EnqueueArgs) -> Enqueued:
         """Create a queued run of a workflow registered in this app; durable once this
         returns. With a dedupe key, an active run with that key is returned instead
-        (deduplicated)."""
+        (deduplicated). ``version`` picks one of the workflow's registered versions
+        (another is refused, naming them)."""
         # An app that registers workflows names them all: another name is a mistake. An
         # app that registers none (a web process enqueueing for separate workers) is
         # trusted, as the HTTP API is; such a run of an unknown workflow fails when claimed.
@@ -283,6 +291,7 @@ class Tools:
             max_attempts=a.max_attempts,
             deadline=a.deadline,
             metadata=a.metadata,
+            version=a.version,
         )
         return Enqueued(id=handle.id, workflow=a.workflow, deduplicated=handle.deduplicated)
 

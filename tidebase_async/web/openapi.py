@@ -16,6 +16,7 @@ from tidebase_async.models import (
     KeyedEvent,
     Page,
     QueueInfo,
+    QueueKeys,
     RunInfo,
     ScheduleInfo,
     StateVersion,
@@ -106,6 +107,14 @@ def openapi_document() -> dict[str, Any]:
                     "key": {"type": "string", "minLength": 1, "maxLength": 200},
                     "mode": {"type": "string", "enum": ["skip", "replace"]},
                 },
+            },
+            "version": {
+                "type": ["string", "null"],
+                "description": "The workflow version the run records and runs with "
+                "(default: the newest registered in the serving process). A version "
+                "the serving process does not register for the workflow is a 400 "
+                "naming the registered ones; a process that does not register the "
+                "workflow accepts any.",
             },
         },
     }
@@ -356,12 +365,36 @@ def openapi_document() -> dict[str, Any]:
                             "concurrency": {"type": ["integer", "null"], "minimum": 1},
                             "rate_per_minute": {"type": ["number", "null"], "exclusiveMinimum": 0},
                             "paused": {"type": "boolean"},
+                            "per_key_concurrency": {"type": ["integer", "null"], "minimum": 1},
+                            "per_key_rate_per_minute": {
+                                "type": ["number", "null"],
+                                "exclusiveMinimum": 0,
+                            },
                         },
                     }
                 ),
             },
             "responses": {
                 "200": {"description": "The queue", **_json(queue_info)},
+                **_errors(400, 401),
+            },
+        }
+    }
+    (queue_keys,), keys_components = msgspec.json.schema_components(
+        [QueueKeys], ref_template="#/components/schemas/{name}"
+    )
+    components.update(keys_components)
+    paths["/queues/{name}/keys"] = {
+        "get": {
+            "summary": "A queue's flow control by key: its per-key controls, its busiest "
+            "concurrency keys (running plus queued runs), pending debounce runs and "
+            "active singleton runs",
+            "parameters": [
+                name_param,
+                query("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
+            ],
+            "responses": {
+                "200": {"description": "The queue's keys", **_json(queue_keys)},
                 **_errors(400, 401),
             },
         }

@@ -1,10 +1,11 @@
-// The dashboard's entry point: hash routing (#/runs, #/runs/<id>, #/queues, #/schedules,
-// #/events, #/usage),
-// the login prompt, and the "live" indicator. Each page is a module exporting
-// render(ctx); ctx.signal aborts when the page is left, which stops its streams.
+// The dashboard's entry point: hash routing (#/runs, #/runs/<id>, #/queues, #/queues/<name>,
+// #/schedules, #/events, #/usage), the login prompt, and the "live" indicator. Each page
+// is a module exporting render(ctx); ctx.signal aborts when the page is left, which
+// stops its streams.
 
 import { auth } from "./api.js";
 import { render as eventsPage } from "./events.js";
+import { render as queuePage } from "./queue.js";
 import { render as queuesPage } from "./queues.js";
 import { render as runPage } from "./run.js";
 import { render as runsPage } from "./runs.js";
@@ -24,6 +25,7 @@ const ROUTES = [
   [/^\/runs\/?$/, "runs", runsPage],
   [/^\/runs\/([^/]+)$/, "runs", runPage],
   [/^\/queues\/?$/, "queues", queuesPage],
+  [/^\/queues\/(.+)$/, "queues", queuePage],
   [/^\/schedules\/?$/, "schedules", schedulesPage],
   [/^\/events\/?$/, "events", eventsPage],
   [/^\/usage\/?$/, "usage", usagePage],

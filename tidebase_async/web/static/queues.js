@@ -1,4 +1,5 @@
-// #/queues : every queue with its controls and its runs counted by status; pause/resume.
+// #/queues : every queue with its controls (per-key ones too) and its runs counted by
+// status; pause/resume. A queue's name leads to its page (#/queues/<name>, queue.js).
 // Below, the queued runs of versioned workflows per version with the live workers that
 // have that version (none: those runs stay queued until such a worker starts).
 // Refreshed live from GET /events, with a slow poll as the floor.
@@ -33,14 +34,16 @@ export async function render(ctx) {
     replace(content, h("table", { class: "queues" },
       h("caption", { class: "sr-only" }, "Queues with their runs counted by status"),
       h("thead", {}, h("tr", {},
-        ["Queue", "State", "Concurrency", "Rate / min", ...STATUSES, ""].map((t) =>
+        ["Queue", "State", "Concurrency", "Rate / min", "Per key", ...STATUSES, ""].map((t) =>
           h("th", { scope: "col", class: STATUSES.includes(t) ? "num" : null }, t)))),
       h("tbody", {}, items.map((q) => h("tr", { "data-queue": q.name },
-        h("th", { scope: "row", class: "mono" }, q.name),
+        h("th", { scope: "row", class: "mono" },
+          h("a", { href: `#/queues/${encodeURIComponent(q.name)}` }, q.name)),
         h("td", {}, h("span", { class: `badge ${q.paused ? "status-paused" : "status-active"}` },
           q.paused ? "paused" : "active")),
         h("td", { class: "num" }, q.concurrency ?? "no limit"),
         h("td", { class: "num" }, q.rate_per_minute ?? "no limit"),
+        h("td", { "data-per-key": "" }, perKey(q)),
         STATUSES.map((s) => h("td", { class: "num" },
           q.counts[s] ? h("a", { href: `#/runs?queue=${encodeURIComponent(q.name)}&status=${s}`,
             "aria-label": `${q.counts[s]} ${s} runs in ${q.name}` }, q.counts[s]) : "0")),
@@ -74,6 +77,14 @@ export async function render(ctx) {
   stream("events", { signal, onEvent: refresh, onState: ctx.setLive });
   const timer = setInterval(refresh, POLL_MS);
   signal.addEventListener("abort", () => clearInterval(timer), { once: true });
+}
+
+/** A queue's per-key controls in a few words ("2 running, 60 / min"). */
+function perKey(q) {
+  const parts = [];
+  if (q.per_key_concurrency != null) parts.push(`max ${q.per_key_concurrency} running`);
+  if (q.per_key_rate_per_minute != null) parts.push(`${q.per_key_rate_per_minute} / min`);
+  return parts.length ? parts.join(", ") : "no limit";
 }
 
 /** Queued runs of versioned workflows, per queue, workflow and version. */

@@ -109,6 +109,12 @@ export async function render(ctx) {
       ["Attempt", `${run.attempt} of ${run.max_attempts}`],
       ["Priority", run.priority],
       run.dedupe_key ? ["Dedupe key", h("span", { class: "mono" }, run.dedupe_key)] : null,
+      run.concurrency_key != null ? ["Concurrency key", h("span", { class: "mono",
+        id: "run-concurrency-key" }, run.concurrency_key)] : null,
+      run.debounce_key != null ? ["Debounce key", h("span", { class: "mono",
+        id: "run-debounce-key" }, run.debounce_key)] : null,
+      run.singleton_key != null ? ["Singleton key", h("span", { class: "mono",
+        id: "run-singleton-key" }, run.singleton_key)] : null,
       run.parent_id ? ["Parent", h("a", { href: `#/runs/${run.parent_id}`, class: "mono" },
         run.parent_id)] : null,
       run.forked_from ? ["Forked from", [
