@@ -20,6 +20,10 @@ from tidebase_async.testing.databases import (
     session_server,
 )
 
+# The testing kit's fixtures (tide_env), for the examples' tests in tests/examples_kit,
+# loaded the way the README tells users to.
+pytest_plugins = ["tidebase_async.testing"]
+
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 

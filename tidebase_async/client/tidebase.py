@@ -432,6 +432,11 @@ class Tidebase:
         await self.store.db_now()
 
     @property
+    def is_open(self) -> bool:
+        """True between ``open()`` and ``close()``."""
+        return self._store is not None
+
+    @property
     def ready(self) -> bool:
         """True while this client is open and no worker of it is draining (after
         ``stop()`` or SIGTERM): what ``GET /ready`` reports to a load balancer."""

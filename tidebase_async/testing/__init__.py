@@ -17,6 +17,10 @@ Each test gets a fresh database copied from a template migrated once per session
 the server ``TIDEBASE_TEST_DSN`` names, else an embedded Postgres started once per
 session. The clock in that database is virtual: ``advance`` moves it, and everything
 due by then fires, in order, through the real engine and the real statements.
+
+PYTEST_DONT_REWRITE: a conftest may import from this package before pytest loads it as
+a plugin; it has no assertions of the user's to rewrite, and this marker keeps pytest
+from warning that it could not.
 """
 
 from __future__ import annotations

@@ -74,38 +74,49 @@ class TideEnv:
     def __init__(self, dsn: str) -> None:
         #: The test's database.
         self.dsn = dsn
+        # Clients that run_until_idle and advance run a worker for, and the others.
         self._clients: list[Tidebase] = []
+        self._readers: list[Tidebase] = []
         self._stack = contextlib.AsyncExitStack()
 
     # -- clients ----------------------------------------------------------------------
 
-    async def client(self, tide: Tidebase | None = None) -> Tidebase:
+    async def client(self, tide: Tidebase | None = None, *, work: bool = True) -> Tidebase:
         """Open ``tide`` (the application's own Tidebase object, with its workflows
         registered; a new empty one when None) on this test's database and return it.
         It is closed, and given back its own database, when the test ends.
 
+        A ``tide`` already open on this test's database (an app's lifespan opened it on
+        ``tide_env.dsn``) is taken as it is and left to its owner to close.
+
+        ``work``: whether ``run_until_idle`` and ``advance`` run a worker with this
+        client's workflows (False for a client opened only to read, or to check
+        changed code with ``assert_replay_compatible(tide=...)``).
+
         Raises:
-            ConfigurationError: ``tide`` is open already (on another database).
+            ConfigurationError: ``tide`` is open on another database.
         """
         tide = Tidebase() if tide is None else tide
-        if tide in self._clients:
+        if tide in self._clients or tide in self._readers:
             return tide
-        await self._stack.enter_async_context(tide.opened_on(self.dsn))
-        self._clients.append(tide)
+        if not tide.is_open:
+            await self._stack.enter_async_context(tide.opened_on(self.dsn))
+        elif tide.dsn != self.dsn:
+            raise errors.ConfigurationError(
+                "this Tidebase is open on another database; close it, or open it on tide_env.dsn"
+            )
+        (self._clients if work else self._readers).append(tide)
         return tide
 
     @property
     def store(self) -> Store:
         """The store of the first client (for the clock and idleness reads)."""
-        if not self._clients:
-            raise errors.ConfigurationError(
-                "open a client first: tide = await tide_env.client(app.tide)"
-            )
-        return self._clients[0].store
+        return self._first().store
 
     async def aclose(self) -> None:
         """Close every client this environment opened (the fixture does this)."""
         self._clients.clear()
+        self._readers.clear()
         await self._stack.aclose()
 
     # -- running -----------------------------------------------------------------------
@@ -181,7 +192,9 @@ class TideEnv:
     ) -> AsyncIterator[list[Worker]]:
         if not self._clients:
             raise errors.ConfigurationError(
-                "open a client first: tide = await tide_env.client(app.tide)"
+                "no client runs a worker: clients opened with work=False run none"
+                if self._readers
+                else "open a client first: tide = await tide_env.client(app.tide)"
             )
         names = None if queues is None else list(queues)
         workers: list[Worker] = []
@@ -286,11 +299,12 @@ class TideEnv:
             )
 
     def _first(self) -> Tidebase:
-        if not self._clients:
+        clients = self._clients or self._readers
+        if not clients:
             raise errors.ConfigurationError(
                 "open a client first: tide = await tide_env.client(app.tide)"
             )
-        return self._clients[0]
+        return clients[0]
 
 
 async def _work(
