@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -63,6 +64,11 @@ class WakeParams(msgspec.Struct, frozen=True, kw_only=True):
     warmup: int
     # Pause before each sample so the worker is back in its idle wait.
     idle_s: float = 0.02
+    # With gap_max_s > 0 the pause before each sample is uniform in [idle_s, gap_max_s]
+    # (seeded): a polling system is then caught at every phase of its poll, and a
+    # system's periodic work (heartbeats, maintenance, checkpoints) meets samples.
+    gap_max_s: float = 0.0
+    seed: int = 20
     # How rarely an idle worker polls, so that only its NOTIFY path can wake it.
     poll_interval_s: float = 30.0
     # Worker concurrency while idling (as in benchmarks/wakeup.py).
@@ -174,6 +180,15 @@ async def background(
             logger.warning("a worker ended with %s: %s", type(exc).__name__, exc)
 
 
+def gaps(idle_s: float, gap_max_s: float, seed: int) -> Iterator[float]:
+    """The pauses before wake-up samples: ``idle_s`` each, or uniform in
+    ``[idle_s, gap_max_s]`` from a generator seeded with ``seed`` when ``gap_max_s``
+    is larger (the same sequence for every system)."""
+    rng = random.Random(seed)
+    while True:
+        yield idle_s if gap_max_s <= idle_s else rng.uniform(idle_s, gap_max_s)
+
+
 async def wake_samples(
     probe: Probe,
     enqueue: Callable[[], Awaitable[object]],
@@ -193,8 +208,9 @@ async def wake_samples(
         raise Unavailable("the worker did not start a first job")
     await anyio.sleep(SETTLE_S)
     latencies: list[float] = []
+    pauses = gaps(params.idle_s, params.gap_max_s, params.seed)
     for n in range(params.warmup + params.samples):
-        await anyio.sleep(params.idle_s)
+        await anyio.sleep(next(pauses))
         _check_alive(workers)
         started = probe.arm()
         t0 = time.perf_counter()

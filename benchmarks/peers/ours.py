@@ -56,7 +56,13 @@ class Ours:
         async with tide:
             samples = await wakeup.collect(
                 tide,
-                wakeup.Params(samples=params.samples, warmup=params.warmup, idle_s=params.idle_s),
+                wakeup.Params(
+                    samples=params.samples,
+                    warmup=params.warmup,
+                    idle_s=params.idle_s,
+                    gap_max_s=params.gap_max_s,
+                    seed=params.seed,
+                ),
             )
         return WakeResult(
             latencies_ms=[s.latency_ms for s in samples],
