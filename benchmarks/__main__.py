@@ -26,6 +26,7 @@ from benchmarks import (
     scaleout,
     soak,
     steps,
+    testkit,
     throughput,
     wakeup,
 )
@@ -45,6 +46,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     compare.NAME: compare.measure,
     agent.NAME: agent.measure,
     keys.NAME: keys.measure,
+    testkit.NAME: testkit.measure,
 }
 
 
