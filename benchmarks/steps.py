@@ -68,23 +68,34 @@ async def _noop() -> None:
     return None
 
 
-def register(tide: Tidebase) -> None:
-    @tide.workflow(WORKFLOW)
-    async def ten_steps(run: Run, input: Any) -> None:
-        for _ in range(STEPS):
+def workflow_name(steps: int) -> str:
+    """The name of the workflow of ``steps`` no-op steps (``ten-steps`` for ten)."""
+    return WORKFLOW if steps == STEPS else f"{steps}-steps"
+
+
+def register_steps(tide: Tidebase, steps: int) -> None:
+    """Register a workflow of ``steps`` no-op async steps, named ``workflow_name(steps)``."""
+
+    @tide.workflow(workflow_name(steps))
+    async def n_steps(run: Run, input: Any) -> None:
+        for _ in range(steps):
             await run.step("noop", _noop)
 
 
-async def enqueue(tide: Tidebase, count: int) -> float:
+def register(tide: Tidebase) -> None:
+    register_steps(tide, STEPS)
+
+
+async def enqueue(tide: Tidebase, count: int, *, steps: int = STEPS) -> float:
     """Seconds to enqueue ``count`` runs with ``enqueue_many`` calls of ``BATCH``."""
-    specs: list[tuple[str, Any]] = [(WORKFLOW, None)] * BATCH
+    specs: list[tuple[str, Any]] = [(workflow_name(steps), None)] * BATCH
     t0 = time.perf_counter()
     for start in range(0, count, BATCH):
         await tide.enqueue_many(specs[: min(BATCH, count - start)])
     return time.perf_counter() - t0
 
 
-async def _completed_checkpoints(tide: Tidebase) -> int:
+async def completed_checkpoints(tide: Tidebase) -> int:
     assert tide.dsn is not None
     async with connect(tide.dsn) as conn:
         return int(
@@ -92,16 +103,21 @@ async def _completed_checkpoints(tide: Tidebase) -> int:
         )
 
 
-async def enqueue_and_drain(ctx: Context, runs: int, concurrency: int) -> StepsDrain:
-    async with fresh_tidebase(ctx, register) as tide:
-        enqueue_s = await enqueue(tide, runs)
-        timing = await drain(tide, runs, concurrency)
-        counts = await count_runs(tide)
-        checkpoints = await _completed_checkpoints(tide)
-    if counts != {"completed": runs} or checkpoints != runs * STEPS:
+async def drain_steps(tide: Tidebase, runs: int, concurrency: int, *, steps: int) -> StepsDrain:
+    """On an open ``tide`` with ``register_steps(tide, steps)`` done: enqueue ``runs``
+    runs, drain them, and check the tables (every run and checkpoint completed).
+
+    Raises:
+        BenchmarkError: the tables disagree.
+    """
+    enqueue_s = await enqueue(tide, runs, steps=steps)
+    timing = await drain(tide, runs, concurrency)
+    counts = await count_runs(tide)
+    checkpoints = await completed_checkpoints(tide)
+    if counts != {"completed": runs} or checkpoints != runs * steps:
         raise BenchmarkError(
-            f"10-step drain c={concurrency}: expected {runs} completed runs and "
-            f"{runs * STEPS} checkpoints, got {counts} and {checkpoints}"
+            f"{steps}-step drain c={concurrency}: expected {runs} completed runs and "
+            f"{runs * steps} checkpoints, got {counts} and {checkpoints}"
         )
     return StepsDrain(
         concurrency=concurrency,
@@ -110,6 +126,13 @@ async def enqueue_and_drain(ctx: Context, runs: int, concurrency: int) -> StepsD
         enqueue_s=enqueue_s,
         timing=timing,
     )
+
+
+async def enqueue_and_drain(
+    ctx: Context, runs: int, concurrency: int, *, steps: int = STEPS
+) -> StepsDrain:
+    async with fresh_tidebase(ctx, lambda tide: register_steps(tide, steps)) as tide:
+        return await drain_steps(tide, runs, concurrency, steps=steps)
 
 
 def _figures(drains: list[StepsDrain]) -> list[Figure]:

@@ -70,11 +70,11 @@ def register(tide: Tidebase) -> None:
         return None
 
 
-async def enqueue_one_at_a_time(tide: Tidebase, count: int) -> float:
+async def enqueue_one_at_a_time(tide: Tidebase, count: int, *, workflow: str = WORKFLOW) -> float:
     """Seconds for ``count`` sequential ``enqueue`` calls."""
     t0 = time.perf_counter()
     for _ in range(count):
-        await tide.enqueue(WORKFLOW)
+        await tide.enqueue(workflow)
     return time.perf_counter() - t0
 
 
