@@ -6,7 +6,7 @@ field's type never changes.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
@@ -159,6 +159,9 @@ class StepInfo(msgspec.Struct, frozen=True, kw_only=True):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     kind: StepKind = "step"
+    #: The usage recorded inside this entry (``run.usage.record`` in its function: a
+    #: model request's tokens), summed; None when it recorded none.
+    usage: UsageTotals | None = None
 
 
 class GateDecision(msgspec.Struct, frozen=True, kw_only=True):
@@ -423,3 +426,138 @@ class EventWaitInfo(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime | None = None
     expires_at: datetime | None = None
     closed_at: datetime | None = None
+
+
+#: The time ranges of ``tide.stats`` (and ``GET /overview``), newest bucket last.
+StatsRange = Literal["1h", "6h", "24h", "7d"]
+STATS_RANGES: dict[str, tuple[int, int]] = {
+    # range: (bucket seconds, buckets)
+    "1h": (60, 60),
+    "6h": (60, 360),
+    "24h": (3600, 24),
+    "7d": (3600, 168),
+}
+
+
+class StatsBucket(msgspec.Struct, frozen=True, kw_only=True):
+    """Runs created ("started", as a run counts in a workflow engine's charts) and
+    finished in one bucket of a range, from ``at`` on."""
+
+    at: datetime
+    started: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+class WorkflowStats(msgspec.Struct, frozen=True, kw_only=True):
+    """A workflow's runs over a range; durations (finished_at - started_at of completed
+    and failed runs) and queue waits (started_at - when the run became due) in
+    milliseconds, estimated from log-scale histograms (within 19%); None: no run."""
+
+    workflow: str
+    started: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    duration_p50_ms: float | None = None
+    duration_p95_ms: float | None = None
+    wait_p50_ms: float | None = None
+    wait_p95_ms: float | None = None
+
+
+class QueueLoad(msgspec.Struct, frozen=True, kw_only=True):
+    """A queue now: its queued, running and waiting runs (counts stop at 10,000:
+    ``capped``), how long its oldest due queued run has waited (None: none is due)."""
+
+    queue: str
+    queued: int = 0
+    running: int = 0
+    waiting: int = 0
+    oldest_queued_age_s: float | None = None
+    paused: bool = False
+    capped: bool = False
+
+
+class RunErrorBrief(msgspec.Struct, frozen=True, kw_only=True):
+    """The type and message of a run's recorded error (no traceback)."""
+
+    type: str | None = None
+    message: str | None = None
+
+
+class FailingWorkflow(msgspec.Struct, frozen=True, kw_only=True):
+    """A workflow with failures in the range, and its latest failed run."""
+
+    workflow: str
+    failed: int
+    last_run_id: UUID | None = None
+    last_error: RunErrorBrief | None = None
+    last_failed_at: datetime | None = None
+
+
+class UsageDay(msgspec.Struct, frozen=True, kw_only=True):
+    """Tokens and cost recorded on one UTC day with one model (None: not recorded)."""
+
+    day: date
+    model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class Overview(msgspec.Struct, frozen=True, kw_only=True):
+    """``tide.stats.overview()`` (``GET /overview``): runs per bucket over the range
+    (every bucket, oldest first), per workflow, the queues now, the top failing
+    workflows, usage per day and model. ``rolled_to``: the rollup's watermark (None:
+    nothing rolled up; before it, minutes come from the rollup, after it, live)."""
+
+    now: datetime
+    range: StatsRange
+    bucket_s: int
+    series: list[StatsBucket]
+    workflows: list[WorkflowStats]
+    queues: list[QueueLoad]
+    failing: list[FailingWorkflow]
+    usage: list[UsageDay]
+    usage_total_cost_usd: float = 0.0
+    rolled_to: datetime | None = None
+
+
+class VersionStats(msgspec.Struct, frozen=True, kw_only=True):
+    """One version of a workflow over the range (None: runs without a version);
+    ``success_rate``: completed / (completed + failed), None before any finished."""
+
+    version: str | None = None
+    started: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    success_rate: float | None = None
+    duration_p50_ms: float | None = None
+    duration_p95_ms: float | None = None
+
+
+class RecentFailure(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: UUID
+    version: str | None = None
+    error: RunErrorBrief | None = None
+    finished_at: datetime | None = None
+
+
+class WorkflowOverview(msgspec.Struct, frozen=True, kw_only=True):
+    """``tide.stats.workflow(name)`` (``GET /workflows/{name}``)."""
+
+    workflow: str
+    now: datetime
+    range: StatsRange
+    bucket_s: int
+    series: list[StatsBucket]
+    versions: list[VersionStats]
+    recent_failures: list[RecentFailure]
+    schedules: list[ScheduleInfo]
+    success_rate: float | None = None
+    duration_p50_ms: float | None = None
+    duration_p95_ms: float | None = None
+    wait_p50_ms: float | None = None
+    wait_p95_ms: float | None = None

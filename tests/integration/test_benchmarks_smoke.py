@@ -1,13 +1,13 @@
-"""The benchmarks still measure: tiny versions of throughput, steps, wake-up, replay,
-the durable agent and the raw asyncpg peer, against the test server. No timing is asserted (figures
-belong in benchmarks/RESULTS.md); each benchmark checks its own outcome (every run
-completed, every sample seen) and raises BenchmarkError otherwise."""
+"""The benchmarks still measure: tiny versions of throughput, steps, wake-up, replay, the
+overview, the durable agent and the raw asyncpg peer, against the test server. No timing
+is asserted (figures belong in benchmarks/RESULTS.md); each benchmark checks its own
+outcome (every run completed, every sample seen) and raises BenchmarkError otherwise."""
 
 from __future__ import annotations
 
 import math
 
-from benchmarks import agent, replay, steps, throughput, wakeup
+from benchmarks import agent, overview, replay, steps, throughput, wakeup
 from benchmarks.common import Context, fresh_database, fresh_tidebase
 from benchmarks.peers.base import WakeParams
 from benchmarks.peers.raw import Raw
@@ -24,6 +24,13 @@ async def test_throughput_enqueues_and_drains(server_dsn: str) -> None:
     assert drain.timing.stats["completed"] == 300
     assert drain.rate > 0
     assert await throughput.measure_one_at_a_time(_ctx(server_dsn), 20) > 0
+
+
+async def test_overview_seeds_rolls_up_and_loads(server_dsn: str) -> None:
+    result = await overview.measure(_ctx(server_dsn), overview.Params(runs=2_000, loads=2))
+    assert result.details["chunks"] >= 1
+    assert set(result.details["plans"]) >= {"run_stats_range 7d", "queue_overview"}
+    assert len(result.details["timings_ms"]) == 6
 
 
 async def test_steps_drain_counts_every_checkpoint(server_dsn: str) -> None:

@@ -317,3 +317,59 @@ async def test_state_usage_fork_and_reset_over_http(tide: Tidebase) -> None:
         assert (await c.post(f"/runs/{h.id}/fork", json={"from_step": "zz"})).status_code == 404
         r = await c.post(f"/runs/{h.id}/reset", json={"to_step": "a"})
         assert r.status_code == 409, r.text
+
+
+async def test_each_history_entry_carries_the_usage_recorded_inside_it(tide: Tidebase) -> None:
+    """``runs.get`` sums the usage of each step on its entry (the run page's waterfall
+    labels model requests with their tokens); usage between steps belongs to none."""
+
+    @tide.workflow("two-calls")
+    async def two_calls(run: Run) -> None:
+        async def ask() -> None:
+            await run.usage.record(model="m", input_tokens=100, output_tokens=7, cost_usd=0.25)
+            await run.usage.record(model="m", input_tokens=20, output_tokens=3)
+
+        await run.step("ask", ask)
+        await run.usage.record(kind="tool", input_tokens=9)
+        await run.step("plain", lambda: None)
+
+    async with working(tide):
+        h = await tide.enqueue("two-calls")
+        await tide.runs.wait(h.id, timeout=10)
+    steps = {s.name: s.usage for s in (await tide.runs.get(h.id)).steps}
+    ask = steps["ask"]
+    assert ask is not None
+    assert (ask.records, ask.input_tokens, ask.output_tokens) == (2, 120, 10)
+    assert ask.cost_usd == pytest.approx(0.25)
+    assert steps["plain"] is None
+
+
+async def test_event_log_over_http_pages_the_events_with_their_times(tide: Tidebase) -> None:
+    import httpx
+
+    @tide.workflow("three-steps")
+    async def three_steps(run: Run) -> None:
+        for name in ("a", "b", "c"):
+            await run.step(name, lambda: None)
+
+    transport = httpx.ASGITransport(app=tide.asgi_app())
+    async with (
+        working(tide),
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c,
+    ):
+        h = await tide.enqueue("three-steps")
+        await tide.runs.wait(h.id, timeout=10)
+        everything = await tide.runs.event_page(h.id, limit=1000)
+        first = (await c.get(f"/runs/{h.id}/event-log", params={"limit": 2})).json()
+        assert [e["seq"] for e in first["items"]] == [1, 2]
+        assert first["items"][0]["type"] == "run.created"
+        assert datetime.fromisoformat(first["items"][1]["at"]) == everything[1].at
+        assert first["next_after"] == 2
+        rest = (await c.get(f"/runs/{h.id}/event-log", params={"after": 2})).json()
+        assert [e["seq"] for e in rest["items"]] == [e.seq for e in everything[2:]]
+        assert rest["items"][-1]["type"] == "run.completed"
+        assert rest["next_after"] is None
+        bad = await c.get(f"/runs/{h.id}/event-log", params={"limit": 0})
+        assert bad.status_code == 400
+        missing = await c.get("/runs/00000000-0000-0000-0000-000000000000/event-log")
+        assert missing.status_code == 404

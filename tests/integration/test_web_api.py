@@ -51,6 +51,7 @@ ROUTES = {
     "/runs/{run_id}/cancel": {"post"},
     "/runs/{run_id}/retry": {"post"},
     "/runs/{run_id}/events": {"get"},
+    "/runs/{run_id}/event-log": {"get"},
     "/gates": {"get"},
     "/runs/{run_id}/gates/{name}/resolve": {"post"},
     "/queues": {"get"},
@@ -69,6 +70,8 @@ ROUTES = {
     "/runs/{run_id}/fork": {"post"},
     "/runs/{run_id}/reset": {"post"},
     "/usage": {"get"},
+    "/overview": {"get"},
+    "/workflows/{name}": {"get"},
 }
 METHODS = ("get", "post", "put", "patch", "delete")
 # No key needed: health and readiness, and the dashboard's page and assets (they hold no

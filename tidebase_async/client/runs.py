@@ -553,6 +553,14 @@ def _step_info(step: StepRow) -> StepInfo:
         started_at=step.started_at,
         finished_at=step.finished_at,
         kind=step.kind,
+        usage=UsageTotals(
+            records=step.usage_records,
+            input_tokens=step.input_tokens,
+            output_tokens=step.output_tokens,
+            cost_usd=step.cost_usd,
+        )
+        if step.usage_records
+        else None,
     )
 
 

@@ -31,6 +31,7 @@ from tidebase_async.client.gates import Gates
 from tidebase_async.client.queues import Queues
 from tidebase_async.client.runs import Runs, as_uuid
 from tidebase_async.client.schedules import Schedules, schedule_of
+from tidebase_async.client.stats import Stats
 from tidebase_async.client.usage import Usage
 from tidebase_async.engine.context import EngineContext
 from tidebase_async.engine.inline import run_inline
@@ -234,6 +235,7 @@ class Tidebase:
         self.schedules = Schedules(self)
         self.queues = Queues(self)
         self.usage = Usage(self)
+        self.stats = Stats(self)
         self.telemetry = Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
         self.telemetry.bind_queues(self._queue_depths)
         # The workers of this client now working (``ready`` is false while one drains).

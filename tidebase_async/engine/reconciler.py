@@ -2,8 +2,9 @@
 advisory lock, or a lease row through a pooler) makes one of them active at a time. Its
 ticks requeue runs whose lease expired, wake waiting runs whose timer is due (durable
 sleeps, gate expiries, timeouts of waits for events), cancel runs past their deadline,
-fire due schedule ticks, deliver the outbox, and prune finished runs and events by key
-past their retention.
+fire due schedule ticks, deliver the outbox, prune finished runs and events by key
+past their retention, and roll up the dashboard's statistics (runs and usage per
+minute and hour, ``Store.roll_up_stats``).
 
 Correctness never depends on the election: every tick's statements are safe to run
 twice (each takes its rows with ``FOR UPDATE SKIP LOCKED`` or a unique key).
@@ -33,6 +34,13 @@ logger = logging.getLogger(__name__)
 MAINTENANCE = "maintenance"
 _SWEEP_LIMIT = 500
 _PRUNE_BATCHES = 4
+# Dashboard rollups: whole minutes are rolled up this long after they ended (a run's
+# finished_at is its transaction's start; the transaction commits a little later), each
+# chunk reading about _ROLLUP_RUNS runs, a bounded number of chunks per tick (a big
+# existing table is backfilled over several ticks).
+_ROLLUP_LAG_S = 60.0
+_ROLLUP_RUNS = 20_000
+_ROLLUP_CHUNKS = 4
 # Only when the server runs without autovacuum (see Reconciler._lead).
 _VACUUM_EVERY_S = 10.0
 
@@ -153,6 +161,7 @@ class Reconciler:
         await self._prune_events()
         # Per-key rate buckets that have refilled (a missing row is a full bucket).
         await self._store.prune_key_buckets(limit=_SWEEP_LIMIT)
+        await self._roll_up_stats()
         self.stats.maintenance_ticks += 1
         if self._self_vacuum and self._pruned_since_vacuum:
             now = anyio.current_time()
@@ -173,6 +182,14 @@ class Reconciler:
             self.stats.pruned += pruned
             self._pruned_since_vacuum |= pruned > 0
             if pruned < _SWEEP_LIMIT:
+                return
+
+    async def _roll_up_stats(self) -> None:
+        """The dashboard's rollups: after the tick's real work, a bounded number of
+        chunks, so a backfill cannot hold up the requeueing of expired leases."""
+        for _ in range(_ROLLUP_CHUNKS):
+            step = await self._store.roll_up_stats(lag_s=_ROLLUP_LAG_S, max_runs=_ROLLUP_RUNS)
+            if step is None or not step.behind:
                 return
 
     async def _prune_events(self) -> None:

@@ -7,7 +7,7 @@ so nothing is decoded twice.
 ``Store`` is assembled here from one mixin per concern (``schema``, ``enqueue``,
 ``runs``, ``state``, ``waits``, ``gates``, ``keyed_events``, ``children``, ``control``,
 ``queues``, ``schedules``, ``outbox``, ``locks``, ``maintenance``, ``reads``,
-``versions``, ``clock``), each over ``base.StoreBase`` (the pool). ``records`` holds
+``versions``, ``clock``, ``stats``), each over ``base.StoreBase`` (the pool). ``records`` holds
 the Structs of the worker's claims and writes, ``rows`` the typed read models every
 other read returns (no asyncpg record leaves this package), ``translate`` the error
 translation, ``connection`` the connection and session helpers.
@@ -82,6 +82,7 @@ from tidebase_async.store.runs import RunsMixin
 from tidebase_async.store.schedules import SchedulesMixin
 from tidebase_async.store.schema import SchemaMixin
 from tidebase_async.store.state import StateMixin
+from tidebase_async.store.stats import StatsMixin
 from tidebase_async.store.translate import _CONNECTION_ERRORS, _translate
 from tidebase_async.store.versions import CheckedRun, VersionCountRow, VersionsMixin
 from tidebase_async.store.waits import WaitsMixin
@@ -151,6 +152,7 @@ class Store(
     ReadsMixin,
     VersionsMixin,
     ClockMixin,
+    StatsMixin,
     StoreBase,
 ):
     """Typed access to the tidebase schema over an asyncpg pool."""

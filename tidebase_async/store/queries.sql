@@ -1162,8 +1162,17 @@ SELECT status, output, error, cancel_reason, workflow FROM tidebase.runs WHERE i
 SELECT EXTRACT(EPOCH FROM run_at - tidebase.now())::float8 FROM tidebase.runs WHERE id = $1;
 
 -- name: get_steps
-SELECT name, status, attempts, output, error, started_at, finished_at, kind
-FROM tidebase.steps WHERE run_id = $1 ORDER BY position;
+-- With the usage recorded inside each entry (keyed by its position; 0 records: none).
+SELECT s.name, s.status, s.attempts, s.output, s.error, s.started_at, s.finished_at, s.kind,
+       u.usage_records, u.input_tokens, u.output_tokens, u.cost_usd
+FROM tidebase.steps s
+CROSS JOIN LATERAL (
+  SELECT count(*) AS usage_records, COALESCE(sum(input_tokens), 0)::bigint AS input_tokens,
+         COALESCE(sum(output_tokens), 0)::bigint AS output_tokens,
+         COALESCE(sum(cost_usd), 0)::float8 AS cost_usd
+  FROM tidebase.usage WHERE run_id = s.run_id AND position = s.position
+) u
+WHERE s.run_id = $1 ORDER BY s.position;
 
 -- name: get_run_gates
 SELECT run_id, name, status, prompt, data, decision, actor, payload, created_at,
@@ -1818,3 +1827,257 @@ SELECT kind, id, workflow, status FROM (
 ) work
 ORDER BY since
 LIMIT $1;
+
+-- name: _runs_by_minute
+-- Dashboard rollups (0015): runs created, and runs finished, in [lo, hi) of the
+-- including statement's CTE win(lo, hi), per minute, workflow and version, with the
+-- log-scale histograms of the finished runs' durations and queue waits. Two range
+-- scans: runs_created and runs_finished.
+SELECT at, workflow, version, sum(created)::integer AS created,
+       sum(completed)::integer AS completed, sum(failed)::integer AS failed,
+       sum(cancelled)::integer AS cancelled,
+       tidebase.stats_histogram_sum(duration) AS duration,
+       tidebase.stats_histogram_sum(wait) AS wait
+FROM (
+  SELECT date_trunc('minute', r.created_at, 'UTC') AS at, r.workflow, r.version,
+         count(*) AS created, 0 AS completed, 0 AS failed, 0 AS cancelled,
+         NULL::integer[] AS duration, NULL::integer[] AS wait
+  FROM tidebase.runs r
+  WHERE r.created_at >= (SELECT lo FROM win) AND r.created_at < (SELECT hi FROM win)
+  GROUP BY 1, 2, 3
+  UNION ALL
+  SELECT date_trunc('minute', r.finished_at, 'UTC'), r.workflow, r.version, 0,
+         count(*) FILTER (WHERE r.status = 'completed'),
+         count(*) FILTER (WHERE r.status = 'failed'),
+         count(*) FILTER (WHERE r.status = 'cancelled'),
+         tidebase.stats_histogram(tidebase.stats_bucket(
+           EXTRACT(epoch FROM r.finished_at - r.started_at)::float8 * 1000))
+           FILTER (WHERE r.status <> 'cancelled'),
+         -- Due at run_at; a run retried since its first claim (run_at moved past
+         -- started_at) no longer knows when it first became due: created_at then.
+         tidebase.stats_histogram(tidebase.stats_bucket(
+           EXTRACT(epoch FROM r.started_at - CASE WHEN r.run_at <= r.started_at
+                                                  THEN GREATEST(r.created_at, r.run_at)
+                                                  ELSE r.created_at END)::float8 * 1000))
+  FROM tidebase.runs r
+  WHERE r.finished_at >= (SELECT lo FROM win) AND r.finished_at < (SELECT hi FROM win)
+    AND r.status IN ('completed', 'failed', 'cancelled')
+  GROUP BY 1, 2, 3
+) AS parts
+GROUP BY at, workflow, version
+
+-- name: lock_stats_progress
+-- The rollup's watermark, locked: a second reconciler (the election is not a
+-- guarantee) waits here, then sees the rows this one wrote.
+SELECT p.rolled_to, tidebase.now() AS now,
+       (SELECT created_at FROM tidebase.runs ORDER BY created_at, id LIMIT 1) AS first_run
+FROM tidebase.stats_progress p WHERE p.name = 'runs'
+FOR UPDATE OF p;
+
+-- name: stats_chunk_end
+-- Where a rollup chunk from $1 ends so that it reads about $2 runs at most: the minute
+-- of the $2-th run created (or finished, or usage record) from $1 on, at least one
+-- minute past $1, at most $3. LEAST skips NULLs: a probe that finds fewer than $2 rows
+-- sets no bound; when none does, the chunk runs to $3.
+SELECT LEAST($3::timestamptz, GREATEST($1::timestamptz + interval '1 minute', COALESCE(LEAST(
+  (SELECT date_trunc('minute', created_at, 'UTC') FROM tidebase.runs
+   WHERE created_at >= $1 ORDER BY created_at OFFSET $2 LIMIT 1),
+  (SELECT date_trunc('minute', finished_at, 'UTC') FROM tidebase.runs
+   WHERE finished_at >= $1 ORDER BY finished_at OFFSET $2 LIMIT 1),
+  (SELECT date_trunc('minute', recorded_at, 'UTC') FROM tidebase.usage
+   WHERE recorded_at >= $1 ORDER BY recorded_at OFFSET $2 LIMIT 1)), $3::timestamptz)));
+
+-- name: roll_up_minutes
+-- Replace the minute rows of [$1, $2) (whole minutes) with what runs and usage say now:
+-- idempotent.
+WITH win AS (SELECT $1::timestamptz AS lo, $2::timestamptz AS hi),
+gone AS (
+  DELETE FROM tidebase.run_stats WHERE span_s = 60 AND at >= $1 AND at < $2
+), gone_usage AS (
+  DELETE FROM tidebase.usage_stats WHERE span_s = 60 AND at >= $1 AND at < $2
+), usage AS (
+  INSERT INTO tidebase.usage_stats
+    (span_s, at, model, records, input_tokens, output_tokens, cost_usd)
+  SELECT 60, date_trunc('minute', recorded_at, 'UTC'), model, count(*),
+         sum(input_tokens), sum(output_tokens), sum(cost_usd)
+  FROM tidebase.usage WHERE recorded_at >= $1 AND recorded_at < $2
+  GROUP BY 2, 3
+)
+INSERT INTO tidebase.run_stats
+  (span_s, at, workflow, version, created, completed, failed, cancelled, duration, wait)
+SELECT 60, m.* FROM (/* include _runs_by_minute */) AS m;
+
+-- name: roll_up_hours
+-- Replace the hour rows of [$1, $2) (whole hours, all of whose minutes are rolled up)
+-- with the sums of their minute rows, and drop minute rows older than $3.
+WITH gone AS (
+  DELETE FROM tidebase.run_stats WHERE span_s = 3600 AND at >= $1 AND at < $2
+), gone_usage AS (
+  DELETE FROM tidebase.usage_stats WHERE span_s = 3600 AND at >= $1 AND at < $2
+), usage AS (
+  INSERT INTO tidebase.usage_stats
+    (span_s, at, model, records, input_tokens, output_tokens, cost_usd)
+  SELECT 3600, date_trunc('hour', at, 'UTC'), model, sum(records), sum(input_tokens),
+         sum(output_tokens), sum(cost_usd)
+  FROM tidebase.usage_stats WHERE span_s = 60 AND at >= $1 AND at < $2
+  GROUP BY 2, 3
+), old AS (
+  DELETE FROM tidebase.run_stats WHERE span_s = 60 AND at < $3
+), old_usage AS (
+  DELETE FROM tidebase.usage_stats WHERE span_s = 60 AND at < $3
+)
+INSERT INTO tidebase.run_stats
+  (span_s, at, workflow, version, created, completed, failed, cancelled, duration, wait)
+SELECT 3600, date_trunc('hour', at, 'UTC'), workflow, version, sum(created), sum(completed),
+       sum(failed), sum(cancelled), tidebase.stats_histogram_sum(duration),
+       tidebase.stats_histogram_sum(wait)
+FROM tidebase.run_stats WHERE span_s = 60 AND at >= $1 AND at < $2
+GROUP BY 2, 3, 4;
+
+-- name: set_stats_progress
+UPDATE tidebase.stats_progress SET rolled_to = $1 WHERE name = 'runs';
+
+-- name: _stats_bounds
+-- What a dashboard read takes from where, given its start $1 and bucket $2 seconds:
+-- hour rows before h (hour buckets only), minute rows before w (the watermark), and
+-- runs from live on, read live; at most the last hour live, so a rollup that is
+-- behind (no worker runs the reconciler, or a backfill is under way) leaves a gap
+-- instead of turning a page load into a scan.
+SELECT w, CASE WHEN $2::integer = 3600 THEN date_trunc('hour', w, 'UTC')
+               ELSE '-infinity'::timestamptz END AS h,
+       GREATEST(w, $1::timestamptz,
+                date_trunc('minute', tidebase.now(), 'UTC') - interval '1 hour') AS live,
+       tidebase.now() AS now
+FROM (SELECT COALESCE((SELECT rolled_to FROM tidebase.stats_progress WHERE name = 'runs'),
+                      '-infinity') AS w) AS p
+
+-- name: run_stats_range
+-- Runs created and finished from $1 (bucket-aligned) on, by bucket of $2 seconds (60 or
+-- 3600), of workflow $3 (NULL: all): per bucket (kind 'bucket'), per workflow
+-- ('workflow') and per workflow and version ('version'), these with merged histograms.
+WITH b AS (/* include _stats_bounds */),
+win AS (SELECT live AS lo, 'infinity'::timestamptz AS hi FROM b),
+pieces AS (
+  SELECT s.at, s.workflow, s.version, s.created, s.completed, s.failed, s.cancelled,
+         s.duration, s.wait
+  FROM tidebase.run_stats s
+  WHERE s.span_s = 3600 AND $2::integer = 3600 AND s.at >= $1 AND s.at < (SELECT h FROM b)
+    AND ($3::text IS NULL OR s.workflow = $3)
+  UNION ALL
+  SELECT s.at, s.workflow, s.version, s.created, s.completed, s.failed, s.cancelled,
+         s.duration, s.wait
+  FROM tidebase.run_stats s
+  WHERE s.span_s = 60 AND s.at >= GREATEST($1, (SELECT h FROM b))
+    AND s.at < (SELECT w FROM b) AND ($3::text IS NULL OR s.workflow = $3)
+  UNION ALL
+  SELECT m.* FROM (/* include _runs_by_minute */) AS m
+  WHERE $3::text IS NULL OR m.workflow = $3
+), per_version AS (
+  -- Histograms are merged once per row here; a workflow's are the sum of its versions'.
+  SELECT workflow, version, sum(created) AS created, sum(completed) AS completed,
+         sum(failed) AS failed, sum(cancelled) AS cancelled,
+         tidebase.stats_histogram_sum(duration) AS duration,
+         tidebase.stats_histogram_sum(wait) AS wait
+  FROM pieces WHERE at >= $1
+  GROUP BY workflow, version
+)
+SELECT 'bucket' AS kind,
+       CASE WHEN $2::integer = 3600 THEN date_trunc('hour', at, 'UTC') ELSE at END AS bucket,
+       NULL::text AS workflow, NULL::text AS version, sum(created)::bigint AS created,
+       sum(completed)::bigint AS completed, sum(failed)::bigint AS failed,
+       sum(cancelled)::bigint AS cancelled, NULL::integer[] AS duration,
+       NULL::integer[] AS wait
+FROM pieces WHERE at >= $1
+GROUP BY 2
+UNION ALL
+SELECT 'version', NULL, workflow, version, created, completed, failed, cancelled, duration,
+       wait
+FROM per_version
+UNION ALL
+SELECT 'workflow', NULL, workflow, NULL, sum(created)::bigint, sum(completed)::bigint,
+       sum(failed)::bigint, sum(cancelled)::bigint, tidebase.stats_histogram_sum(duration),
+       tidebase.stats_histogram_sum(wait)
+FROM per_version
+GROUP BY workflow
+ORDER BY 1, 2, 3, 4 NULLS FIRST;
+
+-- name: usage_by_day
+-- Tokens and cost per UTC day and model from $1 on ($2: the bucket, as in
+-- run_stats_range): hour rows, minute rows, then the ledger live.
+WITH b AS (/* include _stats_bounds */)
+SELECT date_trunc('day', at, 'UTC')::date AS day, model,
+       sum(input_tokens)::bigint AS input_tokens, sum(output_tokens)::bigint AS output_tokens,
+       sum(cost_usd)::float8 AS cost_usd
+FROM (
+  SELECT at, model, input_tokens, output_tokens, cost_usd FROM tidebase.usage_stats
+  WHERE span_s = 3600 AND $2::integer = 3600 AND at >= $1 AND at < (SELECT h FROM b)
+  UNION ALL
+  SELECT at, model, input_tokens, output_tokens, cost_usd FROM tidebase.usage_stats
+  WHERE span_s = 60 AND at >= GREATEST($1, (SELECT h FROM b)) AND at < (SELECT w FROM b)
+  UNION ALL
+  SELECT recorded_at, model, input_tokens, output_tokens, cost_usd FROM tidebase.usage
+  WHERE recorded_at >= (SELECT live FROM b)
+) AS u
+GROUP BY 1, 2
+ORDER BY 1, 2 NULLS FIRST;
+
+-- name: latest_failures
+-- The newest failed run of each workflow of $1: one probe of runs_failed each.
+SELECT w.workflow, f.id, f.version, f.error_type, f.error_message, f.finished_at
+FROM unnest($1::text[]) AS w(workflow)
+CROSS JOIN LATERAL (
+  SELECT r.id, r.version, r.error->>'type' AS error_type,
+         left(r.error->>'message', 2000) AS error_message, r.finished_at
+  FROM tidebase.runs r
+  WHERE r.status = 'failed' AND r.workflow = w.workflow
+  ORDER BY r.finished_at DESC
+  LIMIT $2
+) AS f
+ORDER BY w.workflow, f.finished_at DESC;
+
+-- name: workflow_known
+-- Whether workflow $1 ever had a run the rollup saw, or has a failed one.
+SELECT EXISTS (SELECT 1 FROM tidebase.run_stats WHERE workflow = $1)
+    OR EXISTS (SELECT 1 FROM tidebase.runs WHERE status = 'failed' AND workflow = $1);
+
+-- name: queue_overview
+-- Per queue (those with queued runs, found by a loose index scan, with controls, or
+-- with running or waiting runs): queued runs (counted up to $1), running and waiting
+-- ones (up to $1 waiting runs read), how long the oldest due queued run has been due
+-- (one probe of runs_queued_run_at), paused.
+WITH RECURSIVE queued AS (
+  (SELECT queue FROM tidebase.runs WHERE status = 'queued' ORDER BY queue LIMIT 1)
+  UNION ALL
+  SELECT (SELECT r.queue FROM tidebase.runs r
+          WHERE r.status = 'queued' AND r.queue > q.queue ORDER BY r.queue LIMIT 1)
+  FROM queued q WHERE q.queue IS NOT NULL
+), active AS (
+  SELECT queue, status FROM tidebase.runs WHERE status = 'running'
+  UNION ALL
+  (SELECT queue, status FROM tidebase.runs WHERE status = 'waiting' LIMIT $1)
+), active_counts AS (
+  SELECT queue, count(*) FILTER (WHERE status = 'running') AS running,
+         count(*) FILTER (WHERE status = 'waiting') AS waiting
+  FROM active GROUP BY queue
+), names AS (
+  SELECT queue FROM queued WHERE queue IS NOT NULL
+  UNION SELECT name FROM tidebase.queues
+  UNION SELECT queue FROM active_counts
+)
+SELECT n.queue,
+       (SELECT count(*) FROM (SELECT 1 FROM tidebase.runs r
+                              WHERE r.status = 'queued' AND r.queue = n.queue
+                              LIMIT $1) AS d) AS queued,
+       COALESCE(a.running, 0) AS running, COALESCE(a.waiting, 0) AS waiting,
+       EXTRACT(epoch FROM tidebase.now() - (
+         SELECT r.run_at FROM tidebase.runs r
+         WHERE r.status = 'queued' AND r.run_at > '-infinity' AND r.queue = n.queue
+         ORDER BY r.run_at LIMIT 1))::float8 AS oldest_s,
+       COALESCE((SELECT q.paused FROM tidebase.queues q WHERE q.name = n.queue), false)
+         AS paused
+FROM names n LEFT JOIN active_counts a ON a.queue = n.queue
+ORDER BY n.queue
+LIMIT $2;
+
+-- name: stats_rolled_to
+SELECT rolled_to FROM tidebase.stats_progress WHERE name = 'runs';

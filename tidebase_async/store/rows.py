@@ -114,6 +114,11 @@ class StepRow(msgspec.Struct, frozen=True, kw_only=True):
     started_at: datetime
     finished_at: datetime
     kind: models.StepKind
+    #: The usage recorded inside this entry, summed.
+    usage_records: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 class EventRow(msgspec.Struct, frozen=True, kw_only=True):

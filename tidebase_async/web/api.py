@@ -12,6 +12,7 @@ Routes (relative to where the app is mounted; JSON in and out):
     POST /runs/{id}/cancel                    {"reason", "actor"} (optional)
     POST /runs/{id}/retry
     GET  /runs/{id}/events                    server-sent events; Last-Event-ID resumes
+    GET  /runs/{id}/event-log?after=&limit=   a page of the stored events, with their times
     GET  /runs/{id}/stream?stream=output      live output (run.emit) as server-sent events
     GET  /runs/{id}/state                     the state's versions
     POST /runs/{id}/fork                      {"from_step", "input"}: 201 {"id"}
@@ -32,6 +33,11 @@ Routes (relative to where the app is mounted; JSON in and out):
                                               pending debounce and active singleton runs
     GET  /schedules
     POST /schedules/{name}/pause | /resume
+    GET  /overview?range=1h|6h|24h|7d         dashboard overview (tide.stats.overview): runs
+                                              per bucket and workflow, queues, failing
+                                              workflows, usage per day and model
+    GET  /workflows/{name}?range=             one workflow (tide.stats.workflow); 404 when
+                                              it has no runs
 
 With an API key configured (``Tidebase(api_key=...)`` or ``TIDEBASE_API_KEY``) every route
 but ``/health`` and ``/ready`` needs ``Authorization: Bearer <key>`` (compared in constant
@@ -181,6 +187,7 @@ class Api:
             ("POST", re.compile(r"/runs/([^/]+)/cancel"), self._cancel, True),
             ("POST", re.compile(r"/runs/([^/]+)/retry"), self._retry, True),
             ("GET", re.compile(r"/runs/([^/]+)/events"), self._events, True),
+            ("GET", re.compile(r"/runs/([^/]+)/event-log"), self._event_log, True),
             ("GET", re.compile(r"/runs/([^/]+)/stream"), self._output, True),
             ("GET", re.compile(r"/runs/([^/]+)/state"), self._state_history, True),
             ("POST", re.compile(r"/runs/([^/]+)/fork"), self._fork, True),
@@ -191,6 +198,8 @@ class Api:
             ("POST", re.compile(r"/queues/([^/]+)"), self._configure_queue, True),
             ("GET", re.compile(r"/queues/([^/]+)/keys"), self._queue_keys, True),
             ("GET", re.compile(r"/schedules"), self._list_schedules, True),
+            ("GET", re.compile(r"/overview"), self._overview, True),
+            ("GET", re.compile(r"/workflows/([^/]+)"), self._workflow_stats, True),
             ("POST", re.compile(r"/schedules/([^/]+)/pause"), self._pause_schedule, True),
             ("POST", re.compile(r"/schedules/([^/]+)/resume"), self._resume_schedule, True),
             # The key is checked inside: a token stands in for it.
@@ -483,6 +492,14 @@ class Api:
     async def _list_schedules(self, request: HttpRequest, params: list[str]) -> HttpResponse:
         return json_response(200, {"items": await self._tide.schedules.list()})
 
+    async def _overview(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        stats_range = request.query.get("range") or "1h"
+        return json_response(200, await self._tide.stats.overview(range=stats_range))
+
+    async def _workflow_stats(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        stats_range = request.query.get("range") or "1h"
+        return json_response(200, await self._tide.stats.workflow(params[0], range=stats_range))
+
     async def _pause_schedule(self, request: HttpRequest, params: list[str]) -> HttpResponse:
         return json_response(200, await self._tide.schedules.pause(params[0]))
 
@@ -544,6 +561,18 @@ class Api:
             ],
             stream=self._slotted(self._event_stream(rid, after)),
         )
+
+    async def _event_log(self, request: HttpRequest, params: list[str]) -> HttpResponse:
+        """A page of the run's stored events with their times (the SSE of ``/events``
+        carries none): ``next_after`` is the seq to pass as ``after`` for the next
+        page, null when this one is the last."""
+        q = request.query
+        limit = _int_param(q, "limit", 100)
+        events = await self._tide.runs.event_page(
+            _run_id(params[0]), after=_int_param(q, "after", 0), limit=limit
+        )
+        after = events[-1].seq if events and len(events) == limit else None
+        return json_response(200, {"items": events, "next_after": after})
 
     async def _state_history(self, request: HttpRequest, params: list[str]) -> HttpResponse:
         history = await self._tide.runs.state_history(_run_id(params[0]))

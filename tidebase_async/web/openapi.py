@@ -11,9 +11,11 @@ from typing import Any
 import msgspec
 
 from tidebase_async.models import (
+    Event,
     EventWaitInfo,
     GateInfo,
     KeyedEvent,
+    Overview,
     Page,
     QueueInfo,
     QueueKeys,
@@ -21,6 +23,7 @@ from tidebase_async.models import (
     ScheduleInfo,
     StateVersion,
     UsageSummary,
+    WorkflowOverview,
 )
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -433,6 +436,35 @@ def openapi_document() -> dict[str, Any]:
         [StateVersion, UsageSummary], ref_template="#/components/schemas/{name}"
     )
     components.update(more)
+    (run_event,), event_log_components = msgspec.json.schema_components(
+        [Event], ref_template="#/components/schemas/{name}"
+    )
+    components.update(event_log_components)
+    paths["/runs/{run_id}/event-log"] = {
+        "get": {
+            "summary": "A page of the run's stored events, with their times",
+            "parameters": [
+                _RUN_ID,
+                query("after", {"type": "integer", "minimum": 0}),
+                query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+            ],
+            "responses": {
+                "200": {
+                    "description": "Events, oldest first; next_after pages on",
+                    **_json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "items": {"type": "array", "items": run_event},
+                                "next_after": {"type": ["integer", "null"]},
+                            },
+                        }
+                    ),
+                },
+                **_errors(400, 401, 404),
+            },
+        }
+    }
     paths["/runs/{run_id}/state"] = {
         "get": {
             "summary": "Every version of the run's state, oldest first",
@@ -633,6 +665,32 @@ def openapi_document() -> dict[str, Any]:
                     ),
                 },
                 **_errors(400, 401),
+            },
+        }
+    }
+    (overview, workflow_overview), stats_components = msgspec.json.schema_components(
+        [Overview, WorkflowOverview], ref_template="#/components/schemas/{name}"
+    )
+    components.update(stats_components)
+    stats_range = query("range", {"type": "string", "enum": ["1h", "6h", "24h", "7d"]})
+    paths["/overview"] = {
+        "get": {
+            "summary": "Dashboard overview: runs per minute (1h, 6h) or hour (24h, 7d) and "
+            "per workflow, queues now, top failing workflows, usage per day and model",
+            "parameters": [stats_range],
+            "responses": {
+                "200": {"description": "The overview", **_json(overview)},
+                **_errors(400, 401),
+            },
+        }
+    }
+    paths["/workflows/{name}"] = {
+        "get": {
+            "summary": "One workflow: runs per bucket, per version, recent failures, schedules",
+            "parameters": [name_param, stats_range],
+            "responses": {
+                "200": {"description": "The workflow", **_json(workflow_overview)},
+                **_errors(400, 401, 404),
             },
         }
     }

@@ -1,10 +1,11 @@
-// The dashboard's entry point: hash routing (#/runs, #/runs/<id>, #/queues, #/queues/<name>,
-// #/schedules, #/events, #/usage), the login prompt, and the "live" indicator. Each page
+// The dashboard's entry point: hash routing (#/ and #/overview, #/workflows/<name>,
+// #/runs, #/runs/<id>, #/queues, #/queues/<name>, #/schedules, #/events, #/usage), the login prompt, and the "live" indicator. Each page
 // is a module exporting render(ctx); ctx.signal aborts when the page is left, which
 // stops its streams.
 
 import { auth } from "./api.js";
 import { render as eventsPage } from "./events.js";
+import { render as overviewPage } from "./overview.js";
 import { render as queuePage } from "./queue.js";
 import { render as queuesPage } from "./queues.js";
 import { render as runPage } from "./run.js";
@@ -12,6 +13,7 @@ import { render as runsPage } from "./runs.js";
 import { render as schedulesPage } from "./schedules.js";
 import { render as usagePage } from "./usage.js";
 import { alert, h, replace } from "./ui.js";
+import { render as workflowPage } from "./workflow.js";
 
 const main = document.getElementById("app");
 const login = document.getElementById("login");
@@ -22,6 +24,8 @@ const logout = document.getElementById("logout");
 const liveBadge = document.getElementById("live");
 
 const ROUTES = [
+  [/^\/(overview\/?)?$/, "overview", overviewPage],
+  [/^\/workflows\/(.+)$/, "workflows", workflowPage],
   [/^\/runs\/?$/, "runs", runsPage],
   [/^\/runs\/([^/]+)$/, "runs", runPage],
   [/^\/queues\/?$/, "queues", queuesPage],
@@ -35,7 +39,7 @@ let current = null; // AbortController of the page shown
 let loginShown = false;
 
 function parseHash() {
-  const raw = location.hash.replace(/^#/, "") || "/runs";
+  const raw = location.hash.replace(/^#/, "") || "/";
   const q = raw.indexOf("?");
   const path = q < 0 ? raw : raw.slice(0, q);
   const query = new URLSearchParams(q < 0 ? "" : raw.slice(q + 1));
@@ -71,10 +75,6 @@ async function route() {
   const focusedId = main.contains(document.activeElement) ? document.activeElement.id : "";
 
   const { path, query } = parseHash();
-  if (path === "/" || path === "") {
-    location.replace("#/runs");
-    return;
-  }
   const found = ROUTES.map(([re, section, page]) => [path.match(re), section, page])
     .find(([m]) => m);
   replace(main);

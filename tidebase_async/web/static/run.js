@@ -2,11 +2,13 @@
 // it arrives, and every event refreshes the rest of the page from GET /runs/<id> (and the
 // state history from GET /runs/<id>/state). While the run is active its live output
 // (GET /runs/<id>/stream, streams "output" and "agent", see output.js) is followed too.
-// A step row can fork the run from that step.
+// A step row can fork the run from that step. The waterfall (waterfall.js) shows where
+// the run's time went, redrawn with the rest.
 
 import { ApiError, get, post, stream } from "./api.js";
 import { historyPanel } from "./history.js";
 import { outputPane } from "./output.js";
+import { waterfallPanel } from "./waterfall.js";
 import {
   ACTIVE, alert, badge, compact, count, duration, errorBlock, h, json, money, replace, throttle,
   time,
@@ -45,13 +47,15 @@ export async function render(ctx) {
   const data = h("section", { id: "run-data", "aria-labelledby": "data-title" });
   const history = historyPanel(id, signal);
   const output = outputPane(id, signal);
+  const waterfall = waterfallPanel(signal);
   const eventList = h("ol", { id: "run-events", class: "events" });
   const eventsState = h("p", { class: "muted", id: "events-state" });
   const events = h("section", { "aria-labelledby": "events-title" },
     h("h2", { id: "events-title" }, "Events"), eventsState, eventList);
 
   replace(main, h("p", { class: "crumbs" }, h("a", { href: "#/runs" }, "← Runs")),
-    heading, flash, actions, summary, usage, errorBox, gates, eventWaits, output.node, steps,
+    heading, flash, actions, summary, usage, errorBox, gates, eventWaits, output.node,
+    waterfall.node, steps,
     children,
     data, history.node, events);
 
@@ -90,6 +94,7 @@ export async function render(ctx) {
     drawGates();
     drawEventWaits();
     drawSteps();
+    waterfall.update(run);
     drawChildren();
     replace(data, h("h2", { id: "data-title" }, "Input, output and state"),
       h("div", { class: "cols" },
@@ -296,26 +301,11 @@ export async function render(ctx) {
 
   function drawSteps() {
     const list = run.steps;
-    const t0 = Date.parse(run.started_at || run.created_at);
-    const t1 = run.finished_at ? Date.parse(run.finished_at) : Date.now();
-    const span = Math.max(1, t1 - t0);
-    const bar = (s) => {
-      if (!s.started_at || Number.isNaN(t0)) return null;
-      const a = Date.parse(s.started_at);
-      const b = s.finished_at ? Date.parse(s.finished_at) : t1;
-      const left = Math.min(100, Math.max(0, ((a - t0) / span) * 100));
-      const width = Math.max(0.5, Math.min(100 - left, ((b - a) / span) * 100));
-      // A CSP without 'unsafe-inline' forbids style attributes, not CSSOM properties.
-      const fill = h("span", { class: `bar-fill step-${s.status}` });
-      fill.style.left = `${left}%`;
-      fill.style.width = `${width}%`;
-      return h("span", { class: "bar", "aria-hidden": "true" }, fill);
-    };
     replace(steps, h("h2", { id: "steps-title" }, "Steps"),
       list.length ? h("table", { class: "steps" },
         h("caption", { class: "sr-only" }, "Steps in execution order"),
         h("thead", {}, h("tr", {}, ["#", "Step", "Kind", "Status", "Attempt", "Started",
-          "Duration", "Timeline"].map((t) => h("th", { scope: "col" }, t)),
+          "Duration"].map((t) => h("th", { scope: "col" }, t)),
         h("th", { scope: "col" }, h("span", { class: "sr-only" }, "Actions")))),
         h("tbody", {}, list.map((s, i) => [
           h("tr", { class: `step step-${s.status}`, "data-step": s.name },
@@ -326,10 +316,9 @@ export async function render(ctx) {
             h("td", { class: "num" }, s.attempt),
             h("td", {}, time(s.started_at)),
             h("td", { class: "num" }, duration(s.started_at, s.finished_at)),
-            h("td", { class: "timeline" }, bar(s)),
             h("td", { class: "step-actions" }, forkControls(s, i))),
           s.error ? h("tr", { class: "step-error-row" }, h("td", {}),
-            h("td", { colspan: "8" }, errorBlock(s.error, `Step "${s.name}" failed`))) : null,
+            h("td", { colspan: "7" }, errorBlock(s.error, `Step "${s.name}" failed`))) : null,
         ])))
         : h("p", { class: "muted" }, ACTIVE.has(run.status) ? "No step has finished yet."
           : "This run recorded no steps."));
