@@ -96,12 +96,18 @@ def test_otel_sdk_disabled_turns_tracing_off() -> None:
 
 
 def test_with_opentelemetry_installed_a_client_traces_with_the_global_provider() -> None:
+    """Once a global provider is set (before or after the client is made); with the
+    API alone nothing would record, and no span is made."""
     result = _run(
         """
         import json, sys
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
         from tidebase_async import Tidebase
         tide = Tidebase("postgresql://nobody@127.0.0.1:1/none")
-        print(json.dumps({"tracer": tide.telemetry.tracer is not None}))
+        before = tide.telemetry.tracer is not None
+        trace.set_tracer_provider(TracerProvider())
+        print(json.dumps({"before": before, "tracer": tide.telemetry.tracer is not None}))
         """
     )
-    assert result == {"tracer": True}
+    assert result == {"before": False, "tracer": True}

@@ -87,7 +87,10 @@ class Telemetry:
         enabled: bool = True,
     ) -> None:
         self.metrics = Metrics()
-        self.tracer: Tracer | None = None
+        self._tracer: Tracer | None = None
+        # True once spans can record: a tracer_provider was passed, or the global one
+        # is a real provider (set_tracer_provider happens at most once per process).
+        self._live = False
         self._otel: SimpleNamespace | None = load_otel() if enabled else None
         self._instruments: _Instruments | None = None
         self._queue_source: Callable[[], Awaitable[list[tuple[str, int, float]]]] | None = None
@@ -96,9 +99,27 @@ class Telemetry:
         if otel is None:
             return
         provider = tracer_provider or otel.trace.get_tracer_provider()
-        self.tracer = provider.get_tracer("tidebase_async")
+        self._tracer = provider.get_tracer("tidebase_async")
+        self._live = tracer_provider is not None
         meters = meter_provider or otel.metrics.get_meter_provider()
         self._instruments = _Instruments(meters.get_meter("tidebase_async"), self._observe_queues)
+
+    @property
+    def tracer(self) -> Tracer | None:
+        """The tracer, or None while no span would record: OpenTelemetry missing or
+        disabled, or only its API installed with no provider set (the global proxy
+        hands out non-recording spans; making them costs a worker a tenth of its time
+        per no-op run). A provider set later is picked up at the next run."""
+        if self._live or self._tracer is None:
+            return self._tracer
+        assert self._otel is not None
+        provider = self._otel.trace.get_tracer_provider()
+        if isinstance(
+            provider, (self._otel.trace.ProxyTracerProvider, self._otel.trace.NoOpTracerProvider)
+        ):
+            return None
+        self._live = True
+        return self._tracer
 
     @classmethod
     def disabled(cls) -> Telemetry:
@@ -207,8 +228,9 @@ class Telemetry:
         context to store with the runs, so their ``tidebase.run`` spans are its children.
         Only while ``tracer`` is set."""
         otel = self._otel
-        assert otel is not None and self.tracer is not None
-        span = self.tracer.start_span(
+        tracer = self.tracer
+        assert otel is not None and tracer is not None
+        span = tracer.start_span(
             "tidebase.enqueue", kind=otel.trace.SpanKind.PRODUCER, attributes=attributes
         )
         with otel.trace.use_span(span, end_on_exit=True):
@@ -273,8 +295,9 @@ class Telemetry:
         """``call`` (one step's execution) inside a ``tidebase.step`` span, a child of
         the run span; an exception the step raises is recorded on it."""
         otel = self._otel
-        assert otel is not None and self.tracer is not None
-        span = self.tracer.start_span(
+        tracer = self.tracer
+        assert otel is not None and tracer is not None
+        span = tracer.start_span(
             "tidebase.step",
             attributes={
                 "tidebase.run_id": str(ex.run_id),
