@@ -49,7 +49,15 @@ class RunState:
         # Concurrent writes of one run (branches of a gather) go out one at a time, in
         # the order they were made: each carries the whole document, so two in flight
         # could land in the other order and the state (and its history) go backwards.
-        self._lock = anyio.Lock()
+        # Made on the first write (most runs never write state; creating a lock for
+        # each is a measurable part of a no-op run's cost).
+        self._write_lock: anyio.Lock | None = None
+
+    @property
+    def _lock(self) -> anyio.Lock:
+        if self._write_lock is None:
+            self._write_lock = anyio.Lock()
+        return self._write_lock
 
     def restore(self, data: bytes) -> None:
         """Take the state a replayed step wrote when it executed."""
