@@ -91,11 +91,14 @@ class Row(msgspec.Struct, frozen=True, kw_only=True):
     unit: str
     higher_is_better: bool
     cells: dict[str, Cell]
+    # The systems the ratio is taken against (None: every system but ours).
+    peers: tuple[str, ...] | None = PEERS
 
     def ratio(self) -> float | None:
         """Ours / the best peer, when both were measured."""
         ours = self.cells.get(OURS, Cell()).value
-        peers = [v for key in PEERS if (v := self.cells.get(key, Cell()).value) is not None]
+        keys = self.peers if self.peers is not None else [k for k in self.cells if k != OURS]
+        peers = [v for key in keys if (v := self.cells.get(key, Cell()).value) is not None]
         if ours is None or not peers:
             return None
         best = max(peers) if self.higher_is_better else min(peers)
@@ -298,12 +301,18 @@ def _settings_notes(params: Params) -> list[str]:
 
 
 def render(table_rows: list[Row], labels: dict[str, str], params: Params) -> str:
+    return render_table(table_rows, labels, _settings_notes(params), "ratio (ours / best peer)")
+
+
+def render_table(
+    table_rows: list[Row], labels: dict[str, str], notes: list[str], ratio_label: str
+) -> str:
+    """The side-by-side table (also durable.py's): a column per system in ``labels``,
+    the ratio last, then ``notes`` and one footnote per system and failure reason."""
     keys = list(labels)
     # One footnote per system and reason, however many rows it failed.
     footnotes: dict[tuple[str, str], int] = {}
-    lines_cells: list[list[str]] = [
-        ["figure", *[labels[k] for k in keys], "ratio (ours / best peer)"]
-    ]
+    lines_cells: list[list[str]] = [["figure", *[labels[k] for k in keys], ratio_label]]
     for row in table_rows:
         cells = [f"{row.figure}, {row.unit}"]
         for key in keys:
@@ -328,14 +337,15 @@ def render(table_rows: list[Row], labels: dict[str, str], params: Params) -> str
         lines.append("  ".join(text).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  " + note for note in _settings_notes(params))
+    lines.extend("  " + note for note in notes)
     lines.extend(f"  [{mark}] {label}: {why}" for (label, why), mark in footnotes.items())
     return "\n".join(lines)
 
 
-def _figures(table_rows: list[Row], labels: dict[str, str]) -> list[Figure]:
+def figures_of(table_rows: list[Row], labels: dict[str, str]) -> list[Figure]:
+    """Every measured cell as a figure named after its row and system."""
     return [
-        Figure(name=f"{row.figure} [{labels[key]}]", value=cell.value, unit=row.unit)
+        Figure(name=f"{row.figure.strip()} [{labels[key]}]", value=cell.value, unit=row.unit)
         for row in table_rows
         for key, cell in row.cells.items()
         if cell.value is not None
@@ -354,7 +364,7 @@ async def measure(ctx: Context) -> Measurement:
         "results": msgspec.to_builtins(results),
     }
     return Measurement(
-        figures=_figures(table_rows, labels),
+        figures=figures_of(table_rows, labels),
         details=details,
         table=render(table_rows, labels, params),
     )

@@ -25,7 +25,6 @@ figure for every system in turn) so that background noise spreads over all of th
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Protocol
 
 import msgspec
@@ -37,7 +36,7 @@ from benchmarks.environment import Mode
 from benchmarks.peers import dbos_peer
 from benchmarks.peers.base import DrainResult, EnqueueResult, WakeParams, WakeResult
 from benchmarks.peers.ours import Ours
-from benchmarks.report import Figure, percentile
+from benchmarks.report import percentile
 from tidebase_async import Tidebase
 
 NAME = "durable"
@@ -195,20 +194,13 @@ async def run(ctx: Context, params: Params) -> Results:
     return Results(one=one, drains=drains, wake=wake)
 
 
-class Row(msgspec.Struct, frozen=True, kw_only=True):
-    figure: str
-    unit: str
-    higher_is_better: bool
-    cells: dict[str, compare.Cell]
-
-    def ratio(self) -> float | None:
-        """Ours / the best DBOS variant, when both were measured."""
-        ours = self.cells.get(OURS, compare.Cell()).value
-        peers = [c.value for k, c in self.cells.items() if k != OURS and c.value is not None]
-        if ours is None or not peers:
-            return None
-        best = max(peers) if self.higher_is_better else min(peers)
-        return ours / best if best > 0 else None
+def _row(
+    *, figure: str, unit: str, higher_is_better: bool, cells: dict[str, compare.Cell]
+) -> compare.Row:
+    """A row whose ratio is ours / the best DBOS variant."""
+    return compare.Row(
+        figure=figure, unit=unit, higher_is_better=higher_is_better, cells=cells, peers=None
+    )
 
 
 def _cell(outcome: Outcome, value: Any) -> compare.Cell:
@@ -217,9 +209,9 @@ def _cell(outcome: Outcome, value: Any) -> compare.Cell:
     return compare.Cell(value=float(value(outcome)))
 
 
-def rows(params: Params, results: Results, keys: list[str]) -> list[Row]:
+def rows(params: Params, results: Results, keys: list[str]) -> list[compare.Row]:
     out = [
-        Row(
+        _row(
             figure=f"enqueue one at a time, {ENQUEUE_STEPS}-step workflow "
             f"(N={params.one_at_a_time:,})",
             unit="workflows/s",
@@ -232,7 +224,7 @@ def rows(params: Params, results: Results, keys: list[str]) -> list[Row]:
             drains = results.drains[_drain_key(n, c)]
             what = f"drain {n}-step workflows, concurrency {c} (N={params.runs:,})"
             out.append(
-                Row(
+                _row(
                     figure=what,
                     unit="workflows/s",
                     higher_is_better=True,
@@ -242,7 +234,7 @@ def rows(params: Params, results: Results, keys: list[str]) -> list[Row]:
                 )
             )
             out.append(
-                Row(
+                _row(
                     figure="  the same, steps",
                     unit="steps/s",
                     higher_is_better=True,
@@ -257,7 +249,7 @@ def rows(params: Params, results: Results, keys: list[str]) -> list[Row]:
     for q in PERCENTILES:
         which = "max" if q == 100 else f"p{q:g}"
         out.append(
-            Row(
+            _row(
                 figure=f"idle wake-up, enqueue to first step, {which} {n_wake}",
                 unit="ms",
                 higher_is_better=False,
@@ -303,52 +295,10 @@ def _dbos_version() -> str:
         return "(not installed)"
 
 
-def _number(value: float) -> str:
-    if math.isinf(value) or math.isnan(value):
-        return str(value)
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
-
-
-def render(table_rows: list[Row], labels: dict[str, str], params: Params) -> str:
-    keys = list(labels)
-    footnotes: dict[tuple[str, str], int] = {}
-    grid: list[list[str]] = [["figure", *[labels[k] for k in keys], "ratio (ours / best DBOS)"]]
-    for row in table_rows:
-        cells = [f"{row.figure}, {row.unit}"]
-        for key in keys:
-            cell = row.cells.get(key, compare.Cell())
-            if cell.value is not None:
-                cells.append(_number(cell.value))
-            elif cell.reason is not None:
-                mark = footnotes.setdefault((labels[key], cell.reason), len(footnotes) + 1)
-                cells.append(f"n/a [{mark}]")
-            else:
-                cells.append("-")
-        ratio = row.ratio()
-        cells.append(f"{ratio:.2f}x" if ratio is not None else "")
-        grid.append(cells)
-    widths = [max(len(r[i]) for r in grid) for i in range(len(grid[0]))]
-    lines = []
-    for n, r in enumerate(grid):
-        text = [
-            r[0].ljust(widths[0]),
-            *(v.rjust(w) for v, w in zip(r[1:], widths[1:], strict=True)),
-        ]
-        lines.append("  ".join(text).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  " + note for note in _settings_notes(params))
-    lines.extend(f"  [{mark}] {label}: {why}" for (label, why), mark in footnotes.items())
-    return "\n".join(lines)
-
-
-def _figures(table_rows: list[Row], labels: dict[str, str]) -> list[Figure]:
-    return [
-        Figure(name=f"{row.figure.strip()} [{labels[key]}]", value=cell.value, unit=row.unit)
-        for row in table_rows
-        for key, cell in row.cells.items()
-        if cell.value is not None
-    ]
+def render(table_rows: list[compare.Row], labels: dict[str, str], params: Params) -> str:
+    return compare.render_table(
+        table_rows, labels, _settings_notes(params), "ratio (ours / best DBOS)"
+    )
 
 
 async def measure(ctx: Context) -> Measurement:
@@ -363,7 +313,7 @@ async def measure(ctx: Context) -> Measurement:
         "results": msgspec.to_builtins(results),
     }
     return Measurement(
-        figures=_figures(table_rows, labels),
+        figures=compare.figures_of(table_rows, labels),
         details=details,
         table=render(table_rows, labels, params),
     )

@@ -21,47 +21,24 @@ import shlex
 import shutil
 import sys
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
-
-import asyncpg
 
 from tests.chaos import harness
-from tidebase_async.store import Store
+from tidebase_async.testing.databases import create_template, drop_database, with_database
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def _with_database(dsn: str, database: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path="/" + database))
 
 
 @asynccontextmanager
 async def fresh_database(server_dsn: str) -> AsyncIterator[str]:
     """A migrated database of its own, dropped afterwards."""
-    name = f"chaos_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_dsn)
+    name = await create_template(server_dsn, prefix="chaos")
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield with_database(server_dsn, name)
     finally:
-        await admin.close()
-    dsn = _with_database(server_dsn, name)
-    try:
-        store = await Store.connect(dsn)
-        try:
-            await store.migrate()
-        finally:
-            await store.close()
-        yield dsn
-    finally:
-        admin = await asyncpg.connect(server_dsn, timeout=30)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(server_dsn, name)
 
 
 async def main(args: argparse.Namespace) -> int:

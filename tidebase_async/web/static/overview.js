@@ -164,7 +164,8 @@ export async function render(ctx) {
   follow(ctx, load);
 }
 
-function section(id, title, ...children) {
+/** A page section titled by its own h2 (the overview's and the workflow page's). */
+export function section(id, title, ...children) {
   return h("section", { id, "aria-labelledby": `${id}-title` },
     h("h2", { id: `${id}-title` }, title), children);
 }

@@ -4,7 +4,8 @@
 
 import { get } from "./api.js";
 import { refocus, rowChart } from "./charts.js";
-import { errorText, follow, msCell, percent, rangeOf, rangePicker, runsChart, stat, totals }
+import { errorText, follow, msCell, percent, rangeOf, rangePicker, runsChart, section, stat,
+  totals }
   from "./overview.js";
 import { alert, count, h, replace, seconds, time } from "./ui.js";
 
@@ -64,11 +65,6 @@ export async function render(ctx) {
   await load();
   if (signal.aborted) return;
   follow(ctx, load);
-}
-
-function section(id, title, ...children) {
-  return h("section", { id, "aria-labelledby": `${id}-title` },
-    h("h2", { id: `${id}-title` }, title), children);
 }
 
 const ms = (value) => (value === null || value === undefined ? "—" : seconds(value / 1000));
