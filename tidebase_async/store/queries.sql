@@ -579,9 +579,11 @@ WITH c AS (
          event_data, kind, event_type, wrote_state)
 ), locked AS (
   -- Lock the fenced rows in id order, through the primary key: every multi-row writer
-  -- of runs locks in that order, so two batches cannot deadlock.
-  SELECT r.id FROM tidebase.runs r JOIN c ON r.id = c.run_id
-  WHERE r.lease_owner = $1 AND r.attempt = c.attempt AND r.status = 'running'
+  -- of runs locks in that order, so two batches cannot deadlock. By id = ANY, as in
+  -- complete_runs (a generic plan of a join with c may hash all of runs); the
+  -- attempt is fenced by the UPDATE.
+  SELECT r.id FROM tidebase.runs r
+  WHERE r.id = ANY($2::uuid[]) AND r.lease_owner = $1 AND r.status = 'running'
   ORDER BY r.id
   FOR NO KEY UPDATE OF r
 ), r AS (
@@ -695,9 +697,12 @@ LIMIT $5 OFFSET $6;
 WITH c AS (
   SELECT * FROM unnest($2::uuid[], $3::int4[], $4::jsonb[]) AS c(id, attempt, output)
 ), locked AS (
-  -- In id order, as in checkpoint_steps.
-  SELECT r.id FROM tidebase.runs r JOIN c ON r.id = c.id
-  WHERE r.lease_owner = $1 AND r.attempt = c.attempt AND r.status = 'running'
+  -- In id order, as in checkpoint_steps. By id = ANY (a primary-key probe per id in
+  -- any plan): as a join with c, a generic plan (the plan cache's choice after five
+  -- executions) could hash all of runs, about 10x slower at concurrency 128 and
+  -- bimodal from one process to the next. The attempt is fenced by the UPDATE.
+  SELECT r.id FROM tidebase.runs r
+  WHERE r.id = ANY($2::uuid[]) AND r.lease_owner = $1 AND r.status = 'running'
   ORDER BY r.id
   FOR NO KEY UPDATE OF r
 ), r AS (
