@@ -41,6 +41,8 @@ _PRUNE_BATCHES = 4
 _ROLLUP_LAG_S = 60.0
 _ROLLUP_RUNS = 20_000
 _ROLLUP_CHUNKS = 4
+# Caught up, the next rollup is due at the next whole minute at the earliest.
+_ROLLUP_IDLE_S = 15.0
 # Only when the server runs without autovacuum (see Reconciler._lead).
 _VACUUM_EVERY_S = 10.0
 
@@ -79,6 +81,7 @@ class Reconciler:
         self._after_outage = False
         self._pruned_since_vacuum = False
         self._last_vacuum = 0.0
+        self._rollup_idle_until = 0.0
 
     async def run(self) -> None:
         """The reconciler. Every worker runs it; a leadership makes one of them active
@@ -186,10 +189,15 @@ class Reconciler:
 
     async def _roll_up_stats(self) -> None:
         """The dashboard's rollups: after the tick's real work, a bounded number of
-        chunks, so a backfill cannot hold up the requeueing of expired leases."""
+        chunks, so a backfill cannot hold up the requeueing of expired leases. Once
+        caught up, nothing is due before the next whole minute: the next try waits
+        _ROLLUP_IDLE_S instead of costing a transaction every tick."""
+        if anyio.current_time() < self._rollup_idle_until:
+            return
         for _ in range(_ROLLUP_CHUNKS):
             step = await self._store.roll_up_stats(lag_s=_ROLLUP_LAG_S, max_runs=_ROLLUP_RUNS)
             if step is None or not step.behind:
+                self._rollup_idle_until = anyio.current_time() + _ROLLUP_IDLE_S
                 return
 
     async def _prune_events(self) -> None:
