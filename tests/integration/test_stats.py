@@ -9,6 +9,7 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
+import anyio
 import asyncpg
 
 from tests.integration.core_support import eventually, working
@@ -287,3 +288,18 @@ async def test_http_overview_and_workflow_pages(dsn: str, db: asyncpg.Connection
         assert missing.status_code == 404 and error_of(missing)["code"] == "not_found"
         for path in ("/tidebase/overview", "/tidebase/workflows/alpha"):
             assert (await client.get(path)).status_code == 401
+
+
+async def test_a_second_roller_skips_its_turn_instead_of_waiting(
+    tide: Tidebase, db: asyncpg.Connection
+) -> None:
+    """Two reconcilers (the election is not a guarantee): while one holds the
+    watermark row, the other's rollup returns at once with nothing done."""
+    base = await base_minute(db)
+    await seed(db, base)
+    async with db.transaction():
+        await db.execute("SELECT 1 FROM tidebase.stats_progress FOR UPDATE")
+        with anyio.fail_after(5):
+            assert await tide.store.roll_up_stats(lag_s=LAG_S, max_runs=20_000) is None
+    assert await roll_all(tide) == 1
+    assert await minute_rows(db, base) == expected(SEED, base)

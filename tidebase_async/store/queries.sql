@@ -1873,11 +1873,14 @@ GROUP BY at, workflow, version
 
 -- name: lock_stats_progress
 -- The rollup's watermark, locked: a second reconciler (the election is not a
--- guarantee) waits here, then sees the rows this one wrote.
+-- guarantee) skips its turn instead of waiting out this one's rollup (no row: nothing
+-- to do now). The first run's time is read only before the first rollup.
 SELECT p.rolled_to, tidebase.now() AS now,
-       (SELECT created_at FROM tidebase.runs ORDER BY created_at, id LIMIT 1) AS first_run
+       CASE WHEN p.rolled_to IS NULL THEN
+         (SELECT created_at FROM tidebase.runs ORDER BY created_at, id LIMIT 1)
+       END AS first_run
 FROM tidebase.stats_progress p WHERE p.name = 'runs'
-FOR UPDATE OF p;
+FOR UPDATE OF p SKIP LOCKED;
 
 -- name: stats_chunk_end
 -- Where a rollup chunk from $1 ends so that it reads about $2 runs at most: the minute
@@ -1914,7 +1917,8 @@ SELECT 60, m.* FROM (/* include _runs_by_minute */) AS m;
 
 -- name: roll_up_hours
 -- Replace the hour rows of [$1, $2) (whole hours, all of whose minutes are rolled up)
--- with the sums of their minute rows, and drop minute rows older than $3.
+-- with the sums of their minute rows, and drop minute rows older than $3 and hour rows
+-- 90 days older than that (the pages read 7 days at most).
 WITH gone AS (
   DELETE FROM tidebase.run_stats WHERE span_s = 3600 AND at >= $1 AND at < $2
 ), gone_usage AS (
@@ -1930,6 +1934,10 @@ WITH gone AS (
   DELETE FROM tidebase.run_stats WHERE span_s = 60 AND at < $3
 ), old_usage AS (
   DELETE FROM tidebase.usage_stats WHERE span_s = 60 AND at < $3
+), old_hours AS (
+  DELETE FROM tidebase.run_stats WHERE span_s = 3600 AND at < $3 - interval '90 days'
+), old_usage_hours AS (
+  DELETE FROM tidebase.usage_stats WHERE span_s = 3600 AND at < $3 - interval '90 days'
 )
 INSERT INTO tidebase.run_stats
   (span_s, at, workflow, version, created, completed, failed, cancelled, duration, wait)
@@ -2041,7 +2049,8 @@ CROSS JOIN LATERAL (
 ORDER BY w.workflow, f.finished_at DESC;
 
 -- name: workflow_known
--- Whether workflow $1 ever had a run the rollup saw, or has a failed one.
+-- Whether workflow $1 had a run the rollup saw (hour rows are kept 90 days past the
+-- minute rows), or has a failed one.
 SELECT EXISTS (SELECT 1 FROM tidebase.run_stats WHERE workflow = $1)
     OR EXISTS (SELECT 1 FROM tidebase.runs WHERE status = 'failed' AND workflow = $1);
 

@@ -87,8 +87,8 @@ class StatsMixin(StoreBase):
     async def roll_up_stats(self, *, lag_s: float, max_runs: int) -> RollupStep | None:
         """Roll up the next whole minutes that ended at least ``lag_s`` ago, reading
         about ``max_runs`` runs at most (at least one minute); None when there is
-        nothing to do. Idempotent: minutes are recomputed, not added to; the watermark
-        row's lock serialises two callers."""
+        nothing to do, or while another caller holds the watermark row (it skips its
+        turn rather than wait). Idempotent: minutes are recomputed, not added to."""
         with _translate("roll up run stats"):
             async with self._pool.acquire() as conn, conn.transaction():
                 mark = await conn.fetchrow(Q["lock_stats_progress"])
