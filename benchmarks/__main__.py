@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import anyio
@@ -22,6 +22,7 @@ from benchmarks import (
     keys,
     memory,
     overview,
+    pooler,
     replay,
     report,
     scale,
@@ -51,12 +52,14 @@ BENCHMARKS: dict[str, Benchmark] = {
     keys.NAME: keys.measure,
     testkit.NAME: testkit.measure,
     overview.NAME: overview.measure,
+    pooler.NAME: pooler.measure,
 }
 
 # Too slow for the quick run (DBOS's default 1 s queue polling bounds its drains and
 # wake-ups); in --full, or quick sizes with --only.
 # The overview seeds 1,000,000 runs in --full (100,000 in quick sizes with --only).
-FULL_ONLY = frozenset({durable.NAME, overview.NAME})
+# The pooler's no-listen_dsn wake-ups wait for the worker's 5 s poll, each of them.
+FULL_ONLY = frozenset({durable.NAME, overview.NAME, pooler.NAME})
 
 
 class Host:
@@ -134,30 +137,16 @@ async def run_all(names: list[str], dsn: str, host: Host, through: bool = False)
             library_revision=host.revision,
         )
         async with contextlib.AsyncExitStack() as stack:
-            pooler = await stack.enter_async_context(_pgbouncer(srv.dsn)) if through else None
-            ctx = common.Context(mode=host.mode, admin_dsn=srv.dsn, pooler_dsn=pooler)
+            bouncer = (
+                await stack.enter_async_context(common.pgbouncer(srv.dsn)) if through else None
+            )
+            ctx = common.Context(mode=host.mode, admin_dsn=srv.dsn, pooler_dsn=bouncer)
             for name in names:
                 rep = await run_one(name, ctx, env)
-                if pooler is not None:
+                if bouncer is not None:
                     rep.details["through"] = "PgBouncer, transaction mode"
                 print(report.render(rep))
                 print(f"wrote {report.write_json(rep)}\n", flush=True)
-
-
-@contextlib.asynccontextmanager
-async def _pgbouncer(dsn: str) -> AsyncIterator[str]:
-    """A PgBouncer in front of ``dsn``'s server; yields a DSN through it (database to
-    be replaced). Started with the test suite's helper (Debian's pgbouncer, installed
-    by scripts/ensure-pgbouncer)."""
-    from tests.deploy_support import ensure_pgbouncer, running_pgbouncer, upstream_of
-
-    ensure_pgbouncer()
-    up = upstream_of(dsn)
-    async with running_pgbouncer(
-        upstream_host=up.host, upstream_port=up.port, users={up.user: up.password}
-    ) as bouncer:
-        print(f"through PgBouncer on 127.0.0.1:{bouncer.port} (transaction mode)", flush=True)
-        yield bouncer.dsn()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

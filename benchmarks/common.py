@@ -120,6 +120,22 @@ async def server_settings(dsn: str) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
+async def pgbouncer(dsn: str) -> AsyncIterator[str]:
+    """A PgBouncer in front of ``dsn``'s server; yields a DSN through it (database to
+    be replaced). Started with the test suite's helper (Debian's pgbouncer, installed
+    by scripts/ensure-pgbouncer): transaction mode, its default pool sizes."""
+    from tests.deploy_support import ensure_pgbouncer, running_pgbouncer, upstream_of
+
+    ensure_pgbouncer()
+    up = upstream_of(dsn)
+    async with running_pgbouncer(
+        upstream_host=up.host, upstream_port=up.port, users={up.user: up.password}
+    ) as bouncer:
+        print(f"through PgBouncer on 127.0.0.1:{bouncer.port} (transaction mode)", flush=True)
+        yield bouncer.dsn()
+
+
+@contextlib.asynccontextmanager
 async def fresh_database(admin_dsn: str) -> AsyncIterator[str]:
     """A new empty database for one measurement; dropped afterwards. Yields its DSN."""
     # CREATE DATABASE takes no parameters; the name is ours, hex only.

@@ -63,12 +63,19 @@ async def test_enqueued_run_appears_live_without_reload(
         await expect(row.locator(".badge")).to_have_text("completed")
         await dashboard.assert_not_reloaded()
 
-        # Search: a dedupe key filters, a run id opens the run.
-        await page.get_by_label("Search").fill("greet-ada")
-        await page.get_by_role("button", name="Apply").click()
+        # Search: a dedupe key filters, a run id opens the run. Applying renders the
+        # page anew (from the hash change, a moment later): wait for the old form to
+        # go, or the next fill could land in it and be replaced.
+        async def search(text: str) -> None:
+            box = page.get_by_label("Search")
+            old = await box.element_handle()
+            await box.fill(text)
+            await page.get_by_role("button", name="Apply").click()
+            await old.wait_for_element_state("hidden")
+
+        await search("greet-ada")
         await expect(row).to_be_visible()
-        await page.get_by_label("Search").fill("nothing-has-this-key")
-        await page.get_by_role("button", name="Apply").click()
+        await search("nothing-has-this-key")
         await expect(page.get_by_text("No runs match these filters.")).to_be_visible()
         await page.get_by_label("Search").fill(str(handle.id))
         await page.get_by_role("button", name="Apply").click()

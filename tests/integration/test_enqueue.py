@@ -400,3 +400,52 @@ async def test_bad_options_raise_configuration_error_naming_the_problem(
             with pytest.raises(ConfigurationError, match=message):
                 await tide.enqueue_many([RunSpec(workflow=workflow, input=1, **options)])
     assert await count_rows(db) == (0, 0, 0)
+
+
+async def test_one_run_and_a_batch_store_the_same_row_for_the_same_options(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    """``enqueue`` of one run sends its fields as parameters, ``enqueue_many`` as one
+    JSON document that leaves out None fields: both must store the same thing, every
+    option included (and None options as NULL)."""
+    at = datetime.now(UTC) + timedelta(hours=2)
+    options: dict[str, Any] = {
+        "input": {"topic": "q3", "n": [1, 2.5, None]},
+        "queue": "reports",
+        "priority": -3,
+        "delay": 1.5,
+        "run_at": at,
+        "max_attempts": 4,
+        "deadline": at + timedelta(hours=1),
+        "metadata": {"tenant": "acme"},
+        "webhooks": ["https://hooks.example.com/x"],
+        "version": "v2",
+        "concurrency_key": "acme",
+    }
+    async with Tidebase(dsn, signing_secret="s3cret") as tide:
+        one = await tide.enqueue("report", dedupe_key="one", **options)
+        (many, _) = await tide.enqueue_many(
+            [
+                RunSpec(workflow="report", dedupe_key="many", **options),
+                RunSpec(workflow="report"),
+            ]
+        )
+        bare_one = await tide.enqueue("report")
+        (bare_many,) = await tide.enqueue_many([RunSpec(workflow="report")])
+    differs = {"id", "dedupe_key", "created_at", "updated_at"}
+
+    def same(row: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in row.items() if k not in differs}
+
+    row_one, row_many = await run_row(db, one.id), await run_row(db, many.id)
+    assert same(row_one) == same(row_many)
+    assert (row_one["dedupe_key"], row_many["dedupe_key"]) == ("one", "many")
+    assert row_one["run_at"] == at + timedelta(seconds=1.5)
+    assert row_one["channels"] is not None and row_one["version"] == "v2"
+    plain_one, plain_many = await run_row(db, bare_one.id), await run_row(db, bare_many.id)
+    differs.add("run_at")  # now, at each insert
+    assert same(plain_one) == same(plain_many)
+    assert plain_one["run_at"] == plain_one["created_at"]
+    assert plain_many["run_at"] == plain_many["created_at"]
+    assert plain_one["metadata"] is None and plain_one["deadline_at"] is None
+    assert plain_one["input"] is None and plain_one["priority"] == 0

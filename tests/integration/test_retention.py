@@ -3,6 +3,8 @@ steps and events, in bounded batches, and leaves everything else alone."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import asyncpg
 import pytest
 
@@ -114,3 +116,67 @@ async def test_store_can_vacuum_the_churning_tables_itself(
         " AND relname IN ('runs', 'steps', 'events') AND last_vacuum IS NOT NULL"
     )
     assert vacuumed == 3
+
+
+async def test_pruning_clears_references_to_the_pruned_runs_and_their_rows(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    """Retention does what foreign keys did (migration 0016 dropped them from the hot
+    tables): a pruned run's steps and events go with it, its children and forks stay
+    without the reference, and a child pruned with its parent is simply deleted."""
+    tide = Tidebase(dsn, retention=0.0)
+    async with tide:
+        old = "now() - interval '1 hour'"
+        insert = (
+            "INSERT INTO tidebase.runs (id, workflow, queue, status, max_attempts, run_at,"
+            " created_at, updated_at, finished_at, parent_id, forked_from)"
+            f" VALUES ($1, 'wf', 'default', $2, 1, now(), {old}, now(), $3::timestamptz, $4, $5)"
+            " RETURNING id"
+        )
+        parent = await db.fetchval("SELECT gen_random_uuid()")
+        await db.execute(
+            insert, parent, "completed", datetime.now(UTC) - timedelta(hours=1), None, None
+        )
+        ids = [await db.fetchval("SELECT gen_random_uuid()") for _ in range(3)]
+        child, fork, done_child = ids
+        await db.execute(insert, child, "queued", None, parent, None)
+        await db.execute(insert, fork, "queued", None, None, parent)
+        await db.execute(
+            insert, done_child, "completed", datetime.now(UTC) - timedelta(hours=1), parent, None
+        )
+        for run_id in (parent, done_child, child):
+            await db.execute(
+                "INSERT INTO tidebase.steps (run_id, position, name, status, attempts,"
+                " run_attempt, started_at, finished_at) VALUES ($1, 0, 's', 'completed', 1, 1,"
+                " now(), now())",
+                run_id,
+            )
+            await db.execute(
+                "INSERT INTO tidebase.events (run_id, seq, type, at) VALUES ($1, 2, 'x', now())",
+                run_id,
+            )
+        assert await tide.store.prune_finished(older_than_s=0, limit=100) == 2
+    left = {r["id"]: r for r in await db.fetch("SELECT * FROM tidebase.runs")}
+    assert set(left) == {child, fork}
+    assert left[child]["parent_id"] is None
+    assert left[fork]["forked_from"] is None
+    for table in ("steps", "events"):
+        owners = {r[0] for r in await db.fetch(f"SELECT run_id FROM tidebase.{table}")}
+        assert owners == {child}, table
+
+
+async def test_a_run_being_forked_is_not_pruned_meanwhile(dsn: str, db: asyncpg.Connection) -> None:
+    """fork_run locks its source (FOR KEY SHARE): retention skips it until the fork
+    committed, so a fork never refers to a run deleted under it."""
+    tide = Tidebase(dsn, retention=0.0)
+    async with tide:
+        source = await db.fetchval(
+            "INSERT INTO tidebase.runs (id, workflow, queue, status, max_attempts, run_at,"
+            " created_at, updated_at, finished_at) VALUES (gen_random_uuid(), 'wf', 'default',"
+            " 'completed', 1, now(), now() - interval '1 hour', now(), now() - interval '1 hour')"
+            " RETURNING id"
+        )
+        async with db.transaction():
+            await db.execute("SELECT 1 FROM tidebase.runs WHERE id = $1 FOR KEY SHARE", source)
+            assert await tide.store.prune_finished(older_than_s=0, limit=100) == 0
+        assert await tide.store.prune_finished(older_than_s=0, limit=100) == 1

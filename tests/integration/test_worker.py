@@ -5,6 +5,7 @@ late heartbeat answers, claims whose history cannot be loaded)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
@@ -447,12 +448,12 @@ async def test_the_claims_asynchronous_commit_stays_inside_its_transaction(
         for handle in handles:
             await tide.runs.wait(handle.id, timeout=10)
     pool = tide.store._pool
-    connections = [await pool.acquire() for _ in range(pool.get_size())]
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        # Every connection the pool holds: all idle now, so none is opened for this.
+        size = pool.get_size()
+        connections = [await stack.enter_async_context(pool.acquire()) for _ in range(size)]
+        assert (pool.get_size(), pool.get_idle_size()) == (size, 0)
         settings = {await c.fetchval("SHOW synchronous_commit") for c in connections}
-    finally:
-        for c in connections:
-            await pool.release(c)
     assert settings == {"on"}
 
 

@@ -214,3 +214,43 @@ async def test_a_writer_whose_scope_is_cancelled_still_writes_the_batch_for_ever
     # ...and the other caller gets its result, from that one write.
     assert joined == [20]
     assert writes.batches == [[1, 2]]
+
+
+async def test_a_leader_cancelled_before_it_writes_hands_the_lead_on() -> None:
+    """The leader yields one loop turn before taking its batch: cancelled there, the
+    callers queued behind it must still be written (none may wait forever)."""
+    writes = Writes()
+    combiner: Combiner[int, int] = Combiner(writes)
+    leader = asyncio.create_task(combiner.submit(1))
+    follower = asyncio.create_task(combiner.submit(2))
+    # One turn: the leader reaches its one-turn wait, the follower queues behind it.
+    await asyncio.sleep(0)
+    assert writes.batches == []
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    with anyio.fail_after(2):
+        assert await follower == 20
+    assert writes.batches == [[2]]
+    assert await combiner.submit(3) == 30
+
+
+async def test_a_caller_cancelled_after_being_handed_the_lead_passes_it_on() -> None:
+    writes = Writes(hold=True)
+    combiner: Combiner[int, int] = Combiner(writes)
+    first = asyncio.create_task(combiner.submit(1))
+    await writes.writing.wait()
+    second = asyncio.create_task(combiner.submit(2))
+    third = asyncio.create_task(combiner.submit(3))
+    await settle()
+    writes.release()
+    assert await first == 10
+    # The first writer handed the lead to the second caller, which has not run yet:
+    # cancelled now, it must pass the lead to the third.
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    with anyio.fail_after(2):
+        assert await third == 30
+    assert writes.batches[0] == [1]
+    assert 3 in writes.batches[-1]

@@ -43,6 +43,8 @@ def encode(
             or (``jsonb``) a NUL character.
         PayloadTooLarge: the encoding exceeds ``max_size`` bytes.
     """
+    if value is None:  # the most common input by far: nothing to check
+        return b"null"
     try:
         data = _encoder.encode(value)
     except RecursionError as exc:

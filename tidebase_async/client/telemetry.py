@@ -27,8 +27,10 @@ async def insert_runs(
         rows = await store.enqueue_many(runs)
     else:
         rows = await _insert_traced(store, telemetry, runs)
-    created = {row.id for row in rows if row.inserted}
-    if created:
+    if all(row.inserted for row in rows):
+        telemetry.count_enqueued((r.workflow, r.queue) for r in runs)
+    else:
+        created = {row.id for row in rows if row.inserted}
         telemetry.count_enqueued((r.workflow, r.queue) for r in runs if r.id in created)
     return rows
 

@@ -642,14 +642,15 @@ class Tidebase:
         delay_s = as_seconds(spec.delay, what="delay") or 0.0
         run_at = _aware(spec.run_at, "run_at")
         deadline = _aware(spec.deadline, "deadline")
-        try:
-            # Postgres stores times far past year 9999 (or fails on infinity), but such
-            # a run could never be read back into a Python datetime.
-            (run_at or datetime.now(UTC)) + timedelta(seconds=delay_s)
-        except OverflowError as exc:
-            raise errors.ConfigurationError(
-                f"delay {spec.delay!r} puts the run past the year 9999"
-            ) from exc
+        if run_at is not None or delay_s:
+            try:
+                # Postgres stores times far past year 9999 (or fails on infinity), but
+                # such a run could never be read back into a Python datetime.
+                (run_at or datetime.now(UTC)) + timedelta(seconds=delay_s)
+            except OverflowError as exc:
+                raise errors.ConfigurationError(
+                    f"delay {spec.delay!r} puts the run past the year 9999"
+                ) from exc
         data = codec.encode(spec.input, where="input", max_size=self.max_payload_bytes)
         # Decode what was encoded: a registered workflow's input type is checked here,
         # so a bad input fails the caller, not a run later; and a msgspec.Raw (which

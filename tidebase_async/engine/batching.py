@@ -26,10 +26,17 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 
+class _Lead:
+    """Set as a waiting entry's result to make its caller lead the next batch."""
+
+
+_LEAD = _Lead()
+
+
 class _Entry(Generic[In, Out]):
     __slots__ = ("future", "item", "size")
 
-    def __init__(self, item: In, future: asyncio.Future[Out], size: int) -> None:
+    def __init__(self, item: In, future: asyncio.Future[Out | _Lead], size: int) -> None:
         self.item = item
         self.future = future
         self.size = size
@@ -46,6 +53,12 @@ class Combiner(Generic[In, Out]):
     If ``write`` raises, every item of that batch gets the exception; if the writing
     task is cancelled, the others get ``ConnectionLost`` (the batch may or may not have
     committed), which the fenced-write retry resolves by checking what landed.
+
+    At most one batch is written at a time. A caller waits on its own future only: the
+    leader of a batch, once it is written, hands the lead to the oldest caller still
+    waiting (by resolving its future with a token), which writes everything that
+    queued meanwhile. So a caller is woken once, for its result or for its turn to
+    lead, however many batches go by while it waits.
     """
 
     def __init__(
@@ -63,36 +76,62 @@ class Combiner(Generic[In, Out]):
         self._size = size
         self._max_bytes = max_bytes
         self._pending: list[_Entry[In, Out]] = []
-        self._busy = False
-        self._idle = anyio.Event()
+        # The caller that leads (writes a batch, or has been handed the lead and is
+        # about to): the others wait their turn. None: nobody, the next caller leads.
+        self._leader: _Entry[In, Out] | None = None
         self.batches = 0
         self.items = 0
 
     async def submit(self, item: In) -> Out:
-        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Out | _Lead] = asyncio.get_running_loop().create_future()
         entry = _Entry(item, future, self._size(item) if self._size else 0)
         self._pending.append(entry)
+        lead = self._leader is None
+        if lead:
+            self._leader = entry
         try:
-            while not future.done():
-                if self._busy:
-                    await self._idle.wait()
+            while True:
+                if lead:
+                    lead = False
+                    await self._lead(entry)
+                    if not entry.future.done():
+                        # Ours did not fit in the batch (a key or size conflict): we
+                        # lead again, now that it is first in line.
+                        lead = True
+                        continue
+                result = await entry.future
+                if isinstance(result, _Lead):
+                    entry.future = asyncio.get_running_loop().create_future()
+                    lead = True
                     continue
-                await self._lead(entry)
+                return result
         except BaseException:
-            # Cancelled while queued: withdraw the item if no batch has taken it yet.
-            for i, pending in enumerate(self._pending):
-                if pending is entry:
-                    del self._pending[i]
-                    break
-            else:
-                if future.done() and not future.cancelled():
-                    future.exception()  # retrieved: its writer already reported it
+            self._withdraw(entry)
             raise
-        return future.result()
+
+    def _withdraw(self, entry: _Entry[In, Out]) -> None:
+        """A caller leaves (cancelled, or its batch failed): take its item out of the
+        queue if no batch has it yet, and pass on the lead if it holds it (cancelled
+        before it wrote, or after it was handed the lead)."""
+        for i, pending in enumerate(self._pending):
+            if pending is entry:
+                del self._pending[i]
+                break
+        if self._leader is entry:
+            self._hand_on()
+        elif entry.future.done() and not entry.future.cancelled():
+            entry.future.exception()  # retrieved: its writer already reported it
+
+    def _hand_on(self) -> None:
+        """The lead passes to the oldest waiting caller; with none, nobody leads."""
+        self._leader = None
+        for entry in self._pending:
+            if not entry.future.done():
+                self._leader = entry
+                entry.future.set_result(_LEAD)
+                return
 
     async def _lead(self, own: _Entry[In, Out]) -> None:
-        self._busy = True
-        self._idle = anyio.Event()
         try:
             # One turn of the event loop first: callers made ready by the same event (a
             # claim's runs all finishing at once) join this batch instead of the next.
@@ -131,8 +170,10 @@ class Combiner(Generic[In, Out]):
             self.batches += 1
             self.items += len(batch)
         finally:
-            self._busy = False
-            self._idle.set()
+            # Our item written (or failed): the lead passes on. Still queued (it did not
+            # fit this batch): we lead the next one ourselves.
+            if own.future.done():
+                self._hand_on()
 
     def _take(self) -> list[_Entry[In, Out]]:
         batch: list[_Entry[In, Out]] = []

@@ -86,9 +86,19 @@ class Run(RunWaits, RunEventWaits, RunPatches):
         self.workflow: str = workflow
         self.queue: str = ex.claimed.queue
         self.input: Any = input
-        self.state = RunState(self)
-        self.usage = RunUsage(self)
         self._emitted: dict[str, int] = {}
+
+    # Made on first use: most runs never touch them, and every run pays for what its
+    # handle builds up front.
+    @functools.cached_property
+    def state(self) -> RunState:
+        """The run's live state (``get``, ``set``, ``patch``)."""
+        return RunState(self)
+
+    @functools.cached_property
+    def usage(self) -> RunUsage:
+        """The run's usage records (tokens, cost), summed by the dashboard."""
+        return RunUsage(self)
 
     @property
     def replaying(self) -> bool:
@@ -325,16 +335,24 @@ async def _call(
     A timeout cancels the step. A sync function cannot be interrupted: its thread is
     abandoned and finishes in the background, its result ignored.
     """
+    if timeout_s is None:
+        # No cancel scope without a timeout: entering and leaving one is a measurable
+        # part of a no-op step's cost.
+        return await _invoke(fn, args, kwargs)
     with anyio.move_on_after(timeout_s) as scope:
-        if inspect.iscoroutinefunction(inspect.unwrap(fn)):
-            return await fn(*args, **kwargs)
-        result = await anyio.to_thread.run_sync(
-            functools.partial(fn, *args, **kwargs), abandon_on_cancel=True
-        )
-        if inspect.isawaitable(result):
-            return await result
-        return result
+        return await _invoke(fn, args, kwargs)
     # Only our own deadline lands here; a TimeoutError the step raised itself
     # propagates unchanged.
     assert scope.cancelled_caught
     raise errors.StepTimeout(f"{where} timed out after {timeout_s:g}s")
+
+
+async def _invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if inspect.iscoroutinefunction(inspect.unwrap(fn)):
+        return await fn(*args, **kwargs)
+    result = await anyio.to_thread.run_sync(
+        functools.partial(fn, *args, **kwargs), abandon_on_cancel=True
+    )
+    if inspect.isawaitable(result):
+        return await result
+    return result

@@ -12,6 +12,7 @@ tracing hook is skipped by one attribute check at its call site.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -75,6 +76,10 @@ def _import_otel() -> SimpleNamespace | bool:
     )
 
 
+# Stands for the OpenTelemetry API's global provider where it cannot be read.
+_NOT_READABLE = object()
+
+
 class Telemetry:
     """Spans and metrics of one client. ``tracer`` is None when tracing is off: callers
     check it before calling a ``*_span``/``traced_*`` method."""
@@ -91,6 +96,8 @@ class Telemetry:
         # True once spans can record: a tracer_provider was passed, or the global one
         # is a real provider (set_tracer_provider happens at most once per process).
         self._live = False
+        # The API's global provider as it was when no span would record (see tracer).
+        self._silent_global: object = _NOT_READABLE
         self._otel: SimpleNamespace | None = load_otel() if enabled else None
         self._instruments: _Instruments | None = None
         self._queue_source: Callable[[], Awaitable[list[tuple[str, int, float]]]] | None = None
@@ -109,14 +116,23 @@ class Telemetry:
         """The tracer, or None while no span would record: OpenTelemetry missing or
         disabled, or only its API installed with no provider set (the global proxy
         hands out non-recording spans; making them costs a worker a tenth of its time
-        per no-op run). A provider set later is picked up at the next run."""
+        per no-op run). A provider set later is picked up at the next run.
+
+        Asking the API for the global provider on every run is itself a twentieth of a
+        no-op run's cost (it reads the environment each time): while the API's global
+        is the one it was when found silent, the answer stands. (Where that global is
+        not there to read, every run asks.)"""
         if self._live or self._tracer is None:
             return self._tracer
-        assert self._otel is not None
-        provider = self._otel.trace.get_tracer_provider()
-        if isinstance(
-            provider, (self._otel.trace.ProxyTracerProvider, self._otel.trace.NoOpTracerProvider)
-        ):
+        otel = self._otel
+        assert otel is not None
+        seen = getattr(otel.trace, "_TRACER_PROVIDER", _NOT_READABLE)
+        if seen is not _NOT_READABLE and seen is self._silent_global:
+            return None
+        provider = otel.trace.get_tracer_provider()
+        if isinstance(provider, (otel.trace.ProxyTracerProvider, otel.trace.NoOpTracerProvider)):
+            # Read again: asking may have set it (OTEL_PYTHON_TRACER_PROVIDER).
+            self._silent_global = getattr(otel.trace, "_TRACER_PROVIDER", _NOT_READABLE)
             return None
         self._live = True
         return self._tracer
@@ -132,10 +148,10 @@ class Telemetry:
         """Count runs created, as (workflow, queue) pairs."""
         counter = self.metrics.enqueued
         instruments = self._instruments
-        for key in runs:
-            counter.inc(key)
+        for key, n in collections.Counter(runs).items():
+            counter.inc(key, n)
             if instruments is not None:
-                instruments.enqueued.add(1, {"workflow": key[0], "queue": key[1]})
+                instruments.enqueued.add(n, {"workflow": key[0], "queue": key[1]})
 
     def run_started(self, claimed: ClaimedRun) -> float:
         """Count a claim and its lag; returns the start for ``run_finished``."""

@@ -10,7 +10,8 @@ so nothing is decoded twice.
 ``versions``, ``clock``, ``stats``), each over ``base.StoreBase`` (the pool). ``records`` holds
 the Structs of the worker's claims and writes, ``rows`` the typed read models every
 other read returns (no asyncpg record leaves this package), ``translate`` the error
-translation, ``connection`` the connection and session helpers.
+translation, ``connection`` the connection and session helpers, ``pool`` the connection
+pool.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from tidebase_async.store.keyed_events import (
 from tidebase_async.store.locks import Leadership, LocksMixin, SessionLock
 from tidebase_async.store.maintenance import MaintenanceMixin
 from tidebase_async.store.outbox import OutboxMixin
+from tidebase_async.store.pool import Pool
 from tidebase_async.store.queues import QueuesMixin
 from tidebase_async.store.reads import ReadsMixin
 from tidebase_async.store.records import (
@@ -155,7 +157,7 @@ class Store(
     StatsMixin,
     StoreBase,
 ):
-    """Typed access to the tidebase schema over an asyncpg pool."""
+    """Typed access to the tidebase schema over a pool of asyncpg connections."""
 
     @classmethod
     async def connect(
@@ -188,7 +190,7 @@ class Store(
                 timeout = max(1.0, min(10.0, connect_timeout))
                 if pooled is None:
                     pooled = await detect_pooler(dsn, timeout=timeout)
-                pool = await asyncpg.create_pool(
+                pool = await Pool.open(
                     dsn,
                     min_size=min_size,
                     max_size=max_size,

@@ -12,6 +12,7 @@ import anyio
 import asyncpg
 
 from tidebase_async import errors
+from tidebase_async.store.pool import Pool
 from tidebase_async.store.sql import Q
 from tidebase_async.store.translate import _TRANSIENT_ERRORS, _translate
 
@@ -59,13 +60,13 @@ def read_retrying(
 class StoreBase:
     """The pool under every ``Store`` method; each concern's mixin extends this."""
 
-    _pool: asyncpg.Pool
+    _pool: Pool
     dsn: str
     #: How long reads (``read_retrying``) and enqueues keep trying through a lost
     #: connection before they raise ``ConnectionLost``.
     reconnect_s: float = RECONNECT_S
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+    def __init__(self, pool: Pool, dsn: str) -> None:
         self._pool = pool
         self.dsn = dsn
 

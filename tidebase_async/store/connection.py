@@ -26,14 +26,6 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Pool reset: nothing. asyncpg's default runs RESET ALL, UNLISTEN and friends
-    after every pooled statement, doubling round trips; our pooled sessions never keep
-    state (the advisory lock's session cleans up through ``_clean_session``, and open
-    transactions are still rolled back by the pool). Through a transaction-mode pooler
-    a reset would run on whichever server connection the pooler picked, not ours."""
-
-
 async def _lock_or_close(conn: asyncpg.Connection, sql: str, key: int) -> Any:
     """Take an advisory lock. If we are interrupted before knowing the answer, the
     server may have granted it: close the connection rather than return a pooled
@@ -61,31 +53,35 @@ async def _clean_session(conn: asyncpg.Connection) -> None:
 
 
 def _is_closed(conn: asyncpg.Connection) -> bool:
-    """Whether a pooled connection is gone. asyncpg detaches the pool's proxy from a
-    connection that closed (terminated, server restart), after which every call on the
-    proxy, ``is_closed()`` included, raises InterfaceError."""
-    try:
-        return bool(conn.is_closed())
-    except asyncpg.InterfaceError:
-        return True
+    """Whether a pooled connection is gone (terminated, server restart). The pool hands
+    out raw connections, whose ``is_closed()`` always answers (asyncpg's pool proxy,
+    detached from a closed connection, raised InterfaceError instead)."""
+    return bool(conn.is_closed())
 
 
 def connect_kwargs(*, pooled: bool = False) -> dict[str, Any]:
-    """asyncpg pool options. Through a transaction-mode pooler (``pooled``): no startup
-    parameter but ``application_name`` (PgBouncer refuses those it does not track, such
-    as ``jit``) and no statement cache (a named prepared statement lives on one server
-    connection, and the next transaction may run on another; unnamed ones are parsed
-    again each time, which the pooler keeps within one server connection)."""
+    """Connection options for ``pool.Pool.open`` (``init`` runs on each new connection,
+    the rest goes to ``asyncpg.connect``). Through a transaction-mode pooler
+    (``pooled``): no startup parameter but ``application_name`` (PgBouncer refuses those
+    it does not track, such as ``jit``) and no statement cache (a named prepared
+    statement lives on one server connection, and the next transaction may run on
+    another; unnamed ones are parsed again each time, which the pooler keeps within one
+    server connection).
+
+    No session reset between uses (the pool runs none): asyncpg's pool ran RESET ALL,
+    UNLISTEN and friends after every pooled statement by default, doubling round trips;
+    our pooled sessions never keep state (the advisory lock's session cleans up through
+    ``_clean_session``, and the pool terminates a connection given back inside a
+    transaction). Through a transaction-mode pooler a reset would run on whichever
+    server connection the pooler picked, not ours."""
     if pooled:
         return {
             "init": _init_connection,
-            "reset": _keep_session,
             "statement_cache_size": 0,
             "server_settings": {"application_name": "tidebase"},
         }
     return {
         "init": _init_connection,
-        "reset": _keep_session,
         # Plans of the CTE statements are tiny, but their estimated costs can pass
         # jit_above_cost on big tables: JIT compilation would only add latency.
         "server_settings": {"application_name": "tidebase", "jit": "off"},

@@ -52,8 +52,15 @@ class EnqueueMixin(StoreBase):
     async def _insert_runs(self, runs: Sequence[NewRun]) -> list[EnqueueRow]:
         # One JSON document instead of twelve parameter arrays: msgspec encodes the
         # batch (inputs embedded as they are) far faster than asyncpg encodes arrays.
-        batch = _batch_encoder.encode(runs)
-        rows = await self._fetch_retrying_deadlocks("enqueue_many", Q["enqueue_runs"], batch)
+        if len(runs) == 1:
+            rows = await self._fetch_retrying_deadlocks(
+                "enqueue_many", Q["enqueue_run"], *_run_args(runs[0])
+            )
+        else:
+            batch = _batch_encoder.encode(runs)
+            deduped = any(run.dedupe_key is not None for run in runs)
+            sql = Q["enqueue_runs"] if deduped else Q["enqueue_runs_plain"]
+            rows = await self._fetch_retrying_deadlocks("enqueue_many", sql, batch)
         return [
             EnqueueRow(id=r[0], inserted=r[1], queue=r[2], dedupe_key=r[3], due=r[4]) for r in rows
         ]
@@ -74,3 +81,25 @@ class EnqueueMixin(StoreBase):
             await self._pool.execute(
                 Q["notify"], [c for c, _ in messages], [p for _, p in messages]
             )
+
+
+def _run_args(run: NewRun) -> tuple[object, ...]:
+    """The parameters of ``enqueue_run``: jsonb values as encoded bytes."""
+    return (
+        run.id,
+        run.workflow,
+        run.queue,
+        bytes(run.input),
+        run.priority,
+        run.dedupe_key,
+        None if run.metadata is None else bytes(run.metadata),
+        run.parent_id,
+        run.max_attempts,
+        run.run_at,
+        run.delay_s,
+        run.deadline_at,
+        None if run.channels is None else _batch_encoder.encode(run.channels),
+        None if run.trace_context is None else bytes(run.trace_context),
+        run.version,
+        run.concurrency_key,
+    )

@@ -123,22 +123,24 @@ class EnqueueRow(msgspec.Struct, frozen=True, kw_only=True):
     due: bool
 
 
-class NewRun(msgspec.Struct, frozen=True, kw_only=True):
+class NewRun(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A run to insert; ``input`` and ``metadata`` are encoded JSON. A batch of these is
-    sent as one JSON document (see ``enqueue_runs``), field names as its columns."""
+    sent as one JSON document (see ``enqueue_runs``), field names as its columns; a
+    field left at its default (None) is left out, and reads as NULL there (a no-op run
+    is a third of the bytes to send and for Postgres to parse)."""
 
     id: UUID
     workflow: str
     queue: str
     input: msgspec.Raw
     priority: int
-    dedupe_key: str | None
-    metadata: msgspec.Raw | None
-    parent_id: UUID | None
     max_attempts: int
-    run_at: datetime | None
     delay_s: float
-    deadline_at: datetime | None
+    dedupe_key: str | None = None
+    metadata: msgspec.Raw | None = None
+    parent_id: UUID | None = None
+    run_at: datetime | None = None
+    deadline_at: datetime | None = None
     channels: list[str] | None = None
     #: The W3C trace context current at enqueue (a JSON object), or None.
     trace_context: msgspec.Raw | None = None
