@@ -57,6 +57,31 @@ class Measurement(msgspec.Struct, kw_only=True):
     table: str | None = None
 
 
+class CpuClock:
+    """CPU time since it was made: this process's, and the rest of the machine's (from
+    ``/proc/stat``; on a quiet machine that is the Postgres server's). What a drain
+    costs per job on each side of the wire; NaN where ``/proc/stat`` is missing."""
+
+    def __init__(self) -> None:
+        self._process = time.process_time()
+        self._machine = _machine_busy_s()
+
+    def read(self) -> tuple[float, float]:
+        """(this process, the rest of the machine), CPU seconds so far."""
+        process = time.process_time() - self._process
+        return process, max(0.0, _machine_busy_s() - self._machine - process)
+
+
+def _machine_busy_s() -> float:
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return float("nan")
+    # user nice system idle iowait irq softirq steal: all but idle and iowait.
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def resolve_dsn(arg: str | None) -> str:
     return arg or os.environ.get(DSN_ENV) or DEFAULT_DSN
 

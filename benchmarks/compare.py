@@ -214,6 +214,16 @@ def _batch_cell(drains: list[DrainResult | Failed]) -> Cell:
     return Cell(value=per_second(sum(d.jobs for d in done), sum(d.enqueue_s for d in done)))
 
 
+def _cpu_cell(result: DrainResult | Failed, side: str) -> Cell:
+    """CPU microseconds per job of a drain (common.CpuClock), or not applicable."""
+    if isinstance(result, Failed):
+        return Cell(reason=result.reason)
+    seconds = result.cpu_client_s if side == "client" else result.cpu_server_s
+    if seconds is None or math.isnan(seconds):
+        return Cell()
+    return Cell(value=seconds / result.jobs * 1e6)
+
+
 def rows(params: Params, results: Results, keys: list[str]) -> list[Row]:
     n_drains = len(params.concurrencies)
     rounds = f", {n_drains} rounds" if n_drains > 1 else ""
@@ -245,6 +255,16 @@ def rows(params: Params, results: Results, keys: list[str]) -> list[Row]:
                 },
             )
         )
+    for c in params.concurrencies:
+        for side, label in (("client", "the worker's process"), ("server", "the rest (Postgres)")):
+            out.append(
+                Row(
+                    figure=f"  CPU per job in that drain at concurrency {c}, {label}",
+                    unit="us",
+                    higher_is_better=False,
+                    cells={k: _cpu_cell(results.drains[c][k], side) for k in keys},
+                )
+            )
     out.append(
         Row(
             figure=f"drain, pgqueuer's own bench layout (N={params.jobs:,})",
@@ -295,6 +315,10 @@ def _settings_notes(params: Params) -> list[str]:
         f"min({CLAIM_BATCH}, C) per UPDATE ... FOR UPDATE SKIP LOCKED, then one UPDATE done; "
         "its wake-up: one statement inserts and notifies, the LISTEN callback claims on "
         "a third connection (the shortest path a Postgres queue can take).",
+        "CPU per job: from starting the worker to the last job done, this process's "
+        "CPU time (the worker; the producer is idle) and the rest of the machine's from "
+        "/proc/stat (Postgres on a quiet machine), divided by the jobs; procrastinate's "
+        "worker runs in this process too but is not measured ('-').",
         "ratio = tidebase / best of pgqueuer and procrastinate: for jobs/s above 1 is "
         "better for us, for ms below 1 is. '-': not applicable.",
     ]

@@ -15,6 +15,7 @@ import msgspec
 from benchmarks.common import (
     BenchmarkError,
     Context,
+    CpuClock,
     Measurement,
     count_runs,
     fresh_tidebase,
@@ -51,6 +52,9 @@ class DrainTiming(msgspec.Struct, frozen=True, kw_only=True):
     startup_s: float
     drain_s: float
     stats: dict[str, int]
+    # CPU seconds from the worker's start to the last completion (common.CpuClock).
+    cpu_client_s: float = float("nan")
+    cpu_server_s: float = float("nan")
 
 
 class Drain(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,6 +95,7 @@ async def drain(tide: Tidebase, count: int, concurrency: int) -> DrainTiming:
     """Run a worker until ``count`` runs finished: time from its start to its first
     claim, and from the first claim to the last completion."""
     timeout_s = max(60.0, count / 50)
+    cpu = CpuClock()
     async with running_worker(tide, concurrency=concurrency) as worker:
         t_start = time.perf_counter()
         t_first = await wait_until(
@@ -101,10 +106,13 @@ async def drain(tide: Tidebase, count: int, concurrency: int) -> DrainTiming:
             timeout_s=timeout_s,
             what=f"{count} runs to finish",
         )
+        cpu_client_s, cpu_server_s = cpu.read()
     return DrainTiming(
         startup_s=t_first - t_start,
         drain_s=t_last - t_first,
         stats={name: int(value) for name, value in vars(worker.stats).items()},
+        cpu_client_s=cpu_client_s,
+        cpu_server_s=cpu_server_s,
     )
 
 

@@ -56,6 +56,10 @@ class DrainResult(msgspec.Struct, frozen=True, kw_only=True):
     # First job started to last job started, where the system's handler saw it
     # (diagnostic: the rest of drain_s is the completion write).
     handlers_s: float | None = None
+    # CPU seconds from starting the worker to the last job done (common.CpuClock):
+    # the benchmark process's (the worker's) and the rest of the machine's (Postgres).
+    cpu_client_s: float | None = None
+    cpu_server_s: float | None = None
 
 
 class WakeParams(msgspec.Struct, frozen=True, kw_only=True):

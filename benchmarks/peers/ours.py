@@ -43,6 +43,8 @@ class Ours:
             enqueue_s=enqueue_s,
             startup_s=timing.startup_s,
             drain_s=timing.drain_s,
+            cpu_client_s=timing.cpu_client_s,
+            cpu_server_s=timing.cpu_server_s,
             settings={
                 "enqueue": f"tide.enqueue_many, calls of {batch:,}",
                 "worker": f"tide.work(concurrency={concurrency}), in process",

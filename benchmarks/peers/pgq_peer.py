@@ -32,7 +32,7 @@ from typing import Any
 
 import msgspec
 
-from benchmarks.common import connect
+from benchmarks.common import CpuClock, connect
 from benchmarks.peers.base import (
     DrainResult,
     EnqueueResult,
@@ -184,6 +184,7 @@ class PgQueuerPeer:
                 await queries.enqueue([ENTRYPOINT] * n, [None] * n, [0] * n)
             enqueue_s = time.perf_counter() - t0
             t_start = time.perf_counter()
+            cpu = CpuClock()
             async with _consumers(dsn, layout, probe) as workers:
                 await wait_for_jobs(probe, count, workers, timeout_s=timeout_s)
                 t_done = await wait_for_zero(
@@ -192,6 +193,7 @@ class PgQueuerPeer:
                     timeout_s=timeout_s,
                     what="jobs in the queue table",
                 )
+                cpu_client_s, cpu_server_s = cpu.read()
             succeeded = await conn.fetchval(
                 f"SELECT count(*) FROM {LOG_TABLE} WHERE status = 'successful'"
             )
@@ -204,6 +206,8 @@ class PgQueuerPeer:
             startup_s=probe.first - t_start,
             drain_s=t_done - probe.first,
             handlers_s=probe.last - probe.first,
+            cpu_client_s=cpu_client_s,
+            cpu_server_s=cpu_server_s,
             settings=_settings(layout, enqueue=f"Queries.enqueue with lists of {batch:,}"),
         )
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from benchmarks.common import connect
+from benchmarks.common import CpuClock, connect
 from benchmarks.peers.base import (
     DrainResult,
     EnqueueResult,
@@ -122,9 +122,11 @@ class Raw:
             async with contextlib.AsyncExitStack() as stack:
                 conns = [await stack.enter_async_context(connect(dsn)) for _ in range(tasks)]
                 t_start = time.perf_counter()
+                cpu = CpuClock()
                 async with anyio.create_task_group() as tg:
                     for c in conns:
                         tg.start_soon(_drainer, c, claim, state)
+                cpu_client_s, cpu_server_s = cpu.read()
             done = await conn.fetchval("SELECT count(*) FROM raw_jobs WHERE status = 2")
         if done != count or state.first is None or state.last_done is None:
             raise Unavailable(f"expected {count} done jobs, {done}")
@@ -135,6 +137,8 @@ class Raw:
             startup_s=state.first - t_start,
             drain_s=state.last_done - state.first,
             handlers_s=None if state.last_start is None else state.last_start - state.first,
+            cpu_client_s=cpu_client_s,
+            cpu_server_s=cpu_server_s,
             settings={
                 "enqueue": f"INSERT ... SELECT unnest($1::jsonb[]) of {batch:,}",
                 "drain": f"{tasks} tasks x own connection, claim batches of {claim}, "

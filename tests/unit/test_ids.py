@@ -51,3 +51,10 @@ def test_a_forked_child_does_not_reuse_the_parents_random_bits() -> None:
         os.close(read)
         os.waitpid(pid, 0)
     assert answer == b"empty"
+
+
+def test_a_batch_of_ids_continues_the_sequence_of_single_ones() -> None:
+    made = [uuid7() for _ in range(3)] + ids.uuid7_many(5_000) + [uuid7() for _ in range(3)]
+    assert made == sorted(made)
+    assert len(set(made)) == len(made)
+    assert {u.version for u in made} == {7}

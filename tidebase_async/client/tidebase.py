@@ -22,7 +22,7 @@ import msgspec
 from tidebase_async import errors
 from tidebase_async._util import codec
 from tidebase_async._util.checks import as_seconds, check_channels, check_name, is_utf8
-from tidebase_async._util.ids import uuid7
+from tidebase_async._util.ids import uuid7, uuid7_many
 from tidebase_async.client import flow as client_flow
 from tidebase_async.client import telemetry as client_telemetry
 from tidebase_async.client.background import Background
@@ -608,7 +608,7 @@ class Tidebase:
 
     # -- enqueue ----------------------------------------------------------------------
 
-    def _new_run(self, spec: RunSpec) -> NewRun:
+    def _new_run(self, spec: RunSpec, run_id: UUID | None = None) -> NewRun:
         check_name("workflow", spec.workflow)
         client_flow.check_flow(spec)
         wf, version = self._run_version(spec.workflow, spec.version)
@@ -668,7 +668,7 @@ class Tidebase:
             metadata = codec.encode(spec.metadata, where="metadata", max_size=1024 * 1024)
             codec.decode(metadata, where="metadata")
         return NewRun(
-            id=uuid7(),
+            id=uuid7() if run_id is None else run_id,
             workflow=spec.workflow,
             queue=queue,
             input=msgspec.Raw(data),
@@ -800,7 +800,7 @@ class Tidebase:
                     f"enqueue_many item {i}: debounce and singleton are for enqueue only "
                     "(one key's runs must be upserted one at a time)"
                 )
-        runs = [self._new_run(s) for s in items]
+        runs = [self._new_run(s, i) for s, i in zip(items, uuid7_many(len(items)), strict=True)]
         unique: list[NewRun] = []
         first_of: dict[tuple[str, str], int] = {}
         slot: list[int] = []

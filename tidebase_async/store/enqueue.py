@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import anyio
+import asyncpg
 
 from tidebase_async import errors
 from tidebase_async.store.base import StoreBase, logger
@@ -50,27 +51,28 @@ class EnqueueMixin(StoreBase):
                 delay = min(delay * 2, 1.0)
 
     async def _insert_runs(self, runs: Sequence[NewRun]) -> list[EnqueueRow]:
-        # One JSON document instead of twelve parameter arrays: msgspec encodes the
-        # batch (inputs embedded as they are) far faster than asyncpg encodes arrays.
         if len(runs) == 1:
             rows = await self._fetch_retrying_deadlocks(
                 "enqueue_many", Q["enqueue_run"], *_run_args(runs[0])
             )
-        else:
-            batch = _batch_encoder.encode(runs)
-            deduped = any(run.dedupe_key is not None for run in runs)
-            sql = Q["enqueue_runs"] if deduped else Q["enqueue_runs_plain"]
-            rows = await self._fetch_retrying_deadlocks("enqueue_many", sql, batch)
-        return [
-            EnqueueRow(id=r[0], inserted=r[1], queue=r[2], dedupe_key=r[3], due=r[4]) for r in rows
-        ]
+            return [_enqueued_row(r) for r in rows]
+        # One JSON document instead of sixteen parameter arrays: msgspec encodes the
+        # batch (inputs embedded as they are) far faster than asyncpg encodes arrays.
+        batch = _batch_encoder.encode(runs)
+        if any(run.dedupe_key is not None for run in runs):
+            rows = await self._fetch_retrying_deadlocks("enqueue_many", Q["enqueue_runs"], batch)
+            return [_enqueued_row(r) for r in rows]
+        (row,) = await self._fetch_retrying_deadlocks(
+            "enqueue_many", Q["enqueue_runs_plain"], batch
+        )
+        if row[0] != len(runs):
+            raise errors.StoreError(f"enqueue_many: {row[0]} of {len(runs)} runs were inserted")
+        return [EnqueueRow(id=r.id, inserted=True, queue=r.queue, dedupe_key=None) for r in runs]
 
     async def _enqueued(self, runs: Sequence[NewRun]) -> list[EnqueueRow]:
         with _translate("enqueue_many"):
             rows = await self._pool.fetch(Q["enqueued_runs"], [run.id for run in runs])
-        return [
-            EnqueueRow(id=r[0], inserted=True, queue=r[1], dedupe_key=r[2], due=r[3]) for r in rows
-        ]
+        return [EnqueueRow(id=r[0], inserted=True, queue=r[1], dedupe_key=r[2]) for r in rows]
 
     async def notify(self, messages: Sequence[tuple[str, str]]) -> None:
         """Send (channel, payload) notifications in one statement, outside any data
@@ -81,6 +83,10 @@ class EnqueueMixin(StoreBase):
             await self._pool.execute(
                 Q["notify"], [c for c, _ in messages], [p for _, p in messages]
             )
+
+
+def _enqueued_row(r: asyncpg.Record) -> EnqueueRow:
+    return EnqueueRow(id=r[0], inserted=r[1], queue=r[2], dedupe_key=r[3])
 
 
 def _run_args(run: NewRun) -> tuple[object, ...]:

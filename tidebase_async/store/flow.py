@@ -13,7 +13,7 @@ from tidebase_async.store.sql import Q
 
 
 def _row(r: asyncpg.Record) -> EnqueueRow:
-    return EnqueueRow(id=r[0], inserted=r[1], queue=r[2], dedupe_key=r[3], due=r[4])
+    return EnqueueRow(id=r[0], inserted=r[1], queue=r[2], dedupe_key=r[3])
 
 
 class FlowMixin(StoreBase):

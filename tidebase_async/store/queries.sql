@@ -18,20 +18,34 @@ SELECT max(version) FROM tidebase.schema_migrations;
 -- tells a fresh insert from the conflict path.
 -- The caller removes duplicate dedupe keys within the batch first (DO UPDATE may not
 -- touch one row twice in a statement).
+-- The workers' wake-up is sent in the same transaction, once per queue: it arrives the
+-- moment the runs are visible. (This is the one write that notifies in-transaction: a
+-- notifying commit holds a cluster-wide lock while it flushes WAL, which enqueue can
+-- afford, one statement per call, but a worker's per-run writes could not.)
 WITH ins AS (
   /* include _insert_runs */
   ON CONFLICT (queue, dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'waiting')
     DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key
-  /* include _inserted_runs */
+  RETURNING r.id, (r.xmax = 0) AS inserted, r.queue, r.dedupe_key
+), wake AS (
+  SELECT count(pg_notify('tidebase_wake', q.queue)) AS sent
+  FROM (SELECT DISTINCT queue FROM ins WHERE inserted) AS q
+)
+SELECT id, inserted, queue, dedupe_key FROM ins, wake;
 
 -- name: enqueue_runs_plain
 -- enqueue_runs for a batch without dedupe keys: nothing can conflict (run ids are new
 -- UUIDs; runs_dedupe holds only rows with a key), so the insert skips the speculative
--- insertion an arbiter index costs (an index probe and a WAL record per row).
+-- insertion an arbiter index costs (an index probe and a WAL record per row), and
+-- every run is inserted as given: only the count comes back, not a row per run.
 WITH ins AS (
   /* include _insert_runs */
-  /* include _inserted_runs */
+  RETURNING r.queue
+)
+SELECT (SELECT count(*) FROM ins) AS inserted,
+       (SELECT count(pg_notify('tidebase_wake', q.queue))
+        FROM (SELECT DISTINCT queue FROM ins) AS q) AS woken;
 
 -- name: enqueue_run
 -- enqueue_runs for a single run, its fields as parameters instead of a JSON document
@@ -52,16 +66,15 @@ WITH ins AS (
   ON CONFLICT (queue, dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'waiting')
     DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key
-  RETURNING r.id, (r.xmax = 0) AS inserted, r.queue, r.dedupe_key,
-            r.run_at <= tidebase.now() AS due
+  RETURNING r.id, (r.xmax = 0) AS inserted, r.queue, r.dedupe_key
 )
-SELECT id, inserted, queue, dedupe_key, due,
+SELECT id, inserted, queue, dedupe_key,
        CASE WHEN inserted THEN pg_notify('tidebase_wake', queue) END AS woken
 FROM ins;
 
 -- name: _insert_runs
--- The INSERT of enqueue_runs and enqueue_runs_plain. A JSON key the client left out
--- (NewRun omits its None fields) reads as NULL.
+-- The INSERT of enqueue_runs and enqueue_runs_plain (each adds its RETURNING). A JSON
+-- key the client left out (NewRun omits its None fields) reads as NULL.
 -- Event seq 1 (run.created) is not written: list_events derives it from the run row.
 INSERT INTO tidebase.runs AS r
   (id, workflow, queue, status, input, priority, dedupe_key, metadata, parent_id,
@@ -78,25 +91,10 @@ FROM jsonb_to_recordset($1::jsonb)
           run_at timestamptz, delay_s float8, deadline_at timestamptz, channels jsonb,
           trace_context jsonb, version text, concurrency_key text)
 
--- name: _inserted_runs
--- Shared tail of enqueue_runs and enqueue_runs_plain. The workers' wake-up is sent in
--- the same transaction, once per queue: it arrives the moment the runs are visible.
--- (This is the one write that notifies in-transaction: a notifying commit holds a
--- cluster-wide lock while it flushes WAL, which enqueue can afford, one statement per
--- call, but a worker's per-run writes could not.)
-RETURNING r.id, (r.xmax = 0) AS inserted, r.queue, r.dedupe_key,
-          r.run_at <= tidebase.now() AS due
-), wake AS (
-  SELECT count(pg_notify('tidebase_wake', q.queue)) AS sent
-  FROM (SELECT DISTINCT queue FROM ins WHERE inserted) AS q
-)
-SELECT id, inserted, queue, dedupe_key, due FROM ins, wake;
-
 -- name: enqueued_runs
 -- The runs among ids $1 that exist: after a connection loss left an enqueue's commit
 -- unknown, these are the ones it inserted (run ids are made by the client).
-SELECT id, queue, dedupe_key, run_at <= tidebase.now() AS due
-FROM tidebase.runs WHERE id = ANY($1::uuid[]);
+SELECT id, queue, dedupe_key FROM tidebase.runs WHERE id = ANY($1::uuid[]);
 
 -- name: _flow_insert
 -- The INSERT of enqueue_debounced and enqueue_singleton: the run $1 (a JSON array of

@@ -116,11 +116,13 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class EnqueueRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A run an enqueue returned: the one inserted, or (``inserted`` False) the active
+    run its dedupe, debounce or singleton key found."""
+
     id: UUID
     inserted: bool
     queue: str
     dedupe_key: str | None
-    due: bool
 
 
 class NewRun(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
