@@ -163,7 +163,9 @@ def summarise(plan: str) -> tuple[str, bool]:
     access = "?"
     for line in picked:
         m = _ACCESS.search(line)
-        if m:
+        # The queue-controls check (an InitPlan on queues) comes first: the access
+        # path to report is the one into runs.
+        if m and " on runs" in line:
             access = f"{m.group(1)} {m.group(2)}" if m.group(2) else m.group(1)
             break
     return access, any(re.search(r"\bSort\b", line) for line in picked)
@@ -183,7 +185,7 @@ async def claim_args(conn: Any) -> list[Any]:
             args.append(CLAIM_LIMIT)
         elif param.name in ("float4", "float8", "numeric"):
             args.append(LEASE_S)
-        elif param.name == "_text":
+        elif param.name in ("_text", "text[]"):
             args.append([])  # the worker's workflow versions: none
         else:
             raise BenchmarkError(
