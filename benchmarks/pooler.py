@@ -52,10 +52,8 @@ import msgspec
 
 from benchmarks import throughput, wakeup
 from benchmarks.common import (
-    BenchmarkError,
     Context,
     Measurement,
-    count_runs,
     per_second,
     pgbouncer,
     running_worker,
@@ -146,12 +144,7 @@ async def enqueue_and_drain(
     tide = setup.tidebase(dsn, pooler_dsn)
     throughput.register(tide)
     async with tide:
-        enqueue_s = await throughput.enqueue_batches(tide, runs, batch)
-        timing = await throughput.drain(tide, runs, concurrency)
-        counts = await count_runs(tide)
-    if counts != {"completed": runs}:
-        raise BenchmarkError(f"drain c={concurrency}: expected {runs} completed, {counts}")
-    return throughput.Drain(concurrency=concurrency, runs=runs, enqueue_s=enqueue_s, timing=timing)
+        return await throughput.enqueue_and_drain_on(tide, runs, batch, concurrency)
 
 
 async def collect_polling(

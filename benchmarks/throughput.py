@@ -116,19 +116,24 @@ async def drain(tide: Tidebase, count: int, concurrency: int) -> DrainTiming:
     )
 
 
+async def enqueue_and_drain_on(tide: Tidebase, runs: int, batch: int, concurrency: int) -> Drain:
+    """On an open ``tide`` with ``register(tide)`` done: enqueue ``runs`` no-op runs in
+    calls of ``batch``, drain them at ``concurrency`` and check the table.
+
+    Raises:
+        BenchmarkError: not every run completed.
+    """
+    enqueue_s = await enqueue_batches(tide, runs, batch)
+    timing = await drain(tide, runs, concurrency)
+    counts = await count_runs(tide)
+    if counts != {"completed": runs}:
+        raise BenchmarkError(f"drain c={concurrency}: expected {runs} completed, {counts}")
+    return Drain(concurrency=concurrency, runs=runs, enqueue_s=enqueue_s, timing=timing)
+
+
 async def enqueue_and_drain(ctx: Context, params: Params, concurrency: int) -> Drain:
     async with fresh_tidebase(ctx, register) as tide:
-        enqueue_s = await enqueue_batches(tide, params.runs, params.batch)
-        timing = await drain(tide, params.runs, concurrency)
-        counts = await count_runs(tide)
-    if counts != {"completed": params.runs}:
-        raise BenchmarkError(f"drain c={concurrency}: expected {params.runs} completed, {counts}")
-    return Drain(
-        concurrency=concurrency,
-        runs=params.runs,
-        enqueue_s=enqueue_s,
-        timing=timing,
-    )
+        return await enqueue_and_drain_on(tide, params.runs, params.batch, concurrency)
 
 
 async def measure_one_at_a_time(ctx: Context, count: int) -> float:

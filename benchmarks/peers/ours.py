@@ -4,11 +4,9 @@ and ``benchmarks/wakeup.py`` measure it (their functions, not copies)."""
 from __future__ import annotations
 
 from benchmarks import throughput, wakeup
-from benchmarks.common import count_runs
 from benchmarks.peers.base import (
     DrainResult,
     EnqueueResult,
-    Unavailable,
     WakeParams,
     WakeResult,
 )
@@ -32,15 +30,12 @@ class Ours:
         tide = Tidebase(dsn)
         throughput.register(tide)
         async with tide:
-            enqueue_s = await throughput.enqueue_batches(tide, count, batch)
-            timing = await throughput.drain(tide, count, concurrency)
-            counts = await count_runs(tide)
-        if counts != {"completed": count}:
-            raise Unavailable(f"expected {count} completed runs, found {counts}")
+            done = await throughput.enqueue_and_drain_on(tide, count, batch, concurrency)
+        timing = done.timing
         return DrainResult(
             jobs=count,
             concurrency=concurrency,
-            enqueue_s=enqueue_s,
+            enqueue_s=done.enqueue_s,
             startup_s=timing.startup_s,
             drain_s=timing.drain_s,
             cpu_client_s=timing.cpu_client_s,
