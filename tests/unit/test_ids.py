@@ -7,8 +7,6 @@ import os
 import time
 from uuid import UUID
 
-import pytest
-
 from tidebase_async._util import ids
 from tidebase_async._util.ids import uuid7
 
@@ -34,7 +32,6 @@ def test_the_random_bits_differ_between_ids() -> None:
     assert len(rand) == 2_000
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_does_not_reuse_the_parents_random_bits() -> None:
     uuid7()  # the parent holds a block of random bytes it has not used up
     assert ids._random

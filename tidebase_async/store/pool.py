@@ -5,6 +5,7 @@ a shielded task to every release)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -251,10 +252,8 @@ class Pool:
             # cancel delivered some other way); the handover skips done futures anyway.
             fut.cancel()
         if fut.cancelled() or fut.exception() is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 self._waiters.remove(fut)
-            except ValueError:
-                pass
             return
         conn = fut.result()
         if conn is None:
